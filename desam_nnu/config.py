@@ -1,0 +1,89 @@
+"""The DeSAM section of ``DeSAMPlans.json`` (configuration ``desam_2d``) as a typed, read-only object.
+
+The plans are the only contract between stages: the planner writes every DeSAM decision here and
+the trainer and predictor read them through this object, never recomputing them.
+"""
+from dataclasses import dataclass
+from typing import Any, Dict, List, Tuple
+
+PLANS_NAME = "DeSAMPlans"
+CONFIGURATION = "desam_2d"
+
+
+@dataclass(frozen=True)
+class PromptDefaults:
+    """DeSAM's prompt settings: training points, and the automatic grid / whole-box modes at inference."""
+
+    train_mode: str  # 'points': one random point per slice (the paper), or 'box'
+    predict_mode: str  # 'grid' (DeSAM's automatic mode) or 'box'
+    grid_points_per_side: int  # 9 -> 81 prompts per tile
+    iou_threshold: float  # keep grid prompts whose predicted IoU is at least this
+    top_k: int  # fuse the k best prompts (1 = official)
+    box_mode_available: bool
+
+
+@dataclass(frozen=True)
+class CacheEstimate:
+    """Size of the frozen-encoder embedding cache for the training slices."""
+
+    dtype: str
+    feature_shapes: Tuple[Tuple[int, int, int], ...]  # per encoder output: (C, H, W)
+    bytes_per_slice: int
+    num_slices: int
+    total_bytes: int
+
+
+@dataclass(frozen=True)
+class DeSAMConfig:
+    """Everything a trainer and predictor need beyond nnU-Net's own configuration keys."""
+
+    backbone: str
+    image_size: int  # SAM input edge: a patch is resized to image_size x image_size
+    native_image_size: int
+    patch_size: Tuple[int, int]  # in-plane patch in voxels at the planned spacing (square)
+    patch_to_input_scale: float  # image_size / patch edge
+    mask_logits_size: Tuple[int, int]  # PDMM output size; resized back to patch_size for the loss / export
+    slicing_axis: int  # axis of the original (untransposed) array that slices are cut across
+    transpose_forward: Tuple[int, ...]
+    intensity_schemes: Tuple[str, ...]  # per input channel, mapping to 0..255
+    channel_to_rgb: Tuple[Tuple[float, ...], ...]  # 3 x C
+    pixel_mean: Tuple[float, float, float]  # the network's pixel normalisation after the 0..255 mapping
+    pixel_std: Tuple[float, float, float]
+    num_classes: int  # foreground classes (mask channels / predicted IoUs)
+    batch_size: int
+    prompts: PromptDefaults
+    cache: CacheEstimate
+
+    @classmethod
+    def from_configuration(cls, configuration: Dict[str, Any]) -> "DeSAMConfig":
+        """Read from a resolved ``desam_2d`` configuration dict (``ConfigurationManager.configuration``)."""
+        d = configuration["desam"]
+        cache = d["embedding_cache"]
+        return cls(
+            backbone=d["backbone"],
+            image_size=int(d["image_size"]),
+            native_image_size=int(d["native_image_size"]),
+            patch_size=tuple(int(i) for i in configuration["patch_size"]),
+            patch_to_input_scale=float(d["resize"]["patch_to_input_scale"]),
+            mask_logits_size=tuple(int(i) for i in d["resize"]["mask_logits_size"]),
+            slicing_axis=int(d["slicing"]["axis"]),
+            transpose_forward=tuple(int(i) for i in d["slicing"]["transpose_forward"]),
+            intensity_schemes=tuple(configuration["normalization_schemes"]),
+            channel_to_rgb=tuple(tuple(float(v) for v in row) for row in d["channel_to_rgb"]),
+            pixel_mean=tuple(float(v) for v in d["pixel_mean"]),
+            pixel_std=tuple(float(v) for v in d["pixel_std"]),
+            num_classes=int(d["num_classes"]),
+            batch_size=int(configuration["batch_size"]),
+            prompts=PromptDefaults(**d["prompts"]),
+            cache=CacheEstimate(
+                dtype=cache["dtype"],
+                feature_shapes=tuple(tuple(int(i) for i in s) for s in cache["feature_shapes"]),
+                bytes_per_slice=int(cache["bytes_per_slice"]),
+                num_slices=int(cache["num_slices"]),
+                total_bytes=int(cache["total_bytes"]),
+            ),
+        )
+
+    @property
+    def num_input_channels(self) -> int:
+        return len(self.channel_to_rgb[0])

@@ -1,0 +1,35 @@
+"""Channels to SAM's RGB input: one channel repeats, two or three map onto R, G, B.
+
+Preprocessed data keeps nnU-Net's C channels (each already mapped to 0..255); the trainer and
+predictor mix them into 3 channels with the 3xC matrix the planner records, right before the
+resize to SAM's input. A matrix keeps the rule in the plans instead of in code.
+"""
+from typing import List
+
+import torch
+
+MAX_CHANNELS = 3
+
+
+def channel_to_rgb_matrix(num_channels: int) -> List[List[float]]:
+    """The 3xC matrix with ``rgb = M @ channels``.
+
+    1 channel: grey repeated to R, G, B (what the official DeSAM does).
+    2 channels: R and G are the two channels, B their mean (keeps both visible in every channel pair).
+    3 channels: identity.
+    """
+    if num_channels == 1:
+        return [[1.0], [1.0], [1.0]]
+    if num_channels == 2:
+        return [[1.0, 0.0], [0.0, 1.0], [0.5, 0.5]]
+    if num_channels == 3:
+        return [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]
+    raise ValueError(f"{num_channels} input channels: DeSAM takes 1 to {MAX_CHANNELS} channels (mapped onto RGB)")
+
+
+def to_rgb(x: torch.Tensor, matrix: List[List[float]]) -> torch.Tensor:
+    """Mix channels into RGB. ``x`` is [B, C, H, W]; returns [B, 3, H, W] in x's dtype."""
+    m = torch.as_tensor(matrix, dtype=x.dtype, device=x.device)
+    if m.shape[1] != x.shape[1]:
+        raise ValueError(f"the plans map {m.shape[1]} channels to RGB but the input has {x.shape[1]}")
+    return torch.einsum("rc,bchw->brhw", m, x)

@@ -1,0 +1,1 @@
+"""DeSAM predictor (an nnUNetPredictor subclass), evaluation and previews; installed as ``desam_nnu.inference``."""

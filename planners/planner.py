@@ -1,0 +1,189 @@
+"""DeSAMPlanner: nnU-Net's experiment planner, reduced to one 2D configuration for DeSAM.
+
+It reuses nnU-Net's fingerprint, transpose rule (slices are cut across the lowest-resolution axis,
+``transpose_forward[0]``; for near-isotropic data nnU-Net's own tie-break applies), 2D target
+spacing and resampling functions, and adds the decisions SAM needs:
+
+Patch (in-plane, voxels at the planned spacing). Square, so that resizing to SAM's square input
+keeps the aspect ratio: the longest edge of the median slice, rounded up to a multiple of 8, capped
+at half the backbone's native input (512 for the ViTs). Slices larger than the patch are tiled by
+nnU-Net's sliding window; smaller ones are padded (with 0, SAM's black).
+
+SAM input size (``image_size``). PDMM predicts mask logits at 1/4 of SAM's input, so an input of
+4 x the patch edge gives logits at the voxel resolution of the patch. The rule is
+``clip(ceil64(4 * patch), 256, native)``: at least 256 (a 16x16 token grid, the smallest the ViT
+position embeddings are interpolated to here) and never above the native 1024. ``--image-size``
+overrides it (a multiple of 16, 64..1024). A patch is resized by ``image_size / patch`` on the way
+in; logits (``image_size / 4``) are resized to the patch on the way out.
+"""
+import math
+from typing import List, Optional, Tuple, Union
+
+import numpy as np
+from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
+from nnunetv2.preprocessing.resampling.default_resampling import compute_new_shape
+
+from desam_nnu.config import CONFIGURATION, PLANS_NAME
+from desam_nnu.errors import DeSAMInputError
+from desam_nnu.planners.backbone_facts import BackboneFacts, backbone_facts
+from desam_nnu.planners.normalization import scheme_for_channel
+from desam_nnu.rgb import MAX_CHANNELS, channel_to_rgb_matrix
+
+PATCH_MULTIPLE = 8
+INPUT_MULTIPLE = 64
+MIN_IMAGE_SIZE = 256
+LOGIT_STRIDE = 4  # PDMM's mask logits are at 1/4 of SAM's input
+OFFICIAL_BATCH_SIZE = 8  # desam_train_gridpoints.py default
+MIN_BATCH_SIZE = 2
+CACHE_DTYPE_BYTES = {"float32": 4, "float16": 2, "int8": 1}
+DEFAULT_PROMPTS = {
+    "train_mode": "points",
+    "predict_mode": "grid",
+    "grid_points_per_side": 9,
+    "iou_threshold": 0.5,
+    "top_k": 1,
+    "box_mode_available": True,
+}
+
+
+def choose_patch_edge(median_slice_shape: Tuple[float, float], native_image_size: int) -> int:
+    """Square patch edge covering the median slice, capped at half the native input."""
+    edge = int(math.ceil(max(median_slice_shape) / PATCH_MULTIPLE) * PATCH_MULTIPLE)
+    return max(PATCH_MULTIPLE, min(edge, native_image_size // 2))
+
+
+def choose_image_size(patch_edge: int, native_image_size: int) -> int:
+    """SAM input edge: logits at patch resolution (4 x patch), within [256, native]."""
+    wanted = int(math.ceil(LOGIT_STRIDE * patch_edge / INPUT_MULTIPLE) * INPUT_MULTIPLE)
+    return max(min(MIN_IMAGE_SIZE, native_image_size), min(wanted, native_image_size))
+
+
+def validate_image_size(image_size: int, native_image_size: int, patch_stride: int) -> None:
+    if image_size % patch_stride or not 64 <= image_size <= native_image_size:
+        raise DeSAMInputError(f"--image-size {image_size}: must be a multiple of {patch_stride} "
+                              f"between 64 and the backbone's native {native_image_size}")
+
+
+class DeSAMPlanner(ExperimentPlanner):
+    """Writes ``DeSAMPlans.json`` with the single configuration ``desam_2d``."""
+
+    def __init__(self, dataset_name_or_id: Union[str, int], backbone: str = "vit_b",
+                 image_size: Optional[int] = None, plans_name: str = PLANS_NAME,
+                 preprocessor_name: str = "DeSAMPreprocessor", cache_dtype: str = "float16") -> None:
+        super().__init__(dataset_name_or_id, preprocessor_name=preprocessor_name, plans_name=plans_name)
+        self.backbone: BackboneFacts = backbone_facts(backbone)
+        if image_size is not None:
+            validate_image_size(image_size, self.backbone.native_image_size, self.backbone.feature_stride)
+        self.image_size_override = image_size
+        self.cache_dtype = cache_dtype
+        channels = self.dataset_json["channel_names"] if "channel_names" in self.dataset_json else \
+            self.dataset_json["modality"]
+        if len(channels) > MAX_CHANNELS:
+            raise DeSAMInputError(f"{self.raw_dataset_folder}/dataset.json: {len(channels)} channels; DeSAM maps at "
+                                  f"most {MAX_CHANNELS} onto SAM's RGB input")
+        self.channel_names: List[str] = [channels[k] for k in sorted(channels, key=int)]
+
+    def determine_normalization_scheme_and_whether_mask_is_used_for_norm(self) -> Tuple[List[str], List[bool]]:
+        """SAM's 0..255 mappings instead of z-scoring; they need no nonzero mask."""
+        return [scheme_for_channel(c).__name__ for c in self.channel_names], [False] * len(self.channel_names)
+
+    def _cache_estimate(self, image_size: int, patch_edge: int, transpose_forward: List[int]) -> dict:
+        """Bytes per cached slice (all encoder outputs) times the training slices (x tiles if larger than the patch)."""
+        shapes = self.backbone.feature_shapes(image_size)
+        bytes_per_slice = int(sum(np.prod(s) for s in shapes) * CACHE_DTYPE_BYTES[self.cache_dtype])
+        num_slices = 0
+        for shape in self.dataset_fingerprint["shapes_after_crop"]:
+            s = [shape[i] for i in transpose_forward]
+            num_slices += int(s[0]) * math.ceil(s[1] / patch_edge) * math.ceil(s[2] / patch_edge)
+        return {"dtype": self.cache_dtype, "feature_shapes": [list(s) for s in shapes],
+                "bytes_per_slice": bytes_per_slice, "num_slices": num_slices,
+                "total_bytes": bytes_per_slice * num_slices}
+
+    def plan_experiment(self) -> dict:
+        """Plan ``desam_2d`` only.
+
+        Overridden whole because nnU-Net's version always plans 3D U-Net configurations too (each
+        needing network instantiation for its VRAM estimate); the steps are nnU-Net's own methods.
+        """
+        transpose_forward, transpose_backward = self.determine_transpose()
+        fullres_spacing = self.determine_fullres_target_spacing()
+        spacing_2d = [float(i) for i in fullres_spacing[transpose_forward][1:]]
+        new_shapes = [compute_new_shape(shape, spacing, fullres_spacing) for spacing, shape in
+                      zip(self.dataset_fingerprint["spacings"], self.dataset_fingerprint["shapes_after_crop"])]
+        median_shape = np.median(new_shapes, 0)[transpose_forward]
+
+        native = self.backbone.native_image_size
+        patch_edge = choose_patch_edge(tuple(median_shape[1:]), native)
+        image_size = self.image_size_override or choose_image_size(patch_edge, native)
+        logits_edge = image_size // LOGIT_STRIDE
+
+        n_voxels_dataset = float(np.prod(median_shape, dtype=np.float64) * self.dataset_json["numTraining"])
+        bs_5_percent = round(n_voxels_dataset * self.max_dataset_covered / patch_edge ** 2)
+        batch_size = max(min(OFFICIAL_BATCH_SIZE, bs_5_percent), MIN_BATCH_SIZE)
+
+        schemes, use_mask = self.determine_normalization_scheme_and_whether_mask_is_used_for_norm()
+        res_data, res_data_kw, res_seg, res_seg_kw = self.determine_resampling()
+        res_prob, res_prob_kw = self.determine_segmentation_softmax_export_fn()
+        num_classes = len(self.dataset_json["labels"]) - 1
+        cache = self._cache_estimate(image_size, patch_edge, list(transpose_forward))
+        configuration = {
+            "data_identifier": self.generate_data_identifier(CONFIGURATION),
+            "preprocessor_name": self.preprocessor_name,
+            "batch_size": int(batch_size),
+            "patch_size": [patch_edge, patch_edge],
+            "median_image_size_in_voxels": [float(i) for i in median_shape[1:]],
+            "spacing": spacing_2d,
+            "normalization_schemes": schemes,
+            "use_mask_for_norm": use_mask,
+            "resampling_fn_data": res_data.__name__,
+            "resampling_fn_seg": res_seg.__name__,
+            "resampling_fn_data_kwargs": res_data_kw,
+            "resampling_fn_seg_kwargs": res_seg_kw,
+            "resampling_fn_probabilities": res_prob.__name__,
+            "resampling_fn_probabilities_kwargs": res_prob_kw,
+            "architecture": {
+                "network_class_name": "desam_nnu.model.DeSAM",
+                "arch_kwargs": {"backbone": self.backbone.name, "image_size": image_size,
+                                "num_classes": num_classes},
+                "_kw_requires_import": [],
+            },
+            "batch_dice": True,
+            "desam": {
+                "backbone": self.backbone.name,
+                "image_size": image_size,
+                "image_size_rule": "override" if self.image_size_override else
+                f"clip(ceil64(4 * patch {patch_edge}), {MIN_IMAGE_SIZE}, native {native})",
+                "native_image_size": native,
+                "slicing": {"axis": int(transpose_forward[0]),
+                            "transpose_forward": [int(i) for i in transpose_forward]},
+                "resize": {"patch_to_input_scale": image_size / patch_edge,
+                           "input_size": [image_size, image_size],
+                           "mask_logits_size": [logits_edge, logits_edge],
+                           "logits_to_patch": "bilinear resize of the logits from mask_logits_size to patch_size"},
+                "intensity": {"range": [0.0, 255.0], "percentiles": [0.5, 99.5],
+                              "channels": self.channel_names},
+                "channel_to_rgb": channel_to_rgb_matrix(len(self.channel_names)),
+                "pixel_mean": list(self.backbone.pixel_mean),
+                "pixel_std": list(self.backbone.pixel_std),
+                "num_classes": num_classes,
+                "prompts": dict(DEFAULT_PROMPTS),
+                "embedding_cache": cache,
+            },
+        }
+        median_spacing = np.median(self.dataset_fingerprint["spacings"], 0)[transpose_forward]
+        median_shape_orig = np.median(self.dataset_fingerprint["shapes_after_crop"], 0)[transpose_forward]
+        self.plans = {
+            "dataset_name": self.dataset_name,
+            "plans_name": self.plans_identifier,
+            "original_median_spacing_after_transp": [float(i) for i in median_spacing],
+            "original_median_shape_after_transp": [int(round(i)) for i in median_shape_orig],
+            "image_reader_writer": self.determine_reader_writer().__name__,
+            "transpose_forward": [int(i) for i in transpose_forward],
+            "transpose_backward": [int(i) for i in transpose_backward],
+            "configurations": {CONFIGURATION: configuration},
+            "experiment_planner_used": self.__class__.__name__,
+            "label_manager": "LabelManager",
+            "foreground_intensity_properties_per_channel":
+                self.dataset_fingerprint["foreground_intensity_properties_per_channel"],
+        }
+        return self.plans

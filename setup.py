@@ -1,0 +1,49 @@
+"""desam-nnu: nnU-Net's self-configuring pipeline with DeSAM (Gao et al., MICCAI 2024) as the network."""
+from setuptools import setup
+
+setup(
+    name="desam-nnu",
+    version="0.1.0",
+    description="Self-configuring 3D medical image segmentation: nnU-Net's pipeline with DeSAM as the network",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    # planners/, trainers/ and inference/ sit at the top level of the repository (the user's card) but install
+    # inside desam_nnu, so that nothing with a generic name lands in site-packages.
+    packages=[
+        "desam_nnu",
+        "desam_nnu.model",
+        "desam_nnu.cli",
+        "desam_nnu.planners",
+        "desam_nnu.trainers",
+        "desam_nnu.inference",
+    ],
+    package_dir={
+        "desam_nnu": "desam_nnu",
+        "desam_nnu.planners": "planners",
+        "desam_nnu.trainers": "trainers",
+        "desam_nnu.inference": "inference",
+    },
+    install_requires=[
+        # the engine: our planner, preprocessor, trainer and predictor subclass its 2.8.1 seams
+        "nnunetv2==2.8.1",
+        # SAM's image encoder, prompt encoder and two-way transformer
+        "segment-anything==1.0",
+        "torch>=2.1",
+        "torchvision",  # segment_anything imports it at import time
+        "batchgenerators>=0.25",
+        "SimpleITK>=2.2",
+        "nibabel>=5.0",
+        "acvl-utils>=0.2",
+        "dynamic-network-architectures>=0.4",
+        "scikit-image>=0.21",
+        "tqdm>=4.60",
+        "numpy>=1.24",
+    ],
+    extras_require={"test": ["pytest>=7"]},
+    entry_points={
+        "console_scripts": [
+            "desam_plan_and_preprocess=desam_nnu.cli.plan_and_preprocess:main",
+        ],
+    },
+)

@@ -1,0 +1,36 @@
+"""End to end on real MRI: a 20-case subset of ../shared/datasets/Dataset004_Hippocampus (skips if absent)."""
+import json
+
+import numpy as np
+import pytest
+from conftest import hippocampus_subset
+
+from desam_nnu.config import CONFIGURATION, PLANS_NAME
+from desam_nnu.planners.plan_and_preprocess import plan_and_preprocess
+from desam_nnu.planners.plans import DeSAMPlansManager
+
+
+def test_hippocampus_subset_plans_and_preprocesses(nnunet_dirs):
+    hippocampus_subset(nnunet_dirs["nnUNet_raw"], 20)
+    plan_and_preprocess(4, num_processes=2, backbone="vit_b")
+    pre = nnunet_dirs["nnUNet_preprocessed"] / "Dataset004_Hippocampus"
+    plans = json.loads((pre / f"{PLANS_NAME}.json").read_text())
+    cm = DeSAMPlansManager(plans).get_configuration(CONFIGURATION)
+    d = cm.desam
+    # 1 mm isotropic, ~35x50x36: nnU-Net's tie-break slices across axis 0; the patch covers the ~51x36 slice
+    assert d.slicing_axis == 0 and cm.spacing == [1.0, 1.0]
+    assert d.patch_size == (56, 56) and d.image_size == 256 and d.mask_logits_size == (64, 64)
+    assert d.num_classes == 2 and d.prompts.grid_points_per_side == 9 and d.prompts.iou_threshold == 0.5
+    assert d.cache.num_slices == sum(s[0] for s in json.loads((pre / "dataset_fingerprint.json").read_text())
+                                     ["shapes_after_crop"])
+
+    from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
+    folder = pre / cm.data_identifier
+    ds = infer_dataset_class(str(folder))(str(folder))
+    assert len(ds.identifiers) == 20
+    for key in ds.identifiers[:3]:
+        data, seg, _, props = ds.load_case(key)
+        data = np.asarray(data)
+        assert data.shape[0] == 1 and 0.0 <= data.min() and data.max() <= 255.0 + 1e-3
+        assert set(np.unique(np.asarray(seg))) <= {-1, 0, 1, 2}  # -1: outside the nonzero mask (nnU-Net)
+        assert props["class_locations"][1].shape[1] == 4  # nnU-Net's foreground sampling ran

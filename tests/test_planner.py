@@ -1,0 +1,93 @@
+"""DeSAMPlanner's decisions: slicing axis, patch, SAM input size, batch size, cache estimate."""
+import json
+import os
+
+import numpy as np
+import pytest
+from synthetic import make_dataset
+
+from desam_nnu.config import CONFIGURATION, DeSAMConfig
+from desam_nnu.errors import DeSAMInputError
+from desam_nnu.planners.plan_and_preprocess import plan_and_preprocess
+from desam_nnu.planners.planner import DeSAMPlanner, choose_image_size, choose_patch_edge
+
+
+@pytest.mark.parametrize("median, native, edge", [
+    ((50.5, 36.0), 1024, 56),     # hippocampus: the longest edge, rounded up to a multiple of 8
+    ((512, 512), 1024, 512),      # CT slice: one tile
+    ((2000, 1500), 1024, 512),    # huge slice: capped at native / 2, tiled by the sliding window
+    ((3, 5), 1024, 8),
+    ((300, 200), 256, 128),       # a 256-px backbone caps at 128
+])
+def test_patch_edge_covers_the_median_slice_and_is_capped(median, native, edge):
+    assert choose_patch_edge(median, native) == edge
+
+
+@pytest.mark.parametrize("patch, native, size", [
+    (56, 1024, 256),    # 4 x 56 = 224 -> at least 256
+    (96, 1024, 384),    # 4 x 96 = 384: logits at the patch's own resolution
+    (100, 1024, 448),   # 400 rounded up to a multiple of 64
+    (512, 1024, 1024),  # never above the native 1024
+    (40, 128, 128),     # a backbone whose native size is below 256
+])
+def test_image_size_rule(patch, native, size):
+    assert choose_image_size(patch, native) == size
+
+
+def _fingerprint(pre_dir, shapes, spacings):
+    os.makedirs(pre_dir, exist_ok=True)
+    fp = {"spacings": spacings, "shapes_after_crop": shapes,
+          "foreground_intensity_properties_per_channel": {"0": {"mean": 1.0, "median": 1.0, "std": 1.0, "min": 0.0,
+                                                                "max": 2.0, "percentile_99_5": 2.0,
+                                                                "percentile_00_5": 0.0}},
+          "median_relative_size_after_cropping": 1.0}
+    with open(os.path.join(pre_dir, "dataset_fingerprint.json"), "w") as f:
+        json.dump(fp, f)
+
+
+def _planner_for(nnunet_dirs, shapes, spacings, **kw):
+    folder = make_dataset(str(nnunet_dirs["nnUNet_raw"]), 7, num_cases=1, shape_zyx=(4, 8, 8))
+    _fingerprint(os.path.join(nnunet_dirs["nnUNet_preprocessed"], os.path.basename(folder)), shapes, spacings)
+    return DeSAMPlanner(7, **kw)
+
+
+def test_large_ct_like_slices_get_tiled_and_the_native_input(nnunet_dirs):
+    planner = _planner_for(nnunet_dirs, [[100, 700, 700]] * 3, [[2.5, 0.7, 0.7]] * 3, backbone="vit_h")
+    cfg = DeSAMConfig.from_configuration(planner.plan_experiment()["configurations"][CONFIGURATION])
+    assert cfg.patch_size == (512, 512) and cfg.image_size == 1024 and cfg.mask_logits_size == (256, 256)
+    # 100 slices x 2 x 2 tiles per case, 3 cases; vit_h features: 3 x 1280 + 256 channels at 64 x 64, fp16
+    assert cfg.cache.num_slices == 3 * 100 * 4
+    assert cfg.cache.bytes_per_slice == (3 * 1280 + 256) * 64 * 64 * 2
+    assert cfg.cache.total_bytes == cfg.cache.bytes_per_slice * cfg.cache.num_slices
+    assert cfg.batch_size == 8
+
+
+def test_image_size_override_and_its_validation(nnunet_dirs):
+    planner = _planner_for(nnunet_dirs, [[20, 64, 64]], [[1.0, 1.0, 1.0]], image_size=512)
+    cfg = DeSAMConfig.from_configuration(planner.plan_experiment()["configurations"][CONFIGURATION])
+    assert cfg.image_size == 512 and cfg.patch_to_input_scale == pytest.approx(512 / 64)
+    with pytest.raises(DeSAMInputError, match="multiple of 16"):
+        _planner_for(nnunet_dirs, [[20, 64, 64]], [[1.0, 1.0, 1.0]], image_size=500)
+    with pytest.raises(DeSAMInputError, match="1024"):
+        _planner_for(nnunet_dirs, [[20, 64, 64]], [[1.0, 1.0, 1.0]], image_size=2048)
+
+
+def test_small_dataset_caps_the_batch_size(nnunet_dirs):
+    planner = _planner_for(nnunet_dirs, [[4, 8, 8]], [[1.0, 1.0, 1.0]])
+    assert planner.plan_experiment()["configurations"][CONFIGURATION]["batch_size"] == 2
+
+
+@pytest.mark.parametrize("spacing_xyz, shape_zyx, axis, slice_shape", [
+    ((0.8, 0.8, 4.0), (10, 40, 48), 0, (40, 48)),   # thick axial slices: cut across z (numpy axis 0)
+    ((4.0, 0.8, 0.8), (40, 48, 10), 2, (40, 48)),   # thick along x (numpy axis 2): transpose_forward moves it first
+])
+def test_slices_are_cut_across_the_lowest_resolution_axis(nnunet_dirs, spacing_xyz, shape_zyx, axis, slice_shape):
+    make_dataset(str(nnunet_dirs["nnUNet_raw"]), 11, num_cases=2, shape_zyx=shape_zyx, spacing_xyz=spacing_xyz)
+    plans = plan_and_preprocess(11, num_processes=1, backbone="tiny")
+    cfg = DeSAMConfig.from_configuration(plans["configurations"][CONFIGURATION])
+    assert cfg.slicing_axis == axis and plans["transpose_forward"][0] == axis
+    assert plans["configurations"][CONFIGURATION]["spacing"] == pytest.approx([0.8, 0.8])
+    # in-plane median slice (after cropping the 2-voxel zero border) is covered by the square patch
+    median = plans["configurations"][CONFIGURATION]["median_image_size_in_voxels"]
+    assert cfg.patch_size[0] >= max(median) and cfg.patch_size[0] == cfg.patch_size[1]
+    assert max(median) <= max(slice_shape)

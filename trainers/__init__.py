@@ -1,0 +1,1 @@
+"""DeSAM trainers (nnUNetTrainer subclasses); installed as ``desam_nnu.trainers``."""
