@@ -6,6 +6,7 @@ written to a temporary name and renamed, and preprocessing runs into a staging f
 renamed over the final one only when every case succeeded.
 """
 import os
+import re
 import shutil
 from typing import Optional, Union
 
@@ -75,6 +76,7 @@ def plan_and_preprocess(dataset: Union[int, str], num_processes: Optional[int] =
         raise_if_problems(check_dataset(cases, dataset_json, rw_class, num_processes, full=True))
 
     os.makedirs(pre, exist_ok=True)
+    remove_stale_staging(pre)
     fingerprint_file = os.path.join(pre, "dataset_fingerprint.json")
     if clean or not os.path.isfile(fingerprint_file):
         try:
@@ -101,6 +103,25 @@ def plan_and_preprocess(dataset: Union[int, str], num_processes: Optional[int] =
     atomic_write_json(plans, os.path.join(pre, PLANS_NAME + ".json"))
     _print_summary(plans, os.path.join(pre, PLANS_NAME + ".json"))
     return plans
+
+
+def remove_stale_staging(folder: str) -> None:
+    """Remove staging leftovers of runs that were killed (SIGKILL, power loss) and whose process is gone."""
+    for entry in os.listdir(folder):
+        m = re.search(r"\.staging(\d+)", entry)
+        if m and not _pid_alive(int(m.group(1))):
+            path = os.path.join(folder, entry)
+            shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _preprocess_staged(plans: dict, name: str, pre: str, cases: dict, dataset_json: dict, rw_class,

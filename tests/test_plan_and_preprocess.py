@@ -191,3 +191,49 @@ def test_the_installed_entry_point_runs(nnunet_dirs):
     assert (nnunet_dirs["nnUNet_preprocessed"] / "Dataset005_Synth" / f"{PLANS_NAME}.json").is_file()
     bad = subprocess.run([exe, "-d", "99"], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith("error: dataset '99' not found")
+
+
+def _processes_with_env(marker: str) -> list:
+    """PIDs whose environment mentions ``marker`` (our tmp folders): the command's own workers."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if marker.encode() in open(f"/proc/{pid}/environ", "rb").read():
+                found.append(int(pid))
+        except OSError:
+            continue
+    return found
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="needs /proc")
+def test_sigterm_during_preprocessing_stops_cleanly(nnunet_dirs):
+    import signal
+    import time
+    make_dataset(str(nnunet_dirs["nnUNet_raw"]), 5, num_cases=6, shape_zyx=(12, 48, 48))
+    exe = os.path.join(os.path.dirname(sys.executable), "desam_plan_and_preprocess")
+    proc = subprocess.Popen([exe, "-d", "5", "-np", "2", "--backbone", "tiny"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    pre = nnunet_dirs["nnUNet_preprocessed"] / "Dataset005_Synth"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if pre.is_dir() and any("staging" in f for f in os.listdir(pre)):
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "finished before it could be interrupted"
+    proc.send_signal(signal.SIGTERM)
+    code = proc.wait(timeout=120)
+    assert code == 130, proc.stderr.read()[-2000:]
+    assert [f for f in os.listdir(pre) if "staging" in f or f.startswith(PLANS_NAME)] == []
+    time.sleep(1)
+    assert _processes_with_env(str(nnunet_dirs["nnUNet_raw"])) == []  # no orphaned workers
+
+
+def test_stale_staging_of_a_killed_run_is_removed(tmp_path):
+    from desam_nnu.planners.plan_and_preprocess import remove_stale_staging
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / f"DeSAMPlans_desam_2d.staging{dead.pid}").mkdir()
+    (tmp_path / f"DeSAMPlans.staging{dead.pid}.json").write_text("{}")
+    (tmp_path / f"DeSAMPlans_desam_2d.staging{os.getpid()}").mkdir()  # a live run: kept
+    remove_stale_staging(str(tmp_path))
+    assert sorted(os.listdir(tmp_path)) == [f"DeSAMPlans_desam_2d.staging{os.getpid()}"]
