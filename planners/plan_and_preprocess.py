@@ -23,7 +23,7 @@ from desam_nnu.errors import DeSAMInputError
 from desam_nnu.paths import env_dir, resolve_dataset_name
 from desam_nnu.planners.dataset_checks import (check_dataset, check_dataset_json, check_files_complete,
                                                 raise_if_problems)
-from desam_nnu.planners.planner import DeSAMPlanner
+from desam_nnu.planners.planner import DeSAMPlanner, backbone_spec, channel_names
 from desam_nnu.planners.preprocessor import DeSAMPreprocessor
 
 
@@ -63,6 +63,8 @@ def plan_and_preprocess(dataset: Union[int, str], num_processes: Optional[int] =
     except ValueError as e:
         raise DeSAMInputError(f"{dataset_json_file}: not valid JSON ({e})") from e
     check_dataset_json(dataset_json, dataset_json_file)
+    channel_names(dataset_json, dataset_json_file)
+    backbone_spec(backbone)
     cases = get_filenames_of_train_images_and_targets(raw, dataset_json)
     if not cases:
         raise DeSAMInputError(f"{raw}/imagesTr: no training cases ending in {dataset_json['file_ending']}")

@@ -25,7 +25,7 @@ from nnunetv2.preprocessing.resampling.default_resampling import compute_new_sha
 
 from desam_nnu.config import CONFIGURATION, PLANS_NAME
 from desam_nnu.errors import DeSAMInputError
-from desam_nnu.planners.backbone_facts import BackboneFacts, backbone_facts
+from desam_nnu.model.backbones import BACKBONES, BackboneSpec, encoder_output_shapes
 from desam_nnu.planners.normalization import scheme_for_channel
 from desam_nnu.rgb import MAX_CHANNELS, channel_to_rgb_matrix
 
@@ -64,6 +64,21 @@ def validate_image_size(image_size: int, native_image_size: int, patch_stride: i
                               f"between 64 and the backbone's native {native_image_size}")
 
 
+def channel_names(dataset_json: dict, path: str) -> List[str]:
+    """The input channels in order; more than SAM's three RGB channels is an error."""
+    channels = dataset_json["channel_names"] if "channel_names" in dataset_json else dataset_json["modality"]
+    if len(channels) > MAX_CHANNELS:
+        raise DeSAMInputError(f"{path}: {len(channels)} channels; DeSAM maps at most {MAX_CHANNELS} onto SAM's "
+                              f"RGB input")
+    return [channels[k] for k in sorted(channels, key=int)]
+
+
+def backbone_spec(name: str) -> BackboneSpec:
+    if name not in BACKBONES:
+        raise DeSAMInputError(f"unknown backbone {name!r}; choose one of {', '.join(sorted(BACKBONES))}")
+    return BACKBONES[name]
+
+
 class DeSAMPlanner(ExperimentPlanner):
     """Writes ``DeSAMPlans.json`` with the single configuration ``desam_2d``."""
 
@@ -71,17 +86,13 @@ class DeSAMPlanner(ExperimentPlanner):
                  image_size: Optional[int] = None, plans_name: str = PLANS_NAME,
                  preprocessor_name: str = "DeSAMPreprocessor", cache_dtype: str = "float16") -> None:
         super().__init__(dataset_name_or_id, preprocessor_name=preprocessor_name, plans_name=plans_name)
-        self.backbone: BackboneFacts = backbone_facts(backbone)
+        self.backbone: BackboneSpec = backbone_spec(backbone)
         if image_size is not None:
-            validate_image_size(image_size, self.backbone.native_image_size, self.backbone.feature_stride)
+            stride = self.backbone.feature_layout(self.backbone.defaults).embedding_stride
+            validate_image_size(image_size, self.backbone.native_image_size, stride)
         self.image_size_override = image_size
         self.cache_dtype = cache_dtype
-        channels = self.dataset_json["channel_names"] if "channel_names" in self.dataset_json else \
-            self.dataset_json["modality"]
-        if len(channels) > MAX_CHANNELS:
-            raise DeSAMInputError(f"{self.raw_dataset_folder}/dataset.json: {len(channels)} channels; DeSAM maps at "
-                                  f"most {MAX_CHANNELS} onto SAM's RGB input")
-        self.channel_names: List[str] = [channels[k] for k in sorted(channels, key=int)]
+        self.channel_names = channel_names(self.dataset_json, f"{self.raw_dataset_folder}/dataset.json")
 
     def determine_normalization_scheme_and_whether_mask_is_used_for_norm(self) -> Tuple[List[str], List[bool]]:
         """SAM's 0..255 mappings instead of z-scoring; they need no nonzero mask."""
@@ -89,7 +100,7 @@ class DeSAMPlanner(ExperimentPlanner):
 
     def _cache_estimate(self, image_size: int, patch_edge: int, transpose_forward: List[int]) -> dict:
         """Bytes per cached slice (all encoder outputs) times the training slices (x tiles if larger than the patch)."""
-        shapes = self.backbone.feature_shapes(image_size)
+        shapes = encoder_output_shapes(self.backbone.name, image_size)
         bytes_per_slice = int(sum(np.prod(s) for s in shapes) * CACHE_DTYPE_BYTES[self.cache_dtype])
         num_slices = 0
         for shape in self.dataset_fingerprint["shapes_after_crop"]:

@@ -6,6 +6,8 @@ from desam_nnu.cli.common import run_command
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from desam_nnu.model.backbones import BACKBONES
+
     p = argparse.ArgumentParser(
         prog="desam_plan_and_preprocess",
         description="Fingerprint a dataset in $nnUNet_raw, write DeSAMPlans.json (configuration desam_2d) and "
@@ -16,7 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "the number of cores)")
     p.add_argument("--verify_dataset_integrity", action="store_true",
                    help="check every case first: readable, no NaN, image/label geometry, declared label values")
-    p.add_argument("--backbone", default="vit_b", choices=["vit_b", "vit_l", "vit_h", "tiny"],
+    p.add_argument("--backbone", default="vit_b", choices=sorted(BACKBONES),
                    help="SAM image encoder the plans are made for (default vit_b)")
     p.add_argument("--image-size", type=int, default=None,
                    help="SAM input edge in pixels (default: chosen from the median slice, see README)")

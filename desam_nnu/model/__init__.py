@@ -1,0 +1,62 @@
+"""DeSAM network: builders, the model class, and checkpoint import.
+
+Imports only torch and segment_anything (never nnunetv2). Main entry points:
+``build_desam(backbone, image_size=None, num_classes=1, checkpoint=None, **overrides)`` and
+``load_official_desam(path_or_state_dict, model)``; see :mod:`.desam` for the prompt and result
+formats.
+"""
+from .backbones import (
+    BACKBONES,
+    BackboneSpec,
+    FeatureLayout,
+    ViTFeatureEncoder,
+    build_desam,
+    build_desam_tiny,
+    build_desam_vit_b,
+    build_desam_vit_h,
+    build_desam_vit_l,
+    desam_model_registry,
+    encoder_output_shapes,
+)
+from .checkpoints import (
+    CheckpointError,
+    CheckpointNotFoundError,
+    load_checkpoint,
+    load_official_desam,
+    load_sam_checkpoint,
+    read_state_dict,
+    resize_abs_pos_embed,
+    resize_rel_pos,
+)
+from .desam import DeSAM, Features, GridDecodeResult, Points, make_point_grid
+from .pdmm import PDMM
+from .prim import PRIM
+
+__all__ = [
+    "BACKBONES",
+    "BackboneSpec",
+    "CheckpointError",
+    "CheckpointNotFoundError",
+    "DeSAM",
+    "FeatureLayout",
+    "Features",
+    "GridDecodeResult",
+    "PDMM",
+    "PRIM",
+    "Points",
+    "ViTFeatureEncoder",
+    "build_desam",
+    "build_desam_tiny",
+    "build_desam_vit_b",
+    "build_desam_vit_h",
+    "build_desam_vit_l",
+    "desam_model_registry",
+    "encoder_output_shapes",
+    "load_checkpoint",
+    "load_official_desam",
+    "load_sam_checkpoint",
+    "make_point_grid",
+    "read_state_dict",
+    "resize_abs_pos_embed",
+    "resize_rel_pos",
+]
