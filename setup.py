@@ -44,6 +44,7 @@ setup(
     entry_points={
         "console_scripts": [
             "desam_plan_and_preprocess=desam_nnu.cli.plan_and_preprocess:main",
+            "desam_train=desam_nnu.cli.train:main",
         ],
     },
 )

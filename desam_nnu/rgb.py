@@ -33,3 +33,14 @@ def to_rgb(x: torch.Tensor, matrix: List[List[float]]) -> torch.Tensor:
     if m.shape[1] != x.shape[1]:
         raise ValueError(f"the plans map {m.shape[1]} channels to RGB but the input has {x.shape[1]}")
     return torch.einsum("rc,bchw->brhw", m, x)
+
+
+def to_network_input(patches: torch.Tensor, matrix: List[List[float]], image_size: int) -> torch.Tensor:
+    """Patches [B, C, p, p] (each channel already 0..255) -> SAM's input [B, 3, S, S], S = image_size.
+
+    Bilinear resizing is a convex combination, so the result stays in 0..255.
+    """
+    rgb = to_rgb(patches, matrix)
+    if rgb.shape[-2:] == (image_size, image_size):
+        return rgb
+    return torch.nn.functional.interpolate(rgb, size=(image_size, image_size), mode="bilinear", align_corners=False)

@@ -1,0 +1,121 @@
+"""``desam_train ID FOLD``: train DeSAM on nnU-Net's preprocessed data with DeSAMTrainer."""
+import argparse
+import json
+import os
+from typing import List, Optional, Union
+
+from desam_nnu.cli.common import run_command
+from desam_nnu.config import CONFIGURATION, PLANS_NAME
+from desam_nnu.errors import DeSAMInputError
+from desam_nnu.paths import env_dir, resolve_dataset_name
+
+
+def _fold(text: str) -> Union[int, str]:
+    if text == "all":
+        return text
+    if text.isdigit() and 0 <= int(text) <= 4:
+        return int(text)
+    raise DeSAMInputError(f"fold {text!r}: use 0, 1, 2, 3, 4 or all")
+
+
+def _trainer_class(name: str):
+    from desam_nnu.trainers import TRAINERS
+
+    if name in TRAINERS:
+        return TRAINERS[name]
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+    try:
+        return recursive_find_trainer_class_by_name(name)
+    except RuntimeError:
+        raise DeSAMInputError(f"trainer {name!r} not found; desam-nnu has {', '.join(TRAINERS)}") from None
+
+
+def train(dataset: Union[int, str], fold: Union[int, str], trainer: str = "DeSAMTrainer", plans: str = PLANS_NAME,
+          sam_checkpoint: Optional[str] = None, prompt_mode: Optional[str] = None, continue_training: bool = False,
+          validation_only: bool = False, npz: bool = False, device: Optional[str] = None,
+          epochs: Optional[int] = None, iterations_per_epoch: Optional[int] = None,
+          val_iterations: Optional[int] = None, cache_dtype: Optional[str] = None, train_encoder: bool = False,
+          use_cache: bool = True):
+    """Build the trainer, resume or load as asked, train, then run the final validation; returns the trainer."""
+    import torch
+    from batchgenerators.utilities.file_and_folder_operations import load_json
+    from nnunetv2.run.run_training import maybe_load_checkpoint
+
+    fold = _fold(str(fold))
+    pre_root = env_dir("nnUNet_preprocessed")
+    env_dir("nnUNet_results", must_exist=False)
+    name = resolve_dataset_name(dataset, pre_root)
+    plans_file = os.path.join(pre_root, name, plans + ".json")
+    if not os.path.isfile(plans_file):
+        raise DeSAMInputError(f"{plans_file}: not found; run desam_plan_and_preprocess -d {dataset} first")
+    plans_dict = load_json(plans_file)
+    data_dir = os.path.join(pre_root, name, plans_dict["configurations"][CONFIGURATION]["data_identifier"])
+    if not os.path.isdir(data_dir):
+        raise DeSAMInputError(f"{data_dir}: preprocessed data missing; run desam_plan_and_preprocess -d {dataset}")
+    if continue_training and validation_only:
+        raise DeSAMInputError("--c and --val exclude each other")
+    plans_dict["continue_training"] = continue_training
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    t = _trainer_class(trainer)(plans=plans_dict, configuration=CONFIGURATION, fold=fold,
+                                dataset_json=load_json(os.path.join(pre_root, name, "dataset.json")), device=dev)
+    saved = os.path.join(t.output_folder, "desam_options.json")
+    if (continue_training or validation_only) and os.path.isfile(saved):
+        options = json.load(open(saved))
+        sam_checkpoint = sam_checkpoint or options.get("sam_checkpoint")
+        prompt_mode = prompt_mode or options.get("prompt_mode")
+        cache_dtype = cache_dtype or options.get("cache_dtype")
+        train_encoder = train_encoder or options.get("train_encoder", False)
+        epochs = epochs or options.get("num_epochs")
+        iterations_per_epoch = iterations_per_epoch or options.get("num_iterations_per_epoch")
+    if sam_checkpoint:
+        t.sam_checkpoint = sam_checkpoint
+    if prompt_mode:
+        t.prompt_mode = prompt_mode
+    if cache_dtype:
+        t.cache_dtype = cache_dtype
+    t.train_encoder, t.use_cache = train_encoder, use_cache
+    if epochs:
+        t.num_epochs = epochs
+    if iterations_per_epoch:
+        t.num_iterations_per_epoch = iterations_per_epoch
+    if val_iterations:
+        t.num_val_iterations_per_epoch = val_iterations
+    maybe_load_checkpoint(t, continue_training, validation_only)
+    if not validation_only:
+        t.run_training()
+    t.perform_actual_validation(npz)
+    return t
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="desam_train", description="Train DeSAM (configuration desam_2d of "
+                                "DeSAMPlans.json) on one fold; results go to $nnUNet_results as nnU-Net's do.")
+    p.add_argument("dataset", help="dataset id (4) or name (Dataset004_Hippocampus)")
+    p.add_argument("fold", help="0-4 (nnU-Net's 5-fold splits_final.json) or all")
+    p.add_argument("-tr", default="DeSAMTrainer", dest="trainer")
+    p.add_argument("-p", default=PLANS_NAME, dest="plans")
+    p.add_argument("--sam-checkpoint", default=None,
+                   help="SAM weights (sam_vit_*.pth); default $DESAM_SAM_CHECKPOINT; not needed for tiny")
+    p.add_argument("--prompt-mode", choices=["points", "box"], default=None, help="default: the plans' (points)")
+    p.add_argument("--c", action="store_true", dest="continue_training", help="continue from the last checkpoint")
+    p.add_argument("--val", action="store_true", dest="validation_only", help="only run the final validation")
+    p.add_argument("--npz", action="store_true", help="also save validation probabilities")
+    p.add_argument("-device", choices=["cpu", "cuda"], default=None, help="default: cuda when available")
+    p.add_argument("--epochs", type=int, default=None, help="default 100")
+    p.add_argument("--iterations", type=int, default=None, dest="iterations_per_epoch",
+                   help="training iterations per epoch (default nnU-Net's 250)")
+    p.add_argument("--val-iterations", type=int, default=None, help="validation iterations per epoch (default 50)")
+    p.add_argument("--cache-dtype", choices=["float16", "int8", "float32"], default=None,
+                   help="embedding cache precision (default float16; int8 is per-channel quantised, 4x smaller)")
+    p.add_argument("--no-cache", action="store_false", dest="use_cache", help="encode every batch online")
+    p.add_argument("--train-encoder", action="store_true", help="train the image encoder too (online encoding)")
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = vars(build_parser().parse_args(argv))
+    return run_command(lambda: train(**args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

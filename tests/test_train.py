@@ -1,0 +1,142 @@
+"""desam_train / DeSAMTrainer on a synthetic dataset with the tiny backbone."""
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from synthetic import make_dataset
+
+from desam_nnu.cli.train import main, train
+from desam_nnu.errors import DeSAMInputError
+
+RESULT = "DeSAMTrainer__DeSAMPlans__desam_2d"
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    """Dataset005 planned and preprocessed once for the module (tiny backbone, 64 px input)."""
+    root = tmp_path_factory.mktemp("train")
+    mp = pytest.MonkeyPatch()
+    for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        (root / k).mkdir()
+        mp.setenv(k, str(root / k))
+    make_dataset(str(root / "nnUNet_raw"), 5, num_cases=5, shape_zyx=(8, 40, 48))
+    from desam_nnu.planners.plan_and_preprocess import plan_and_preprocess
+    plan_and_preprocess(5, num_processes=1, backbone="tiny", image_size=64)
+    yield root
+    mp.undo()
+
+
+def _fresh_results(root: Path) -> Path:
+    results = root / "nnUNet_results"
+    shutil.rmtree(results, ignore_errors=True)
+    results.mkdir()
+    return results / "Dataset005_Synth" / RESULT
+
+
+def test_tiny_trains_caches_checkpoints_and_validates(prepared):
+    out = _fresh_results(prepared)
+    t = train(5, 0, device="cpu", epochs=4, iterations_per_epoch=8, val_iterations=2)
+    losses = [t.logger.get_value("train_losses", step=e) for e in range(4)]
+    assert losses[-1] < losses[0], losses
+    fold = out / "fold_0"
+    for f in ("checkpoint_final.pth", "checkpoint_best.pth", "progress.png", "desam_options.json"):
+        assert (fold / f).is_file(), f
+    assert list(fold.glob("training_log_*.txt"))
+    summary = json.loads((fold / "validation" / "summary.json").read_text())
+    assert set(summary["mean"]) == {"1", "2"} and 0.0 <= summary["foreground_mean"]["Dice"] <= 1.0
+    # every training and validation case is in the cache, and training ran no encoder: features came from it
+    cache_root = prepared / "nnUNet_preprocessed" / "Dataset005_Synth" / "desam_cache"
+    (folder,) = list(cache_root.iterdir())
+    assert sorted(p.name for p in folder.iterdir() if p.is_dir()) == [f"case_{i:03d}" for i in range(5)]
+    assert t.use_cache and not any(p.requires_grad for p in t.network.image_encoder.parameters())
+
+
+def test_nnunetv2_train_finds_the_trainer(prepared):
+    _fresh_results(prepared)
+    env = dict(os.environ, nnUNet_extTrainer=str(Path(__file__).resolve().parents[1] / "trainers"))
+    exe = os.path.join(os.path.dirname(sys.executable), "nnUNetv2_train")
+    # nnU-Net's own entry point builds our trainer and runs its validation (--val needs a finished training)
+    done = subprocess.run([exe, "5", "desam_2d", "0", "-tr", "DeSAMTrainer", "-p", "DeSAMPlans", "-device", "cpu",
+                           "--val"], capture_output=True, text=True, env=env, timeout=600)
+    assert "Using trainer 'DeSAMTrainer'" in done.stdout, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "Cannot run validation because the training is not finished yet" in done.stderr
+
+
+def test_kill_then_continue_resumes_at_the_next_epoch(prepared):
+    out = _fresh_results(prepared)
+    exe = os.path.join(os.path.dirname(sys.executable), "desam_train")
+    cmd = [exe, "5", "1", "-device", "cpu", "--epochs", "40", "--iterations", "4", "--val-iterations", "1"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    latest = out / "fold_1" / "checkpoint_latest.pth"
+    deadline = time.time() + 300
+    while time.time() < deadline and not latest.is_file():
+        time.sleep(0.2)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert latest.is_file()
+    import torch
+    saved_epoch = torch.load(latest, map_location="cpu", weights_only=False)["current_epoch"]
+    t = train(5, 1, device="cpu", continue_training=True, epochs=saved_epoch + 1)
+    assert t.num_iterations_per_epoch == 4  # options of the killed run were restored
+    log = sorted((out / "fold_1").glob("training_log_*.txt"))[-1].read_text()
+    assert re.search(rf": Epoch {saved_epoch}\s*$", log, re.M) and not re.search(r": Epoch 0\s*$", log, re.M)
+    assert (out / "fold_1" / "checkpoint_final.pth").is_file()
+
+
+def test_corrupt_cache_file_is_rebuilt_with_a_warning(prepared, capsys):
+    _fresh_results(prepared)
+    cache_root = prepared / "nnUNet_preprocessed" / "Dataset005_Synth" / "desam_cache"
+    if not cache_root.is_dir():
+        train(5, 0, device="cpu", epochs=1, iterations_per_epoch=1, val_iterations=1)
+    (folder,) = list(cache_root.iterdir())
+    victim = sorted((folder / "case_001").glob("*.npy"))[0]
+    victim.write_bytes(victim.read_bytes()[:100])
+    train(5, 0, device="cpu", epochs=1, iterations_per_epoch=30, val_iterations=1)
+    out = capsys.readouterr().out
+    assert "WARNING" in out and "case_001" in out and "rebuilding" in out
+    assert np.load(victim, mmap_mode="r").shape[0] > 0  # rebuilt whole
+
+
+@pytest.mark.parametrize("args, message", [
+    (["5", "7"], "fold '7': use 0, 1, 2, 3, 4 or all"),
+    (["5", "0", "-p", "NoSuchPlans"], "run desam_plan_and_preprocess"),
+    (["5", "0", "--sam-checkpoint", "/nonexistent/sam_vit_b.pth"], "/nonexistent/sam_vit_b.pth: SAM checkpoint not found"),
+])
+def test_bad_input_is_one_clear_line(prepared, capsys, args, message):
+    _fresh_results(prepared)
+    assert main(args + ["-device", "cpu"]) == 2
+    assert message in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_a_wrong_checkpoint_file_is_refused(prepared, tmp_path, capsys):
+    _fresh_results(prepared)
+    bad = tmp_path / "sam_vit_b.pth"
+    import torch
+    torch.save({"image_encoder.patch_embed.proj.weight": torch.zeros(3)}, bad)
+    assert main(["5", "0", "-device", "cpu", "--sam-checkpoint", str(bad), "--epochs", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert str(bad) in err or "missing" in err
+
+
+def test_out_of_disk_refuses_before_caching_and_keeps_what_was_trained(prepared, monkeypatch, capsys):
+    out = _fresh_results(prepared)
+    train(5, 2, device="cpu", epochs=1, iterations_per_epoch=2, val_iterations=1, use_cache=False)
+    final = out / "fold_2" / "checkpoint_final.pth"
+    before = final.read_bytes()
+    cache_root = prepared / "nnUNet_preprocessed" / "Dataset005_Synth" / "desam_cache"
+    shutil.rmtree(cache_root, ignore_errors=True)
+    import desam_nnu.cache as cache_module
+    monkeypatch.setattr(cache_module.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10 ** 6, 10 ** 6 - 10, 10))
+    assert main(["5", "2", "-device", "cpu", "--epochs", "1", "--iterations", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "free" in err
+    assert final.read_bytes() == before

@@ -1,0 +1,354 @@
+"""DeSAMTrainer: nnU-Net's trainer, training DeSAM's PRIM and PDMM on cached encoder features.
+
+What stays nnU-Net's: the plans and dataset handling, splits (``splits_final.json``), output
+folders, the epoch loop (``run_training``), logging (``training_log_*.txt``, ``progress.png``),
+checkpoints (best / latest / final, ``--c``), the poly learning-rate schedule and the final
+validation's export and metrics. What is DeSAM's (each in the smallest method that holds it):
+
+- network: ``build_desam`` from the plans' ``desam`` section; SAM weights from ``sam_checkpoint``.
+- optimiser: Adam, lr 1e-4, no weight decay (the official recipe), poly decay 0.9 (nnU-Net's).
+- data: fixed items (every tile of every slice, ``trainers/slices.py``); a batch draws foreground
+  items and, at ``empty_slice_fraction`` (0.2), slices without foreground, because the predictor
+  sees every slice of a volume (the official trains only on slices with foreground).
+- prompts (``points`` mode, the paper): one random point per slice, half on foreground, always a
+  positive label, IoU target 1 on the object and 0 elsewhere, full ground truth as mask target.
+  ``box`` mode: the whole-slice box, no IoU term (as the official's whole-box script).
+- features: with the encoder frozen they come from the embedding cache (``desam_nnu.cache``), built
+  once per plans/backbone/size/checkpoint and shared by all folds; no encoder runs in training.
+  ``train_encoder`` (or ``use_cache = False``) encodes online instead.
+"""
+import json
+import os
+from typing import Dict, List, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+from batchgenerators.utilities.file_and_folder_operations import join, maybe_mkdir_p
+from nnunetv2.evaluation.evaluate_predictions import compute_metrics_on_folder
+from nnunetv2.inference.export_prediction import export_prediction_from_logits
+from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
+
+from desam_nnu.cache import CacheCorruptError, EmbeddingCache, file_sha256
+from desam_nnu.config import DeSAMConfig
+from desam_nnu.errors import DeSAMInputError
+from desam_nnu.inference.slicewise import predict_volume
+from desam_nnu.model import CheckpointError, build_desam, load_sam_checkpoint
+from desam_nnu.planners.plans import DeSAMPlansManager
+from desam_nnu.prompts import sample_training_points, whole_boxes
+from desam_nnu.rgb import to_network_input
+from desam_nnu.trainers.loss import DeSAMLoss, one_hot_classes
+from desam_nnu.trainers.slices import ItemIndex, build_item_index, load_case_patches
+
+CACHE_LAYOUT_VERSION = 1
+ENCODE_BATCH = 8
+MAX_OPEN_CASES = 256
+
+
+class DeSAMTrainer(nnUNetTrainer):
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")) -> None:
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        # nnU-Net resolves plans with its own PlansManager, which cannot find our classes by name
+        self.plans_manager = DeSAMPlansManager(self.plans_manager.plans)
+        self.configuration_manager = self.plans_manager.get_configuration(configuration)
+        self.desam = self.configuration_manager.desam
+        self.initial_lr = 1e-4
+        self.weight_decay = 0.0
+        self.num_epochs = 100
+        self.enable_deep_supervision = False
+        self.save_every = 1  # --c resumes from the last finished epoch
+        self.prompt_mode = self.desam.prompts.train_mode
+        self.sam_checkpoint: Optional[str] = os.environ.get("DESAM_SAM_CHECKPOINT") or None
+        self.cache_dtype = "float16"
+        self.train_encoder = False
+        self.use_cache = True
+        self.empty_slice_fraction = 0.2
+        self.seed = 12345
+        self.items: Optional[ItemIndex] = None
+        self.cache: Optional[EmbeddingCache] = None
+        self._open_cases: Dict[str, object] = {}
+
+    # ------------------------------------------------------------------ network
+    @staticmethod
+    def build_network_architecture(plans_manager: PlansManager, configuration_manager: ConfigurationManager,
+                                   num_input_channels: int, num_output_channels: int,
+                                   enable_deep_supervision: bool = True) -> torch.nn.Module:
+        """DeSAM from the plans (random weights; trained weights come from nnU-Net's checkpoint).
+
+        ``num_output_channels`` is nnU-Net's segmentation heads (background included); DeSAM has one
+        sigmoid channel per foreground class instead, recorded in the plans.
+        """
+        desam = DeSAMConfig.from_configuration(configuration_manager.configuration)
+        return build_desam(desam.backbone, image_size=desam.image_size, num_classes=desam.num_classes)
+
+    def initialize(self) -> None:
+        if self.was_initialized:
+            raise RuntimeError("DeSAMTrainer.initialize called twice")
+        self._check_sam_checkpoint()
+        torch.manual_seed(self.seed)
+        np.random.seed(self.seed)
+        super().initialize()
+        if self.sam_checkpoint:
+            try:
+                load_sam_checkpoint(self.sam_checkpoint, self.network)
+            except (CheckpointError, FileNotFoundError) as e:
+                raise DeSAMInputError(str(e)) from e
+        self.network.set_trainable(image_encoder=self.train_encoder)
+        self.use_cache = self.use_cache and not self.train_encoder
+        # the optimiser must see the final set of trainable parameters
+        self.optimizer, self.lr_scheduler = self.configure_optimizers()
+        self.print_to_log_file(f"DeSAM {self.desam.backbone} at {self.desam.image_size}px, "
+                               f"{self.network.trainable_parameter_count() / 1e6:.2f}M trainable parameters, "
+                               f"prompts: {self.prompt_mode}, features: "
+                               f"{'cache (' + self.cache_dtype + ')' if self.use_cache else 'online'}")
+
+    def _check_sam_checkpoint(self) -> None:
+        if self.sam_checkpoint is None and self.desam.backbone != "tiny":
+            raise DeSAMInputError(f"backbone {self.desam.backbone} needs SAM weights: pass --sam-checkpoint "
+                                  f"sam_{self.desam.backbone}_*.pth or set DESAM_SAM_CHECKPOINT")
+        if self.sam_checkpoint is not None and not os.path.isfile(self.sam_checkpoint):
+            raise DeSAMInputError(f"{self.sam_checkpoint}: SAM checkpoint not found")
+
+    def configure_optimizers(self):
+        params = [p for p in self.network.parameters() if p.requires_grad]
+        optimizer = torch.optim.Adam(params, lr=self.initial_lr, weight_decay=self.weight_decay)
+        return optimizer, PolyLRScheduler(optimizer, self.initial_lr, self.num_epochs)
+
+    def _build_loss(self) -> DeSAMLoss:
+        return DeSAMLoss()
+
+    def set_deep_supervision_enabled(self, enabled: bool) -> None:
+        self.network.deep_supervision = False  # one output resolution; the loss is taken at the patch's
+
+    def plot_network_architecture(self) -> None:
+        pass  # nnU-Net's plot traces a U-Net with hiddenlayer; not meaningful for a ViT
+
+    # ------------------------------------------------------------------ data
+    def get_dataloaders(self):
+        """Item index, the embedding cache (built or reused) and two in-process batch iterators."""
+        tr_keys, val_keys = self.do_split()
+        dataset = self.dataset_class(self.preprocessed_dataset_folder, sorted(set(tr_keys) | set(val_keys)))
+        patch = self.desam.patch_size[0]
+        self.items = build_item_index(dataset, sorted(set(tr_keys) | set(val_keys)), patch)
+        if self.use_cache:
+            self.cache = self._open_cache()
+            self.cache.build(list(self.items.cases), lambda case: self._encode_case(dataset, case),
+                             estimated_bytes=self.desam.cache.bytes_per_slice * len(self.items.case_of_item)
+                             * _DTYPE_FACTOR[self.cache_dtype] // 2)
+        rng_tr = np.random.default_rng(self.seed + 1000 * (self.fold if isinstance(self.fold, int) else 99))
+        rng_val = np.random.default_rng(self.seed + 1)
+        return (_Batches(self, dataset, tr_keys, rng_tr), _Batches(self, dataset, val_keys, rng_val))
+
+    def _open_cache(self) -> EmbeddingCache:
+        checkpoint_hash = file_sha256(self.sam_checkpoint) if self.sam_checkpoint else "random-init"
+        key = dict(data_identifier=self.configuration_manager.data_identifier, backbone=self.desam.backbone,
+                   image_size=self.desam.image_size, checkpoint_sha256=checkpoint_hash,
+                   patch_size=list(self.desam.patch_size), layout=CACHE_LAYOUT_VERSION)
+        if checkpoint_hash == "random-init":
+            # a random encoder differs per run: key it by the weights actually in this network
+            key["checkpoint_sha256"] = _state_hash(self.network.image_encoder)
+        return EmbeddingCache(join(self.preprocessed_dataset_folder_base, "desam_cache"), key, self.cache_dtype)
+
+    def cached_case(self, dataset, case: str):
+        """A case's cached features; a corrupt cache file is rebuilt (with a warning), never trained on."""
+        if case in self._open_cases:
+            return self._open_cases[case]
+        try:
+            cached = self.cache.read(case)
+        except CacheCorruptError as e:
+            self.print_to_log_file(f"WARNING: {e}; rebuilding this case's cache", also_print_to_console=True)
+            self.cache.invalidate(case)
+            was_training = self.network.training
+            self.cache.write_case(case, *self._encode_case(dataset, case))
+            self.network.train(was_training)
+            cached = self.cache.read(case)
+        if len(self._open_cases) >= MAX_OPEN_CASES:  # memory maps stay few, whatever the dataset size
+            self._open_cases.pop(next(iter(self._open_cases)))
+        self._open_cases[case] = cached
+        return cached
+
+    @torch.no_grad()
+    def _encode(self, images: np.ndarray) -> List[torch.Tensor]:
+        """Patches [n, C, p, p] (0..255) -> encoder features, in mini-batches."""
+        outs: List[List[torch.Tensor]] = []
+        for i in range(0, len(images), ENCODE_BATCH):
+            x = torch.from_numpy(images[i:i + ENCODE_BATCH]).to(self.device)
+            outs.append(self.network.encode(to_network_input(x, self.desam.channel_to_rgb, self.desam.image_size)))
+        return [torch.cat([o[level] for o in outs]) for level in range(len(outs[0]))]
+
+    def _encode_case(self, dataset, case: str):
+        positions = self.items.position[self.items.items_of(case)]
+        patches = load_case_patches(dataset, case, positions, self.desam.patch_size[0])
+        self.network.eval()
+        features = [f.float().cpu().numpy() for f in self._encode(patches["images"])]
+        return features, {"seg": patches["seg"], "position": positions.astype(np.int32)}
+
+    # ------------------------------------------------------------------ steps
+    def _forward(self, batch: Dict[str, object]):
+        if batch["features"] is not None:
+            features = [f.to(self.device) for f in batch["features"]]
+        else:
+            x = to_network_input(batch["images"].to(self.device), self.desam.channel_to_rgb, self.desam.image_size)
+            features = self.network.encode(x)
+        seg = batch["seg"].to(self.device)
+        b = seg.shape[0]
+        scale = self.desam.image_size / self.desam.patch_size[0]
+        if self.prompt_mode == "points":
+            coords, labels, iou_target = sample_training_points(seg.cpu(), self.desam.num_classes, scale,
+                                                                generator=batch["generator"])
+            logits, iou = self.network.decode(features, points=(coords.to(self.device), labels.to(self.device)))
+            iou_target = iou_target.to(self.device)
+        else:
+            logits, iou = self.network.decode(features, boxes=whole_boxes(b, self.desam.image_size).to(self.device))
+            iou, iou_target = None, None
+        logits = F.interpolate(logits, size=seg.shape[-2:], mode="bilinear", align_corners=False)
+        loss, parts = self.loss(logits, seg, iou, iou_target)
+        return loss, logits, seg
+
+    def train_step(self, batch: dict) -> dict:
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(self.device.type, enabled=self.device.type == "cuda"):
+            loss, _, _ = self._forward(batch)
+        if self.grad_scaler is not None:
+            self.grad_scaler.scale(loss).backward()
+            self.grad_scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
+            self.grad_scaler.step(self.optimizer)
+            self.grad_scaler.update()
+        else:
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
+            self.optimizer.step()
+        return {"loss": loss.detach().cpu().numpy()}
+
+    def validation_step(self, batch: dict) -> dict:
+        """Pseudo-Dice per class (sigmoid >= 0.5) on validation items, as nnU-Net's green curve."""
+        with torch.autocast(self.device.type, enabled=self.device.type == "cuda"):
+            loss, logits, seg = self._forward(batch)
+        pred = (logits > 0).float()
+        target = one_hot_classes(seg, pred.shape[1])
+        valid = (seg >= 0).float()[:, None]
+        tp = (pred * target * valid).sum((0, 2, 3))
+        fp = (pred * (1 - target) * valid).sum((0, 2, 3))
+        fn = ((1 - pred) * target * valid).sum((0, 2, 3))
+        return {"loss": loss.detach().cpu().numpy(), "tp_hard": tp.cpu().numpy(), "fp_hard": fp.cpu().numpy(),
+                "fn_hard": fn.cpu().numpy()}
+
+    def perform_actual_validation(self, save_probabilities: bool = False) -> None:
+        """Predict the fold's validation cases as whole volumes and score them with nnU-Net's metrics.
+
+        Until desam_predict lands this uses the slice-wise predictor (``inference/slicewise.py``):
+        every slice, tiled with nnU-Net's Gaussian sliding window, in the plans' prompt mode, no
+        mirroring, exported through nnU-Net's resampling to the original geometry. Cases are read
+        from the preprocessed folder, so the raw images need not be present.
+        """
+        self.network.eval()
+        _, val_keys = self.do_split()
+        dataset = self.dataset_class(self.preprocessed_dataset_folder, val_keys)
+        folder = join(self.output_folder, "validation")
+        maybe_mkdir_p(folder)
+        mode = self.desam.prompts.predict_mode
+        for key in tqdm(val_keys, desc=f"Validation ({mode} prompts)"):
+            data, _, _, properties = dataset.load_case(key)
+            logits = predict_volume(self.network, np.asarray(data), self.desam, mode=mode,
+                                    grid_points=self.desam.prompts.grid_points_per_side,
+                                    iou_thresh=self.desam.prompts.iou_threshold, top_k=self.desam.prompts.top_k,
+                                    device=self.device)
+            export_prediction_from_logits(logits.numpy(), properties, self.configuration_manager, self.plans_manager,
+                                          self.dataset_json, join(folder, key), save_probabilities)
+        lm = self.label_manager
+        metrics = compute_metrics_on_folder(join(self.preprocessed_dataset_folder_base, "gt_segmentations"), folder,
+                                            join(folder, "summary.json"), self.plans_manager.image_reader_writer_class(),
+                                            self.dataset_json["file_ending"],
+                                            lm.foreground_regions if lm.has_regions else lm.foreground_labels,
+                                            lm.ignore_label, chill=True, num_processes=1)
+        self.print_to_log_file("Validation complete", also_print_to_console=True)
+        self.print_to_log_file("Mean Validation Dice: ", metrics["foreground_mean"]["Dice"],
+                               also_print_to_console=True)
+
+    def on_train_start(self) -> None:
+        super().on_train_start()
+        options = {"prompt_mode": self.prompt_mode, "cache_dtype": self.cache_dtype, "use_cache": self.use_cache,
+                   "train_encoder": self.train_encoder, "sam_checkpoint": self.sam_checkpoint,
+                   "num_epochs": self.num_epochs, "num_iterations_per_epoch": self.num_iterations_per_epoch}
+        with open(join(self.output_folder, "desam_options.json"), "w") as f:
+            json.dump(options, f, indent=2)
+
+
+_DTYPE_FACTOR = {"float32": 4, "float16": 2, "int8": 1}  # bytes per value; the plans' estimate is float16
+
+
+def _state_hash(module: torch.nn.Module) -> str:
+    """A cheap fingerprint of a module's weights (sum and a few values per tensor)."""
+    import hashlib
+    h = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        flat = t.detach().float().flatten()
+        h.update(name.encode())
+        h.update(np.asarray([flat.sum().item(), flat[:4].sum().item(), flat.numel()], np.float64).tobytes())
+    return h.hexdigest()[:16]
+
+
+class _Batches:
+    """An endless in-process batch iterator over one split's items (what ``next(dataloader)`` gives).
+
+    Cached mode reads features for the batch's items from memory-mapped cache files; online mode
+    reads the patches from nnU-Net's preprocessed arrays.
+    """
+
+    def __init__(self, trainer: DeSAMTrainer, dataset, keys: List[str], rng: np.random.Generator) -> None:
+        self.trainer, self.dataset, self.rng = trainer, dataset, rng
+        items = trainer.items
+        in_split = np.isin(np.asarray(items.cases)[items.case_of_item], list(keys))
+        self.foreground = np.flatnonzero(in_split & items.has_foreground)
+        self.empty = np.flatnonzero(in_split & ~items.has_foreground)
+        if not len(self.foreground) and not len(self.empty):
+            raise DeSAMInputError(f"no training slices for cases {list(keys)[:3]}...")
+        self.generator = torch.Generator().manual_seed(int(rng.integers(2 ** 31)))
+
+    def __iter__(self):
+        return self
+
+    def _draw(self, n: int) -> np.ndarray:
+        frac = self.trainer.empty_slice_fraction if len(self.empty) else 0.0
+        if not len(self.foreground):
+            frac = 1.0
+        take_empty = self.rng.random(n) < frac
+        out = np.empty(n, np.int64)
+        out[take_empty] = self.rng.choice(self.empty, take_empty.sum()) if take_empty.any() else []
+        out[~take_empty] = self.rng.choice(self.foreground, (~take_empty).sum()) if (~take_empty).any() else []
+        return out
+
+    def __next__(self) -> dict:
+        t, items = self.trainer, self.trainer.items
+        chosen = self._draw(t.batch_size)
+        by_case: Dict[int, List[int]] = {}
+        for pos, g in enumerate(chosen):
+            by_case.setdefault(int(items.case_of_item[g]), []).append(pos)
+        seg = np.empty((len(chosen), *t.desam.patch_size), np.int64)
+        features: Optional[List[torch.Tensor]] = None
+        images: Optional[np.ndarray] = None
+        for case_idx, positions in by_case.items():
+            case = items.cases[case_idx]
+            local = items.local_index[chosen[positions]]
+            if t.use_cache:
+                cached = t.cached_case(self.dataset, case)
+                feats = cached.features(local)
+                seg[positions] = np.asarray(cached.extras["seg"][np.asarray(local)])
+                if features is None:
+                    features = [torch.empty((len(chosen), *f.shape[1:]), dtype=f.dtype) for f in feats]
+                for level, f in enumerate(feats):
+                    features[level][positions] = f
+            else:
+                patches = load_case_patches(self.dataset, case, items.position[chosen[positions]],
+                                            t.desam.patch_size[0])
+                if images is None:
+                    images = np.empty((len(chosen), *patches["images"].shape[1:]), np.float32)
+                images[positions] = patches["images"]
+                seg[positions] = patches["seg"]
+        return {"features": features, "images": torch.from_numpy(images) if images is not None else None,
+                "seg": torch.from_numpy(seg), "generator": self.generator}
