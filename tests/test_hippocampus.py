@@ -34,3 +34,16 @@ def test_hippocampus_subset_plans_and_preprocesses(nnunet_dirs):
         assert data.shape[0] == 1 and 0.0 <= data.min() and data.max() <= 255.0 + 1e-3
         assert set(np.unique(np.asarray(seg))) <= {-1, 0, 1, 2}  # -1: outside the nonzero mask (nnU-Net)
         assert props["class_locations"][1].shape[1] == 4  # nnU-Net's foreground sampling ran
+
+
+def test_hippocampus_subset_trains_and_validates(nnunet_dirs):
+    """Plan, cache, train the tiny backbone a few iterations and validate whole volumes on real MRI."""
+    from desam_nnu.cli.train import train
+    hippocampus_subset(nnunet_dirs["nnUNet_raw"], 10)
+    plan_and_preprocess(4, num_processes=2, backbone="tiny")
+    t = train(4, 0, device="cpu", epochs=2, iterations_per_epoch=4, val_iterations=2)
+    fold = nnunet_dirs["nnUNet_results"] / "Dataset004_Hippocampus" / "DeSAMTrainer__DeSAMPlans__desam_2d" / "fold_0"
+    summary = json.loads((fold / "validation" / "summary.json").read_text())
+    assert len(summary["metric_per_case"]) == 2 and set(summary["mean"]) == {"1", "2"}
+    assert (fold / "checkpoint_final.pth").is_file() and (fold / "progress.png").is_file()
+    assert len(t.items.cases) == 10 and t.items.has_foreground.any() and (~t.items.has_foreground).any()

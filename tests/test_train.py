@@ -140,3 +140,11 @@ def test_out_of_disk_refuses_before_caching_and_keeps_what_was_trained(prepared,
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "free" in err
     assert final.read_bytes() == before
+
+
+def test_time_budget_stops_after_the_epoch_that_spent_it(prepared):
+    out = _fresh_results(prepared)
+    t = train(5, 3, device="cpu", epochs=50, iterations_per_epoch=2, val_iterations=1, time_budget=0.0001)
+    assert t.current_epoch == 1  # one epoch ran, then the budget stopped it cleanly
+    assert (out / "fold_3" / "checkpoint_final.pth").is_file()
+    assert (out / "fold_3" / "validation" / "summary.json").is_file()

@@ -19,6 +19,7 @@ validation's export and metrics. What is DeSAM's (each in the smallest method th
 """
 import json
 import os
+import time
 from typing import Dict, List, Optional
 
 import numpy as np
@@ -71,6 +72,8 @@ class DeSAMTrainer(nnUNetTrainer):
         self.items: Optional[ItemIndex] = None
         self.cache: Optional[EmbeddingCache] = None
         self._open_cases: Dict[str, object] = {}
+        self.time_budget: Optional[float] = None  # seconds of training (validation excluded), for fair CPU budgets
+        self._training_started = time.monotonic()
 
     # ------------------------------------------------------------------ network
     @staticmethod
@@ -270,13 +273,34 @@ class DeSAMTrainer(nnUNetTrainer):
         self.print_to_log_file("Mean Validation Dice: ", metrics["foreground_mean"]["Dice"],
                                also_print_to_console=True)
 
+    def run_training(self) -> None:
+        """nnU-Net's loop, stopped after the epoch in which ``time_budget`` seconds ran out (if set)."""
+        self._training_started = time.monotonic()
+        try:
+            super().run_training()
+        except _BudgetSpent:
+            self.on_train_end()
+
+    def on_epoch_end(self) -> None:
+        super().on_epoch_end()
+        spent = time.monotonic() - self._training_started
+        if self.time_budget is not None and spent > self.time_budget and self.current_epoch < self.num_epochs:
+            self.print_to_log_file(f"Time budget of {self.time_budget:.0f} s spent after {self.current_epoch} "
+                                   f"epoch(s) ({spent:.0f} s): stopping")
+            raise _BudgetSpent()
+
     def on_train_start(self) -> None:
         super().on_train_start()
         options = {"prompt_mode": self.prompt_mode, "cache_dtype": self.cache_dtype, "use_cache": self.use_cache,
                    "train_encoder": self.train_encoder, "sam_checkpoint": self.sam_checkpoint,
-                   "num_epochs": self.num_epochs, "num_iterations_per_epoch": self.num_iterations_per_epoch}
+                   "num_epochs": self.num_epochs, "num_iterations_per_epoch": self.num_iterations_per_epoch,
+                   "time_budget": self.time_budget}
         with open(join(self.output_folder, "desam_options.json"), "w") as f:
             json.dump(options, f, indent=2)
+
+
+class _BudgetSpent(Exception):
+    """Raised at an epoch's end when the time budget is spent; run_training finishes cleanly."""
 
 
 _DTYPE_FACTOR = {"float32": 4, "float16": 2, "int8": 1}  # bytes per value; the plans' estimate is float16

@@ -35,7 +35,7 @@ def train(dataset: Union[int, str], fold: Union[int, str], trainer: str = "DeSAM
           validation_only: bool = False, npz: bool = False, device: Optional[str] = None,
           epochs: Optional[int] = None, iterations_per_epoch: Optional[int] = None,
           val_iterations: Optional[int] = None, cache_dtype: Optional[str] = None, train_encoder: bool = False,
-          use_cache: bool = True):
+          use_cache: bool = True, time_budget: Optional[float] = None):
     """Build the trainer, resume or load as asked, train, then run the final validation; returns the trainer."""
     import torch
     from batchgenerators.utilities.file_and_folder_operations import load_json
@@ -80,6 +80,8 @@ def train(dataset: Union[int, str], fold: Union[int, str], trainer: str = "DeSAM
         t.num_iterations_per_epoch = iterations_per_epoch
     if val_iterations:
         t.num_val_iterations_per_epoch = val_iterations
+    if time_budget:
+        t.time_budget = time_budget * 60
     maybe_load_checkpoint(t, continue_training, validation_only)
     if not validation_only:
         t.run_training()
@@ -109,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="embedding cache precision (default float16; int8 is per-channel quantised, 4x smaller)")
     p.add_argument("--no-cache", action="store_false", dest="use_cache", help="encode every batch online")
     p.add_argument("--train-encoder", action="store_true", help="train the image encoder too (online encoding)")
+    p.add_argument("--time-budget", type=float, default=None,
+                   help="stop after the epoch in which this many minutes of training have passed")
     return p
 
 
