@@ -25,17 +25,8 @@ TARGET = 0.2
 
 
 def _link_subset(raw: Path, cases: int) -> None:
-    target = raw / DATASET.name
-    (target / "imagesTr").mkdir(parents=True)
-    (target / "labelsTr").mkdir()
-    labels = sorted(os.listdir(DATASET / "labelsTr"))[:cases]
-    for f in labels:
-        case = f[:-len(".nii.gz")]
-        os.symlink(DATASET / "labelsTr" / f, target / "labelsTr" / f)
-        os.symlink(DATASET / "imagesTr" / f"{case}_0000.nii.gz", target / "imagesTr" / f"{case}_0000.nii.gz")
-    dj = json.loads((DATASET / "dataset.json").read_text())
-    dj["numTraining"] = len(labels)
-    (target / "dataset.json").write_text(json.dumps(dj))
+    from desam_nnu.paths import link_dataset_subset
+    link_dataset_subset(str(DATASET), str(raw), cases)
 
 
 def one_run(backbone: str, mode: str, dtype: str, iterations: int) -> dict:

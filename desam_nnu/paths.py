@@ -3,9 +3,10 @@
 nnU-Net itself fails late and verbosely when ``nnUNet_raw`` is unset or a dataset id is unknown;
 every desam command resolves these first.
 """
+import json
 import os
 import re
-from typing import Dict, Union
+from typing import Dict, Optional, Union
 
 from desam_nnu.errors import DeSAMInputError
 
@@ -48,3 +49,29 @@ def resolve_dataset_name(dataset: Union[int, str], folder: str) -> str:
         return available[dataset_id]
     listing = ", ".join(f"{i} ({n})" for i, n in available.items()) or "none"
     raise DeSAMInputError(f"dataset {text!r} not found in {folder}; datasets there: {listing}")
+
+
+def link_dataset_subset(source: str, raw_root: str, num_cases: Optional[int] = None) -> str:
+    """Link the first ``num_cases`` cases (by label file name) of a raw dataset into ``raw_root``.
+
+    For tests, benchmarks and demos on part of a dataset without copying it: images and labels are
+    symlinks, dataset.json is rewritten with the new ``numTraining``. Returns the new dataset folder.
+    """
+    with open(os.path.join(source, "dataset.json")) as f:
+        dataset_json = json.load(f)
+    ending = dataset_json["file_ending"]
+    target = os.path.join(raw_root, os.path.basename(os.path.normpath(source)))
+    os.makedirs(os.path.join(target, "imagesTr"))
+    os.makedirs(os.path.join(target, "labelsTr"))
+    labels = sorted(f for f in os.listdir(os.path.join(source, "labelsTr")) if f.endswith(ending))[:num_cases]
+    channels = len(dataset_json.get("channel_names", dataset_json.get("modality", {})))
+    for f in labels:
+        case = f[: -len(ending)]
+        os.symlink(os.path.join(source, "labelsTr", f), os.path.join(target, "labelsTr", f))
+        for c in range(channels):
+            name = f"{case}_{c:04d}{ending}"
+            os.symlink(os.path.join(source, "imagesTr", name), os.path.join(target, "imagesTr", name))
+    dataset_json["numTraining"] = len(labels)
+    with open(os.path.join(target, "dataset.json"), "w") as f:
+        json.dump(dataset_json, f, indent=2)
+    return target

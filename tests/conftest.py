@@ -1,5 +1,4 @@
 """Shared fixtures: nnU-Net folders in a temp dir, synthetic datasets, the shared real data."""
-import json
 import os
 import sys
 from pathlib import Path
@@ -31,15 +30,5 @@ def hippocampus_subset(raw_root: Path, num_cases: int) -> Path:
     """Link the first ``num_cases`` shared hippocampus cases into a temp nnUNet_raw (skip if absent)."""
     if not HIPPOCAMPUS.is_dir():
         pytest.skip(f"{HIPPOCAMPUS} not present")
-    target = raw_root / HIPPOCAMPUS.name
-    (target / "imagesTr").mkdir(parents=True)
-    (target / "labelsTr").mkdir()
-    labels = sorted(os.listdir(HIPPOCAMPUS / "labelsTr"))[:num_cases]
-    for f in labels:
-        case = f[: -len(".nii.gz")]
-        os.symlink(HIPPOCAMPUS / "labelsTr" / f, target / "labelsTr" / f)
-        os.symlink(HIPPOCAMPUS / "imagesTr" / f"{case}_0000.nii.gz", target / "imagesTr" / f"{case}_0000.nii.gz")
-    dataset_json = json.loads((HIPPOCAMPUS / "dataset.json").read_text())
-    dataset_json["numTraining"] = len(labels)
-    (target / "dataset.json").write_text(json.dumps(dataset_json, indent=2))
-    return target
+    from desam_nnu.paths import link_dataset_subset
+    return Path(link_dataset_subset(str(HIPPOCAMPUS), str(raw_root), num_cases))
