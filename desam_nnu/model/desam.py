@@ -4,7 +4,8 @@ DeSAM (Gao et al., MICCAI 2024) decouples SAM's mask decoder into
 * PRIM (:mod:`.prim`): SAM's two-way transformer + IoU head. Per prompt it predicts the IoU and a
   *mask embedding* (the transformer's image-side output at the neck resolution);
 * PDMM (:mod:`.pdmm`): a U-Net-like decoder over the encoder's intermediate features, which fuses
-  the mask embedding in at its deepest level and outputs mask logits at 1/4 of the input.
+  the mask embedding in at its deepest level and outputs mask logits at :meth:`DeSAM.mask_size`:
+  1/4 of the input for SAM's ViTs, the full input for medsam_lite (TinyViT, neck at 1/4).
 
 Prompt format (all coordinates in input pixels, i.e. in the ``image_size`` frame after resizing,
 ``(x, y)`` order, as SAM):
@@ -16,7 +17,8 @@ Prompt format (all coordinates in input pixels, i.e. in the ``image_size`` frame
   ``image_index[p]``. Without ``image_index``: B == 1 means all P prompts are on that image (the
   inference / grid case), B == P pairs prompt ``i`` with image ``i`` (the training case: B slices,
   one prompt each). Anything else needs an explicit ``image_index``.
-* Outputs: ``mask_logits [P, C, H/4, W/4]``, ``iou [P, C]``, one channel / one IoU per class.
+* Outputs: ``mask_logits [P, C, h, w]`` with ``(h, w) = mask_size()`` (S/4 for the ViTs, S for
+  medsam_lite), ``iou [P, C]``, one channel / one IoU per class.
 
 Classes. ``num_classes = 1`` is the official binary model: one sigmoid logit channel and one IoU.
 With C foreground classes PDMM's seg outputs have C channels (multi-label sigmoid, one per class)
@@ -27,7 +29,8 @@ and behaviour are unchanged (the IoU head keeps SAM's 4 outputs and reads the fi
 Loss this implies (for the trainer): per class ``c``, Dice + BCE between ``mask_logits[:, c]`` and
 the one-hot target of class ``c`` (the official uses MONAI DiceCELoss(sigmoid=True,
 squared_pred=True) on the single channel), plus L1 (official; MSE optional) between ``iou[:, c]``
-and the IoU of the thresholded predicted mask of class ``c`` with its target. At inference a
+and the prompt-relevance target of class ``c``: 1 when the prompt point lies on class ``c``, else 0
+(the official's ``iou_label``; the mask target is always the full ground truth). At inference a
 label map is ``argmax_c`` over classes whose sigmoid is >= 0.5, background elsewhere.
 """
 from __future__ import annotations
@@ -96,6 +99,10 @@ class DeSAM(nn.Module):
         pixel_mean, pixel_std: per-channel normalisation, in 0..255 units.
         backbone: name, for messages. config: the resolved size configuration.
         freeze_image_encoder, freeze_prompt_encoder: DeSAM trains only PRIM and PDMM.
+
+    A frozen image encoder is a fixed feature extractor: :meth:`train` leaves it in eval mode, so
+    that batch norms (TinyViT has them) neither use batch statistics nor update their running
+    ones, and features are the same whether computed online or read from a cache.
     """
 
     mask_threshold: float = 0.0  # on logits, i.e. probability 0.5
@@ -160,6 +167,14 @@ class DeSAM(nn.Module):
             if getattr(m, "project_residual", True) is False:
                 m.conv3.conv.weight.requires_grad_(False)
 
+    def train(self, mode: bool = True) -> "DeSAM":
+        """nn.Module.train, except that a frozen image encoder (no parameter requiring grad) stays
+        in eval mode."""
+        super().train(mode)
+        if mode and self.image_encoder is not None and not any(p.requires_grad for p in self.image_encoder.parameters()):
+            self.image_encoder.eval()
+        return self
+
     def trainable_parameter_count(self) -> int:
         """Number of parameter elements with requires_grad (what an optimiser would update)."""
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
@@ -189,7 +204,9 @@ class DeSAM(nn.Module):
 
         Returns the encoder feature list. For the SAM ViTs: the outputs of every global-attention
         block but the last, [B, encoder_embed_dim, S/16, S/16] each (3 of them), then the neck
-        [B, prompt_embed_dim, S/16, S/16]. Runs without autograd while the encoder is frozen.
+        [B, prompt_embed_dim, S/16, S/16]. For medsam_lite: TinyViT's stage 0 [B, 128, S/2, S/2],
+        stage 3 [B, 320, S/4, S/4], then the neck [B, 256, S/4, S/4]. Runs without autograd while
+        the encoder is frozen.
         """
         if self.image_encoder is None:
             raise RuntimeError("this DeSAM was built without an image encoder; pass precomputed features to decode()")
@@ -255,11 +272,16 @@ class DeSAM(nn.Module):
     def _pdmm_features(self, features: Sequence[Tensor]) -> List[Tensor]:
         return [features[i] for i in self.pdmm_feature_indices]
 
-    def mask_size(self, features: Sequence[Tensor]) -> Tuple[int, int]:
-        """(H, W) of the mask logits for these features: the neck size x 2**(levels - 1)."""
-        h, w = features[-1].shape[-2:]
+    def mask_size(self, features: Optional[Sequence[Tensor]] = None) -> Tuple[int, int]:
+        """(H, W) of the mask logits: the neck size x 2**(PDMM levels - 1), the neck size taken from
+        ``features`` or, without them, from the model's image_size. S/4 x S/4 for SAM's ViTs
+        (1024 -> 256), S x S for medsam_lite (256 -> 256)."""
+        if features is not None:
+            h, w = (int(n) for n in features[-1].shape[-2:])
+        else:
+            h, w = (int(n) for n in self.prompt_encoder.image_embedding_size)
         scale = 2 ** (len(self.pdmm_feature_indices) - 1)
-        return int(h) * scale, int(w) * scale
+        return h * scale, w * scale
 
     # ------------------------------------------------------------------ decoder
     def decode(
@@ -274,7 +296,7 @@ class DeSAM(nn.Module):
         features: the list from :meth:`encode` (batch B). points / boxes / image_index: see the
         module docstring. PDMM's image-only context branches run once per image and are shared
         by all prompts of that image.
-        Returns mask_logits [P, C, H/4, W/4] (a list, highest resolution first, when
+        Returns mask_logits [P, C, *mask_size()] (a list, highest resolution first, when
         deep_supervision is on) and iou [P, C].
         """
         sparse, dense = self.embed_prompts(points, boxes)
@@ -367,5 +389,5 @@ class DeSAM(nn.Module):
         image_index: Optional[Tensor] = None,
     ) -> Tuple[Union[Tensor, List[Tensor]], Tensor]:
         """encode + decode. images: [B, 3, S, S] in 0..255; prompts as in :meth:`decode`.
-        Returns mask_logits [P, C, S/4, S/4] and iou [P, C]."""
+        Returns mask_logits [P, C, *mask_size()] (S/4 for the ViTs, S for medsam_lite) and iou [P, C]."""
         return self.decode(self.encode(images), points=points, boxes=boxes, image_index=image_index)

@@ -4,15 +4,21 @@ Structure (module names follow the official ``mask_decoder.pimm.*`` state dict, 
 load unchanged; levels are listed deepest first, level ``d`` has ``pdmm_dim // 2**d`` channels):
 
 * ``conv_blocks_context[d]`` (a :class:`ContextBlock`): lifts encoder feature ``d`` to the width
-  of level ``d`` and upsamples it ``context_upsamples[d]`` times by 2. For the SAM ViTs the inputs
-  are the outputs of the global-attention blocks (deepest first) at 1/16 of the input, upsampled
-  0, 1, 2 times, giving levels at 1/16, 1/8 and 1/4.
-* ``mask_embedding_fusion``: fuses PRIM's mask embedding (1/16, the only prompt-dependent input)
-  with the deepest context level.
+  of level ``d`` and upsamples it ``context_upsamples[d]`` times by 2. Level 0 is at the neck's
+  resolution and each level doubles it. Which encoder output feeds which level, and how often
+  it is upsampled, is the backbone's :class:`~desam_nnu.model.backbones.FeatureLayout`:
+
+  - SAM ViTs (input S, neck S/16): the outputs of the global-attention blocks but the last
+    (deepest first), all at S/16, upsampled 0, 1, 2 times: levels at S/16, S/8, S/4.
+  - medsam_lite (TinyViT, neck S/4; see :mod:`desam_nnu.model.tinyvit`): stage 3 (320 ch, S/4)
+    as is, stage 0 (128 ch, S/2) as is, stage 0 again upsampled once: levels at S/4, S/2, S.
+* ``mask_embedding_fusion``: fuses PRIM's mask embedding (at the neck's resolution, the only
+  prompt-dependent input) with the deepest context level.
 * ``conv_blocks_localization[u]`` (an :class:`UpBlock`): transposed conv x2, then a residual block
   over ``[upsampled, skip]`` with the context level ``u + 1`` as skip.
-* ``seg_outputs[u]``: 1x1 convs to ``num_classes`` logits; the last one gives the output at
-  1/4 of the input (the earlier ones are deep-supervision heads).
+* ``seg_outputs[u]``: 1x1 convs to ``num_classes`` logits; the last one gives the output at the
+  last level's resolution, S/4 for the ViTs and S for medsam_lite (the earlier ones are
+  deep-supervision heads).
 
 Why the split: every context branch depends on the image only. :meth:`PDMM.encode_context` runs
 them once per image; :meth:`PDMM.decode` runs the prompt-dependent part for P prompts and
@@ -245,7 +251,7 @@ class PDMM(nn.Module):
         image_index: [P] LongTensor, image of each prompt; None means broadcast (B == 1) or
             paired (B == P).
         Returns mask logits [P, num_classes, H, W] at the last level's resolution (1/4 of the
-        SAM input for the ViTs); with deep_supervision a list of such tensors, highest
+        SAM input for the ViTs, the full input for medsam_lite); with deep_supervision a list of such tensors, highest
         resolution first (official order).
         """
         x = self.mask_embedding_fusion(mask_embedding, shared=context[0], index=image_index)

@@ -3,7 +3,9 @@
 PRIM keeps SAM's output-token layout (one IoU token, then SAM's 4 mask tokens, then the prompt
 tokens) so that SAM's mask-decoder weights and the official DeSAM weights load unchanged. Unlike
 SAM it does not upscale masks: its mask output is the transformer's image-side output (the
-*mask embedding*, at the neck resolution, 1/16 of the input for the ViTs), which PDMM decodes.
+*mask embedding*, at the neck resolution: 1/16 of the input for the ViTs, 1/4 for medsam_lite's
+TinyViT), which PDMM decodes. LiteMedSAM's mask decoder has SAM's sizes (256 wide, 2 layers, IoU
+head depth 3), so its transformer, tokens and IoU head load into PRIM unchanged.
 SAM's hypernetwork MLPs and output upscaling are therefore absent (the official model still
 carries them, unused; :mod:`desam_nnu.model.checkpoints` drops them when importing).
 
