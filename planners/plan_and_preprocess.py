@@ -45,11 +45,30 @@ def _diagnose(error: Exception, dataset: dict, dataset_json: dict, rw_class, num
     return DeSAMInputError(f"{where}: {what} failed ({type(error).__name__}: {error})")
 
 
+def default_backbone(sam_checkpoint: Optional[str] = None) -> str:
+    """The ViT of the given SAM checkpoint (``--sam-checkpoint`` or ``DESAM_SAM_CHECKPOINT``), else
+    ``medsam_lite``, whose pretrained weights come with its package and which runs on a CPU."""
+    from desam_nnu.model import CheckpointError, sam_backbone_of
+
+    checkpoint = sam_checkpoint or os.environ.get("DESAM_SAM_CHECKPOINT") or None
+    if checkpoint is None:
+        return "medsam_lite"
+    try:
+        return sam_backbone_of(checkpoint)
+    except (CheckpointError, FileNotFoundError) as e:
+        raise DeSAMInputError(str(e)) from e
+
+
 def plan_and_preprocess(dataset: Union[int, str], num_processes: Optional[int] = None,
-                        verify_dataset_integrity: bool = False, backbone: str = "vit_b",
-                        image_size: Optional[int] = None, clean: bool = False) -> dict:
-    """Fingerprint (reused unless ``clean``), plan ``desam_2d`` and preprocess; returns the plans."""
+                        verify_dataset_integrity: bool = False, backbone: Optional[str] = None,
+                        image_size: Optional[int] = None, clean: bool = False,
+                        sam_checkpoint: Optional[str] = None) -> dict:
+    """Fingerprint (reused unless ``clean``), plan ``desam_2d`` and preprocess; returns the plans.
+
+    ``backbone`` None picks :func:`default_backbone`.
+    """
     num_processes = num_processes or default_processes()
+    backbone = backbone or default_backbone(sam_checkpoint)
     raw_root = env_dir("nnUNet_raw")
     pre_root = env_dir("nnUNet_preprocessed", must_exist=False)
     name = resolve_dataset_name(dataset, raw_root)

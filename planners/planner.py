@@ -84,7 +84,7 @@ def backbone_spec(name: str) -> BackboneSpec:
 class DeSAMPlanner(ExperimentPlanner):
     """Writes ``DeSAMPlans.json`` with the single configuration ``desam_2d``."""
 
-    def __init__(self, dataset_name_or_id: Union[str, int], backbone: str = "vit_b",
+    def __init__(self, dataset_name_or_id: Union[str, int], backbone: str = "medsam_lite",
                  image_size: Optional[int] = None, plans_name: str = PLANS_NAME,
                  preprocessor_name: str = "DeSAMPreprocessor", cache_dtype: str = "float16") -> None:
         super().__init__(dataset_name_or_id, preprocessor_name=preprocessor_name, plans_name=plans_name)

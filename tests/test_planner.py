@@ -91,3 +91,28 @@ def test_slices_are_cut_across_the_lowest_resolution_axis(nnunet_dirs, spacing_x
     median = plans["configurations"][CONFIGURATION]["median_image_size_in_voxels"]
     assert cfg.patch_size[0] >= max(median) and cfg.patch_size[0] == cfg.patch_size[1]
     assert max(median) <= max(slice_shape)
+
+
+def test_default_backbone_is_medsam_lite_or_the_checkpoints_vit(tmp_path, monkeypatch):
+    import torch
+    from desam_nnu.planners.plan_and_preprocess import default_backbone
+    monkeypatch.delenv("DESAM_SAM_CHECKPOINT", raising=False)
+    assert default_backbone() == "medsam_lite"
+    vit_l = tmp_path / "sam_vit_l.pth"
+    torch.save({"image_encoder.patch_embed.proj.weight": torch.zeros(1024, 3, 16, 16)}, vit_l)
+    assert default_backbone(str(vit_l)) == "vit_l"
+    monkeypatch.setenv("DESAM_SAM_CHECKPOINT", str(vit_l))
+    assert default_backbone() == "vit_l"
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(DeSAMInputError, match="junk.pth"):
+        default_backbone(str(junk))
+
+
+def test_medsam_lite_plans_logits_at_the_full_input(nnunet_dirs):
+    planner = _planner_for(nnunet_dirs, [[20, 50, 36]], [[1.0, 1.0, 1.0]], backbone="medsam_lite")
+    cfg = DeSAMConfig.from_configuration(planner.plan_experiment()["configurations"][CONFIGURATION])
+    assert cfg.patch_size == (56, 56) and cfg.image_size == 256 and cfg.mask_logits_size == (256, 256)
+    assert cfg.pixel_mean == (0.0, 0.0, 0.0) and cfg.pixel_std == (255.0, 255.0, 255.0)
+    # TinyViT stage 0 at S/2, stage 3 and the neck at S/4, float16
+    assert cfg.cache.bytes_per_slice == (128 * 128 * 128 + 320 * 64 * 64 + 256 * 64 * 64) * 2

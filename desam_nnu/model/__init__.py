@@ -30,6 +30,7 @@ from .checkpoints import (
     read_state_dict,
     resize_abs_pos_embed,
     resize_rel_pos,
+    sam_backbone_of,
 )
 from .desam import DeSAM, Features, GridDecodeResult, Points, make_point_grid
 from .pdmm import PDMM
@@ -64,4 +65,5 @@ __all__ = [
     "read_state_dict",
     "resize_abs_pos_embed",
     "resize_rel_pos",
+    "sam_backbone_of",
 ]

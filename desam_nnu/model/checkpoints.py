@@ -357,3 +357,26 @@ def load_checkpoint(source: StateDictSource, model: "DeSAM") -> "DeSAM":
     if any(k.startswith("mask_decoder.pimm.") for k in raw):
         return _load_official(model, raw, name)
     return _load_sam(model, raw, name)
+
+
+_VIT_BY_WIDTH = {768: "vit_b", 1024: "vit_l", 1280: "vit_h"}
+
+
+def sam_backbone_of(path: Union[str, os.PathLike]) -> str:
+    """Which SAM ViT a checkpoint file holds (vit_b, vit_l or vit_h), from its patch-embedding width.
+
+    The file is memory-mapped, so a 2.5 GB ViT-H checkpoint is not read whole just to plan.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointNotFoundError(f"checkpoint not found: {path}")
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:
+        raise CheckpointError(f"cannot read checkpoint {path} (corrupt, truncated or not a PyTorch state "
+                              f"dict): {type(exc).__name__}") from exc
+    weight = sd.get("image_encoder.patch_embed.proj.weight") if isinstance(sd, Mapping) else None
+    if not isinstance(weight, Tensor) or int(weight.shape[0]) not in _VIT_BY_WIDTH:
+        raise CheckpointError(f"{path} is not an official SAM checkpoint (no ViT-B/L/H "
+                              f"image_encoder.patch_embed.proj.weight)")
+    return _VIT_BY_WIDTH[int(weight.shape[0])]
