@@ -63,13 +63,13 @@ def test_large_ct_like_slices_get_tiled_and_the_native_input(nnunet_dirs):
 
 
 def test_image_size_override_and_its_validation(nnunet_dirs):
-    planner = _planner_for(nnunet_dirs, [[20, 64, 64]], [[1.0, 1.0, 1.0]], image_size=512)
+    planner = _planner_for(nnunet_dirs, [[20, 64, 64]], [[1.0, 1.0, 1.0]], image_size=512, backbone="vit_b")
     cfg = DeSAMConfig.from_configuration(planner.plan_experiment()["configurations"][CONFIGURATION])
     assert cfg.image_size == 512 and cfg.patch_to_input_scale == pytest.approx(512 / 64)
     with pytest.raises(DeSAMInputError, match="multiple of 16"):
-        _planner_for(nnunet_dirs, [[20, 64, 64]], [[1.0, 1.0, 1.0]], image_size=500)
+        _planner_for(nnunet_dirs, [[20, 64, 64]], [[1.0, 1.0, 1.0]], image_size=500, backbone="vit_b")
     with pytest.raises(DeSAMInputError, match="1024"):
-        _planner_for(nnunet_dirs, [[20, 64, 64]], [[1.0, 1.0, 1.0]], image_size=2048)
+        _planner_for(nnunet_dirs, [[20, 64, 64]], [[1.0, 1.0, 1.0]], image_size=2048, backbone="vit_b")
 
 
 def test_small_dataset_caps_the_batch_size(nnunet_dirs):
