@@ -31,3 +31,16 @@ def atomic_copy(src: str, dst: str) -> None:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process exists, for telling a killed writer's leftovers from a live writer's."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: it exists but belongs to someone else
+        return True
+    return True

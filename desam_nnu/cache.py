@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from desam_nnu.atomic import pid_alive
 from desam_nnu.errors import DeSAMInputError
 
 CACHE_DTYPES = ("float16", "int8", "float32")
@@ -75,18 +76,6 @@ def _check_dtype(dtype: str) -> None:
 
 def _gib(n: float) -> str:
     return f"{n / 2**30:.2f} GiB"
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # EPERM: it exists but belongs to someone else
-        return True
-    return True
 
 
 def _save(path: str, arr: np.ndarray) -> None:
@@ -332,7 +321,7 @@ class EmbeddingCache:
         for name in os.listdir(self.folder):
             m = _TMP_RE.match(name)
             path = os.path.join(self.folder, name)
-            if m and os.path.isdir(path) and not _pid_alive(int(m.group("pid"))):
+            if m and os.path.isdir(path) and not pid_alive(int(m.group("pid"))):
                 shutil.rmtree(path, ignore_errors=True)
                 removed += 1
         return removed

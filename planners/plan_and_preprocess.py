@@ -17,7 +17,7 @@ from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from
 from nnunetv2.utilities.json_export import recursive_fix_for_json_export
 from nnunetv2.utilities.utils import get_filenames_of_train_images_and_targets
 
-from desam_nnu.atomic import atomic_copy, atomic_write_json
+from desam_nnu.atomic import atomic_copy, atomic_write_json, pid_alive
 from desam_nnu.config import CONFIGURATION, PLANS_NAME, DeSAMConfig
 from desam_nnu.errors import DeSAMInputError
 from desam_nnu.paths import env_dir, resolve_dataset_name
@@ -130,19 +130,9 @@ def remove_stale_staging(folder: str) -> None:
     """Remove staging leftovers of runs that were killed (SIGKILL, power loss) and whose process is gone."""
     for entry in os.listdir(folder):
         m = re.search(r"\.staging(\d+)", entry)
-        if m and not _pid_alive(int(m.group(1))):
+        if m and not pid_alive(int(m.group(1))):
             path = os.path.join(folder, entry)
             shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _preprocess_staged(plans: dict, name: str, pre: str, cases: dict, dataset_json: dict, rw_class,

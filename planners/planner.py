@@ -11,10 +11,11 @@ nnU-Net's sliding window; smaller ones are padded (with 0, SAM's black).
 
 SAM input size (``image_size``). PDMM predicts mask logits at 1/4 of SAM's input (ViTs; the full
 input for medsam_lite), so an input of that stride x the patch edge gives logits at the voxel
-resolution of the patch. The rule is ``clip(ceil64(stride * patch), 256, native)``: at least 256 (a 16x16 token grid, the smallest the ViT
-position embeddings are interpolated to here) and never above the native 1024. ``--image-size``
-overrides it (a multiple of 16, 64..1024). A patch is resized by ``image_size / patch`` on the way
-in; logits (``image_size / 4``) are resized to the patch on the way out.
+resolution of the patch. The rule is ``clip(ceil64(stride * patch), 256, native)``: at least 256
+(a 16x16 ViT token grid) and never above the backbone's native size (SAM's 1024). ``--image-size``
+overrides it (a multiple of the encoder stride, 64..native). A patch is resized by
+``image_size / patch`` on the way in; the logits (``mask_logits_size``) are resized to the patch
+on the way out.
 """
 import math
 from typing import List, Optional, Tuple, Union
@@ -23,6 +24,7 @@ import numpy as np
 from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
 from nnunetv2.preprocessing.resampling.default_resampling import compute_new_shape
 
+from desam_nnu.cache import feature_bytes_per_item
 from desam_nnu.config import CONFIGURATION, PLANS_NAME
 from desam_nnu.errors import DeSAMInputError
 from desam_nnu.model.backbones import BACKBONES, BackboneSpec, encoder_output_shapes
@@ -34,7 +36,6 @@ INPUT_MULTIPLE = 64
 MIN_IMAGE_SIZE = 256
 OFFICIAL_BATCH_SIZE = 8  # desam_train_gridpoints.py default
 MIN_BATCH_SIZE = 2
-CACHE_DTYPE_BYTES = {"float32": 4, "float16": 2, "int8": 1}
 DEFAULT_PROMPTS = {
     "train_mode": "points",
     "predict_mode": "grid",
@@ -103,7 +104,7 @@ class DeSAMPlanner(ExperimentPlanner):
     def _cache_estimate(self, image_size: int, patch_edge: int, transpose_forward: List[int]) -> dict:
         """Bytes per cached slice (all encoder outputs) times the training slices (x tiles if larger than the patch)."""
         shapes = encoder_output_shapes(self.backbone.name, image_size)
-        bytes_per_slice = int(sum(np.prod(s) for s in shapes) * CACHE_DTYPE_BYTES[self.cache_dtype])
+        bytes_per_slice = feature_bytes_per_item(shapes, self.cache_dtype)
         num_slices = 0
         for shape in self.dataset_fingerprint["shapes_after_crop"]:
             s = [shape[i] for i in transpose_forward]

@@ -33,7 +33,7 @@ from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 
-from desam_nnu.cache import CacheCorruptError, EmbeddingCache, file_sha256
+from desam_nnu.cache import CacheCorruptError, EmbeddingCache, feature_bytes_per_item, file_sha256
 from desam_nnu.config import DeSAMConfig
 from desam_nnu.errors import DeSAMInputError
 from desam_nnu.inference.slicewise import predict_volume
@@ -141,9 +141,9 @@ class DeSAMTrainer(nnUNetTrainer):
         self.items = build_item_index(dataset, sorted(set(tr_keys) | set(val_keys)), patch)
         if self.use_cache:
             self.cache = self._open_cache()
+            per_item = feature_bytes_per_item(self.desam.cache.feature_shapes, self.cache_dtype)
             self.cache.build(list(self.items.cases), lambda case: self._encode_case(dataset, case),
-                             estimated_bytes=self.desam.cache.bytes_per_slice * len(self.items.case_of_item)
-                             * _DTYPE_FACTOR[self.cache_dtype] // 2)
+                             estimated_bytes=per_item * len(self.items.case_of_item))
         rng_tr = np.random.default_rng(self.seed + 1000 * (self.fold if isinstance(self.fold, int) else 99))
         rng_val = np.random.default_rng(self.seed + 1)
         return (_Batches(self, dataset, tr_keys, rng_tr), _Batches(self, dataset, val_keys, rng_val))
@@ -303,9 +303,6 @@ class DeSAMTrainer(nnUNetTrainer):
 
 class _BudgetSpent(Exception):
     """Raised at an epoch's end when the time budget is spent; run_training finishes cleanly."""
-
-
-_DTYPE_FACTOR = {"float32": 4, "float16": 2, "int8": 1}  # bytes per value; the plans' estimate is float16
 
 
 def _state_hash(module: torch.nn.Module) -> str:
