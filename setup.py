@@ -47,6 +47,8 @@ setup(
         "console_scripts": [
             "desam_plan_and_preprocess=desam_nnu.cli.plan_and_preprocess:main",
             "desam_train=desam_nnu.cli.train:main",
+            "desam_predict=desam_nnu.cli.predict:main",
+            "desam_evaluate=desam_nnu.cli.evaluate:main",
         ],
     },
 )

@@ -9,6 +9,9 @@ from typing import Any
 def _temp_beside(path: str) -> str:
     fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=os.path.dirname(path) or ".")
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; the renamed file gets a normal file's mode
     return tmp
 
 

@@ -8,6 +8,8 @@ section (``desam_nnu.config.DeSAMConfig``). Trainer and predictor use ``DeSAMPla
 from functools import lru_cache
 from typing import Type
 
+import torch
+from nnunetv2.utilities.label_handling.label_handling import LabelManager
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 
 from desam_nnu.config import DeSAMConfig
@@ -16,6 +18,20 @@ from desam_nnu.planners.preprocessor import DeSAMPreprocessor
 
 PREPROCESSORS = {c.__name__: c for c in (DeSAMPreprocessor,)}
 PLANNERS = {c.__name__: c for c in (DeSAMPlanner,)}
+
+
+def desam_probabilities(outputs: torch.Tensor) -> torch.Tensor:
+    """DeSAM's prediction outputs -> per-label probabilities, as nnU-Net's inference nonlinearity.
+
+    The predictor's network outputs ``[0.5, p_1, ..., p_C]``: the sigmoid probability of each class
+    (DeSAM is multi-label) behind a constant 0.5 background channel, so that nnU-Net's argmax
+    (taken on these outputs, averaged over tiles, mirrors and folds) gives DeSAM's rule: the most
+    probable class where it reaches 0.5, background elsewhere. For ``--save-probabilities`` the
+    background channel becomes ``1 - max_c p_c``, which keeps that argmax.
+    """
+    probabilities = outputs.clone()
+    probabilities[0] = 1 - outputs[1:].max(0).values
+    return probabilities
 
 
 class DeSAMConfigurationManager(ConfigurationManager):
@@ -32,6 +48,11 @@ class DeSAMPlansManager(PlansManager):
     @lru_cache(maxsize=10)
     def get_configuration(self, configuration_name: str) -> DeSAMConfigurationManager:
         return DeSAMConfigurationManager(super().get_configuration(configuration_name).configuration)
+
+    def get_label_manager(self, dataset_json: dict, **kwargs) -> LabelManager:
+        """nnU-Net's label manager with DeSAM's output-to-probability mapping (``desam_probabilities``)."""
+        kwargs.setdefault("inference_nonlin", desam_probabilities)
+        return super().get_label_manager(dataset_json, **kwargs)
 
     @property
     def experiment_planner_class(self) -> Type:

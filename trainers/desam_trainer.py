@@ -16,6 +16,7 @@ validation's export and metrics. What is DeSAM's (each in the smallest method th
 - features: with the encoder frozen they come from the embedding cache (``desam_nnu.cache``), built
   once per plans/backbone/size/checkpoint and shared by all folds; no encoder runs in training.
   ``train_encoder`` (or ``use_cache = False``) encodes online instead.
+- final validation: ``DeSAMPredictor`` (``inference/``), as ``desam_predict`` predicts.
 """
 import json
 import os
@@ -28,7 +29,6 @@ import torch.nn.functional as F
 from tqdm import tqdm
 from batchgenerators.utilities.file_and_folder_operations import join, maybe_mkdir_p
 from nnunetv2.evaluation.evaluate_predictions import compute_metrics_on_folder
-from nnunetv2.inference.export_prediction import export_prediction_from_logits
 from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
@@ -36,7 +36,6 @@ from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 from desam_nnu.cache import CacheCorruptError, EmbeddingCache, feature_bytes_per_item, file_sha256
 from desam_nnu.config import DeSAMConfig
 from desam_nnu.errors import DeSAMInputError
-from desam_nnu.inference.slicewise import predict_volume
 from desam_nnu.model import BACKBONES, CheckpointError, build_desam, load_sam_checkpoint
 from desam_nnu.planners.plans import DeSAMPlansManager
 from desam_nnu.prompts import sample_training_points, whole_boxes
@@ -136,6 +135,9 @@ class DeSAMTrainer(nnUNetTrainer):
     def get_dataloaders(self):
         """Item index, the embedding cache (built or reused) and two in-process batch iterators."""
         tr_keys, val_keys = self.do_split()
+        # nnU-Net's data-augmentation setup is not used, but it records the mirror axes that the
+        # checkpoint hands to the predictor's test-time mirroring: (0, 1) for 2D
+        self.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
         dataset = self.dataset_class(self.preprocessed_dataset_folder, sorted(set(tr_keys) | set(val_keys)))
         patch = self.desam.patch_size[0]
         self.items = build_item_index(dataset, sorted(set(tr_keys) | set(val_keys)), patch)
@@ -244,27 +246,29 @@ class DeSAMTrainer(nnUNetTrainer):
                 "fn_hard": fn.cpu().numpy()}
 
     def perform_actual_validation(self, save_probabilities: bool = False) -> None:
-        """Predict the fold's validation cases as whole volumes and score them with nnU-Net's metrics.
+        """Predict the fold's validation cases as whole volumes with DeSAMPredictor and score them.
 
-        Until desam_predict lands this uses the slice-wise predictor (``inference/slicewise.py``):
-        every slice, tiled with nnU-Net's Gaussian sliding window, in the plans' prompt mode, no
-        mirroring, exported through nnU-Net's resampling to the original geometry. Cases are read
-        from the preprocessed folder, so the raw images need not be present.
+        The same path as ``desam_predict`` (nnU-Net's 2D sliding window over every slice, the plans'
+        prompt mode, export to the original geometry), on the preprocessed cases, so the raw images
+        need not be present. Mirroring runs on CUDA only: on a CPU it would quadruple the encoder work.
         """
+        from desam_nnu.inference.predictor import DeSAMPredictor, export_case_atomically
+
         self.network.eval()
         _, val_keys = self.do_split()
         dataset = self.dataset_class(self.preprocessed_dataset_folder, val_keys)
         folder = join(self.output_folder, "validation")
         maybe_mkdir_p(folder)
-        mode = self.desam.prompts.predict_mode
+        predictor = DeSAMPredictor(use_mirroring=self.device.type == "cuda", device=self.device, allow_tqdm=False)
+        predictor.manual_initialization(predictor.wrap(self.network, self.desam), self.plans_manager,
+                                        self.configuration_manager, None, self.dataset_json,
+                                        self.__class__.__name__, self.inference_allowed_mirroring_axes)
+        mode = predictor.network.prompts.mode
         for key in tqdm(val_keys, desc=f"Validation ({mode} prompts)"):
             data, _, _, properties = dataset.load_case(key)
-            logits = predict_volume(self.network, np.asarray(data), self.desam, mode=mode,
-                                    grid_points=self.desam.prompts.grid_points_per_side,
-                                    iou_thresh=self.desam.prompts.iou_threshold, top_k=self.desam.prompts.top_k,
-                                    device=self.device)
-            export_prediction_from_logits(logits.numpy(), properties, self.configuration_manager, self.plans_manager,
-                                          self.dataset_json, join(folder, key), save_probabilities)
+            logits = predictor.predict_sliding_window_return_logits(torch.from_numpy(np.asarray(data)))
+            export_case_atomically(logits.cpu(), properties, self.configuration_manager, self.plans_manager,
+                                   self.dataset_json, folder, key, save_probabilities)
         lm = self.label_manager
         metrics = compute_metrics_on_folder(join(self.preprocessed_dataset_folder_base, "gt_segmentations"), folder,
                                             join(folder, "summary.json"), self.plans_manager.image_reader_writer_class(),

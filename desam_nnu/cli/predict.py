@@ -1,0 +1,89 @@
+"""``desam_predict -i IN -o OUT``: whole 3D volumes in, 3D label maps with the original geometry out."""
+import argparse
+import sys
+from typing import List, Optional, Sequence, Union
+
+from desam_nnu.cli.common import run_command
+from desam_nnu.config import PLANS_NAME
+from desam_nnu.errors import DeSAMInputError
+
+EXIT_SOME_CASES_FAILED = 1
+
+
+def predict(input_folder: str, output_folder: str, dataset: Optional[Union[int, str]] = None,
+            model_dir: Optional[str] = None, folds: Optional[Sequence[str]] = None, trainer: str = "DeSAMTrainer",
+            plans: str = PLANS_NAME, checkpoint: str = "checkpoint_final.pth", prompt_mode: Optional[str] = None,
+            grid: Optional[int] = None, iou_thresh: Optional[float] = None, top_k: Optional[int] = None,
+            tile_step: float = 0.5, disable_tta: bool = False, save_probabilities: bool = False,
+            preview: bool = False, device: Optional[str] = None, npp: int = 1, nps: int = 1,
+            continue_prediction: bool = False):
+    """Resolve the model, predict every case of ``input_folder``; returns the PredictionReport."""
+    import torch
+    from desam_nnu.inference.model_folder import resolve_model_folder
+    from desam_nnu.inference.predictor import DeSAMPredictor
+
+    if not 0 < tile_step <= 1:
+        raise DeSAMInputError(f"--tile-step {tile_step}: use a value in (0, 1]")
+    folder = resolve_model_folder(model_dir, dataset, trainer, plans)
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    predictor = DeSAMPredictor(tile_step_size=tile_step, use_mirroring=not disable_tta, device=dev,
+                               prompt_overrides=dict(mode=prompt_mode, grid_points_per_side=grid,
+                                                     iou_threshold=iou_thresh, top_k=top_k))
+    predictor.initialize_from_trained_model_folder(folder, folds, checkpoint)
+    report = predictor.predict_folder(input_folder, output_folder, save_probabilities=save_probabilities,
+                                      continue_prediction=continue_prediction, preview=preview,
+                                      num_processes_preprocessing=npp, num_processes_export=nps)
+    print(f"{len(report.written)} case(s) written to {output_folder}"
+          + (f", {len(report.skipped)} already done" if report.skipped else "")
+          + (f"; previews in {output_folder}/previews" if report.previews else ""))
+    if report.failures:
+        print(f"{len(report.failures)} case(s) failed:", file=sys.stderr)
+        for line in report.failures.values():
+            print(f"  error: {line}", file=sys.stderr)
+    return report
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="desam_predict", description="Predict 3D label maps with a trained DeSAM model "
+                                "(nnU-Net's preprocessing, sliding window, ensembling and export).")
+    p.add_argument("-i", required=True, dest="input_folder",
+                   help="images in nnU-Net naming: CASE_0000.nii.gz (CASE_0001... for more channels)")
+    p.add_argument("-o", required=True, dest="output_folder", help="receives CASE.nii.gz, plans.json, dataset.json")
+    p.add_argument("-d", default=None, dest="dataset",
+                   help="dataset id or name in $nnUNet_results; optional when it holds one DeSAM model")
+    p.add_argument("-m", default=None, dest="model_dir", help="a trained model folder (instead of -d)")
+    p.add_argument("-f", nargs="+", default=None, dest="folds", help="folds to ensemble (default: all trained)")
+    p.add_argument("-tr", default="DeSAMTrainer", dest="trainer")
+    p.add_argument("-p", default=PLANS_NAME, dest="plans")
+    p.add_argument("-chk", default="checkpoint_final.pth", dest="checkpoint")
+    p.add_argument("--prompt-mode", choices=["grid", "box"], default=None,
+                   help="grid: DeSAM's automatic mode (default, from the plans); box: one whole-tile box")
+    p.add_argument("--grid", type=int, default=None, help="grid points per side (default 9: 81 prompts)")
+    p.add_argument("--iou-thresh", type=float, default=None, help="keep grid prompts with predicted IoU >= this (0.5)")
+    p.add_argument("--top-k", type=int, default=None, help="fuse the k best kept prompts by predicted IoU (1)")
+    p.add_argument("--tile-step", type=float, default=0.5, help="sliding-window step as a fraction of the patch")
+    p.add_argument("--disable-tta", action="store_true", help="no mirroring test-time augmentation")
+    p.add_argument("--save-probabilities", action="store_true", help="also write CASE.npz / CASE.pkl as nnU-Net")
+    p.add_argument("--preview", action="store_true", help="write OUT/previews/CASE.png: slices with outlines")
+    p.add_argument("-device", choices=["cpu", "cuda"], default=None, help="default: cuda when available")
+    p.add_argument("-npp", type=int, default=1, help="preprocessing worker processes (0: in this process)")
+    p.add_argument("-nps", type=int, default=1, help="export worker processes (0: in this process)")
+    p.add_argument("--continue-prediction", action="store_true", help="skip cases already in the output folder")
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = vars(build_parser().parse_args(argv))
+    outcome = {}
+
+    def work() -> None:
+        outcome["report"] = predict(**args)
+
+    code = run_command(work)
+    if code == 0 and outcome["report"].failures:
+        return EXIT_SOME_CASES_FAILED
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

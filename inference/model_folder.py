@@ -1,0 +1,75 @@
+"""Which trained model ``desam_predict`` uses: ``-m FOLDER``, ``-d ID``, or the only one there is.
+
+A trained model is nnU-Net's results folder ``DatasetXXX/<trainer>__<plans>__desam_2d/`` holding
+``plans.json``, ``dataset.json`` and ``fold_N/<checkpoint>``; it may be copied anywhere and used with ``-m``.
+"""
+import os
+from typing import List, Optional, Sequence, Union
+
+from desam_nnu.config import CONFIGURATION, PLANS_NAME
+from desam_nnu.errors import DeSAMInputError
+from desam_nnu.paths import env_dir, resolve_dataset_name
+
+FoldSpec = Union[int, str]
+
+
+def trained_models(results_root: str) -> List[str]:
+    """Every ``DatasetXXX/*__*__desam_2d`` folder under ``results_root`` with at least one fold folder."""
+    found = []
+    for dataset in sorted(os.listdir(results_root)) if os.path.isdir(results_root) else []:
+        base = os.path.join(results_root, dataset)
+        for name in sorted(os.listdir(base)) if os.path.isdir(base) else []:
+            folder = os.path.join(base, name)
+            if name.endswith(f"__{CONFIGURATION}") and os.path.isdir(folder) and \
+                    any(f.startswith("fold_") for f in os.listdir(folder)):
+                found.append(folder)
+    return found
+
+
+def resolve_model_folder(model_dir: Optional[str] = None, dataset: Optional[Union[int, str]] = None,
+                         trainer: str = "DeSAMTrainer", plans: str = PLANS_NAME) -> str:
+    """The model folder to predict with; one-line errors that say how to choose."""
+    if model_dir is not None:
+        if not os.path.isdir(model_dir):
+            raise DeSAMInputError(f"{model_dir}: model folder does not exist")
+        folder = model_dir
+    elif dataset is not None:
+        root = env_dir("nnUNet_results")
+        name = resolve_dataset_name(dataset, root)
+        folder = os.path.join(root, name, f"{trainer}__{plans}__{CONFIGURATION}")
+        if not os.path.isdir(folder):
+            raise DeSAMInputError(f"{folder}: no trained model; run desam_train {dataset} FOLD first")
+    else:
+        root = env_dir("nnUNet_results")
+        models = trained_models(root)
+        if len(models) != 1:
+            listing = "; ".join(os.path.relpath(m, root) for m in models) or "none"
+            raise DeSAMInputError(f"{root} holds {len(models)} trained DeSAM models ({listing}): choose one with "
+                                  f"-d DATASET_ID (and -tr/-p) or -m MODEL_FOLDER")
+        folder = models[0]
+    for f in ("plans.json", "dataset.json"):
+        if not os.path.isfile(os.path.join(folder, f)):
+            raise DeSAMInputError(f"{os.path.join(folder, f)}: missing; not a trained model folder "
+                                  f"(desam_train writes it)")
+    return folder
+
+
+def resolve_folds(model_folder: str, folds: Optional[Sequence[FoldSpec]], checkpoint: str) -> List[FoldSpec]:
+    """The folds to ensemble: those asked for, or every ``fold_N`` holding ``checkpoint`` (fold_all if
+    that is the only one). Each must have the checkpoint."""
+    if not folds:
+        present = sorted(f for f in os.listdir(model_folder) if f.startswith("fold_"))
+        with_checkpoint = [f[len("fold_"):] for f in present if os.path.isfile(os.path.join(model_folder, f, checkpoint))]
+        numbered = [int(f) for f in with_checkpoint if f.isdigit()]
+        folds = numbered or [f for f in with_checkpoint if f == "all"]
+        if not folds:
+            raise DeSAMInputError(f"{model_folder}: no fold folder holds {checkpoint} "
+                                  f"({', '.join(present) or 'no fold folders'}); finish training or pick -chk")
+    resolved: List[FoldSpec] = []
+    for f in folds:
+        f = "all" if str(f) == "all" else int(f)
+        path = os.path.join(model_folder, f"fold_{f}", checkpoint)
+        if not os.path.isfile(path):
+            raise DeSAMInputError(f"{path}: checkpoint missing")
+        resolved.append(f)
+    return resolved

@@ -1,0 +1,271 @@
+"""DeSAMPredictor: nnU-Net's predictor with DeSAM as the network, whole 3D volumes in and out.
+
+What stays nnU-Net's: preprocessing with the plans (``DeSAMPreprocessor.run_case``), the 2D sliding
+window over every slice of the transposed volume (``predict_sliding_window_return_logits``: steps,
+Gaussian weights, padding, mirroring), fold ensembling (``predict_logits_from_preprocessed_data``),
+and the export back to the original geometry (``export_prediction_from_logits``: resampling,
+un-cropping, transpose, the original affine and direction). What is DeSAM's is the network call
+(:class:`~desam_nnu.inference.prompted.PromptedDeSAM`) and how its outputs become labels
+(``DeSAMPlansManager.get_label_manager``).
+
+Two methods are ours instead of nnU-Net's, for reasons nnU-Net's cannot be subclassed around:
+``initialize_from_trained_model_folder`` (nnU-Net finds trainer classes only inside nnunetv2 and
+reads plans with its own PlansManager; inference must not import trainers) and
+:meth:`predict_folder` instead of ``predict_from_files`` (there a bad case kills the worker pool
+and every other case with it, and exports are written in place, so an interrupt leaves truncated
+files). :meth:`predict_folder` checks each case first, predicts the others when one fails, writes
+every output under a temporary name and renames it, and can skip finished cases.
+"""
+import glob
+import os
+import re
+from collections import deque
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from typing import Callable, Deque, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from batchgenerators.utilities.file_and_folder_operations import join, load_json
+from nnunetv2.inference.export_prediction import export_prediction_from_logits
+from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+from tqdm import tqdm
+
+from desam_nnu.atomic import atomic_write_json, pid_alive
+from desam_nnu.config import DeSAMConfig
+from desam_nnu.errors import DeSAMInputError
+from desam_nnu.inference.inputs import collect_cases
+from desam_nnu.inference.model_folder import FoldSpec, resolve_folds
+from desam_nnu.inference.prompted import PromptedDeSAM, PromptSettings
+from desam_nnu.model import DeSAM, build_desam
+from desam_nnu.planners.plans import DeSAMPlansManager
+
+PARTIAL = re.compile(r"^\.(?P<case>.+)\.partial-(?P<pid>\d+)")
+
+
+@dataclass
+class PredictionReport:
+    """What a run did: cases written, cases skipped as already done, and failures (case -> one line)."""
+
+    written: List[str] = field(default_factory=list)
+    skipped: List[str] = field(default_factory=list)
+    failures: Dict[str, str] = field(default_factory=dict)
+    previews: List[str] = field(default_factory=list)
+
+
+def export_case_atomically(logits: torch.Tensor, properties: dict, configuration_manager, plans_manager,
+                           dataset_json: dict, output_folder: str, case: str, save_probabilities: bool) -> str:
+    """nnU-Net's export under a temporary name, then renamed: an interrupt never leaves a truncated file.
+
+    The label map is renamed last, so its presence means the case (and its .npz/.pkl) is complete.
+    """
+    ending = dataset_json["file_ending"]
+    tmp = join(output_folder, f".{case}.partial-{os.getpid()}")
+    try:
+        export_prediction_from_logits(logits, properties, configuration_manager, plans_manager, dataset_json, tmp,
+                                      save_probabilities)
+        if save_probabilities:
+            for suffix in (".npz", ".pkl"):
+                os.replace(tmp + suffix, join(output_folder, case + suffix))
+        os.replace(tmp + ending, join(output_folder, case + ending))
+    finally:
+        for leftover in glob.glob(glob.escape(tmp) + "*"):
+            os.remove(leftover)
+    return join(output_folder, case + ending)
+
+
+def remove_partials(folder: str) -> None:
+    """Remove the temporary outputs of processes that no longer run (killed runs, terminated workers)."""
+    for name in os.listdir(folder) if os.path.isdir(folder) else []:
+        m = PARTIAL.match(name)
+        if m and not pid_alive(int(m.group("pid"))):
+            os.remove(join(folder, name))
+
+
+def _preprocess(preprocessor, files: List[str], plans_manager, configuration_manager, dataset_json: dict):
+    data, _, properties = preprocessor.run_case(files, None, plans_manager, configuration_manager, dataset_json)
+    return data, properties
+
+
+class _Now:
+    """A pool of zero workers: ``apply_async`` runs the job when its result is asked for."""
+
+    def __init__(self, fn: Callable, args: tuple) -> None:
+        self.fn, self.args = fn, args
+
+    def get(self):
+        return self.fn(*self.args)
+
+
+class _Workers:
+    """``n`` worker processes, or in-process jobs when ``n`` is 0; always terminated.
+
+    Spawned, as nnU-Net's export pool: a forked child deadlocks in its first torch op once the
+    parent's OpenMP threads exist (seen here with --save-probabilities)."""
+
+    def __init__(self, n: int) -> None:
+        self.pool = get_context("spawn").Pool(n) if n > 0 else None
+
+    def submit(self, fn: Callable, *args):
+        return self.pool.apply_async(fn, args) if self.pool is not None else _Now(fn, args)
+
+    def __enter__(self) -> "_Workers":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.pool is not None:
+            self.pool.terminate()
+            self.pool.join()
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+class DeSAMPredictor(nnUNetPredictor):
+    """nnUNetPredictor for DeSAM models. ``prompt_overrides`` (mode, grid_points_per_side,
+    iou_threshold, top_k) replace the plans' prompt defaults."""
+
+    def __init__(self, tile_step_size: float = 0.5, use_mirroring: bool = True,
+                 device: torch.device = torch.device("cpu"), prompt_overrides: Optional[dict] = None,
+                 verbose: bool = False, allow_tqdm: bool = True) -> None:
+        super().__init__(tile_step_size=tile_step_size, use_gaussian=True, use_mirroring=use_mirroring,
+                         perform_everything_on_device=device.type == "cuda", device=device, verbose=verbose,
+                         allow_tqdm=allow_tqdm)
+        self.prompt_overrides = dict(prompt_overrides or {})
+        self.model_folder: Optional[str] = None
+
+    @property
+    def desam(self) -> DeSAMConfig:
+        return self.configuration_manager.desam
+
+    def wrap(self, network: DeSAM, cfg: DeSAMConfig) -> PromptedDeSAM:
+        """DeSAM -> the tile network nnU-Net's sliding window calls, with this predictor's prompts."""
+        return PromptedDeSAM(network, cfg, PromptSettings.from_plans(cfg, **self.prompt_overrides))
+
+    def initialize_from_trained_model_folder(self, model_training_output_dir: str,
+                                             use_folds: Optional[Sequence[FoldSpec]],
+                                             checkpoint_name: str = "checkpoint_final.pth") -> None:
+        """Load plans, dataset.json and each fold's weights; build DeSAM from the plans (see module docstring)."""
+        folder = model_training_output_dir
+        folds = resolve_folds(folder, use_folds, checkpoint_name)
+        plans_manager = DeSAMPlansManager(load_json(join(folder, "plans.json")))
+        dataset_json = load_json(join(folder, "dataset.json"))
+        parameters, first = [], None
+        for f in folds:
+            path = join(folder, f"fold_{f}", checkpoint_name)
+            try:
+                checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+                parameters.append(checkpoint["network_weights"])
+                first = first or checkpoint
+                configuration = first["init_args"]["configuration"]
+            except Exception as e:
+                raise DeSAMInputError(f"{path}: not a readable desam_train checkpoint ({_one_line(e)[:200]})") from e
+        configuration_manager = plans_manager.get_configuration(configuration)
+        cfg = configuration_manager.desam
+        network = build_desam(cfg.backbone, image_size=cfg.image_size, num_classes=cfg.num_classes, pretrained=False)
+        self.manual_initialization(self.wrap(network, cfg), plans_manager, configuration_manager, parameters,
+                                   dataset_json, first["trainer_name"], first.get("inference_allowed_mirroring_axes"))
+        for f, params in zip(folds, parameters):  # strict keys: a checkpoint of another model is refused up front
+            try:
+                network.load_state_dict(params)
+            except RuntimeError as e:
+                raise DeSAMInputError(f"{join(folder, f'fold_{f}', checkpoint_name)}: does not fit the plans' "
+                                      f"{cfg.backbone} model ({_one_line(e)[:200]})") from e
+        self.model_folder = folder
+
+    # ------------------------------------------------------------------ whole folders
+    def _done(self, output_folder: str, case: str, save_probabilities: bool) -> bool:
+        names = [case + self.dataset_json["file_ending"]] + ([case + ".npz", case + ".pkl"] if save_probabilities else [])
+        return all(os.path.isfile(join(output_folder, n)) for n in names)
+
+    def predict_folder(self, input_folder: str, output_folder: str, save_probabilities: bool = False,
+                       continue_prediction: bool = False, preview: bool = False, num_processes_preprocessing: int = 1,
+                       num_processes_export: int = 1) -> PredictionReport:
+        """Predict every case of ``input_folder`` into ``output_folder`` (see the module docstring)."""
+        plans = self.plans_manager.plans
+        needs_3d = int(plans.get("original_median_shape_after_transp", [2])[0]) > 1
+        inputs = collect_cases(input_folder, self.dataset_json["file_ending"],
+                               self.dataset_json.get("channel_names", self.dataset_json.get("modality", {})), needs_3d)
+        report = PredictionReport(failures=dict(inputs.failures))
+        os.makedirs(output_folder, exist_ok=True)
+        remove_partials(output_folder)
+        atomic_write_json(self.dataset_json, join(output_folder, "dataset.json"))
+        atomic_write_json(plans, join(output_folder, "plans.json"))
+        prompts = self.network.prompts
+        atomic_write_json({"input_folder": os.path.abspath(input_folder), "model_folder": self.model_folder,
+                           "prompt_mode": prompts.mode, "grid_points_per_side": prompts.grid_points_per_side,
+                           "iou_threshold": prompts.iou_threshold, "top_k": prompts.top_k,
+                           "tile_step_size": self.tile_step_size, "use_mirroring": self.use_mirroring,
+                           "folds": len(self.list_of_parameters), "save_probabilities": save_probabilities},
+                          join(output_folder, "predict_args.json"))
+        todo = []
+        for case in inputs.cases:
+            if continue_prediction and self._done(output_folder, case, save_probabilities):
+                report.skipped.append(case)
+            else:
+                todo.append(case)
+        preprocessor = self.configuration_manager.preprocessor_class(verbose=False)
+        exports: Deque[Tuple[str, object]] = deque()
+        try:
+            with _Workers(num_processes_preprocessing) as pre, _Workers(num_processes_export) as export:
+                queued: Deque[Tuple[str, object]] = deque()
+
+                def enqueue(i: int) -> None:
+                    if i < len(todo):
+                        queued.append((todo[i], pre.submit(_preprocess, preprocessor, inputs.cases[todo[i]],
+                                                           self.plans_manager, self.configuration_manager,
+                                                           self.dataset_json)))
+
+                read_ahead = num_processes_preprocessing + 1  # bounded: memory stays flat however many cases
+                for i in range(read_ahead):
+                    enqueue(i)
+                for i in tqdm(range(len(todo)), desc="Cases", unit="case", disable=not self.allow_tqdm):
+                    case, job = queued.popleft()
+                    enqueue(i + read_ahead)
+                    try:
+                        data, properties = job.get()
+                        logits = self.predict_logits_from_preprocessed_data(torch.from_numpy(np.asarray(data)))
+                    except Exception as e:  # one bad case must not stop the others
+                        report.failures[case] = _one_line(e) if isinstance(e, DeSAMInputError) else \
+                            f"{inputs.cases[case][0]}: {type(e).__name__}: {_one_line(e)[:300]}"
+                        continue
+                    exports.append((case, export.submit(export_case_atomically, logits, properties,
+                                                        self.configuration_manager, self.plans_manager,
+                                                        self.dataset_json, output_folder, case, save_probabilities)))
+                    while len(exports) > num_processes_export:
+                        _finish_export(*exports.popleft(), report)
+                while exports:
+                    _finish_export(*exports.popleft(), report)
+        finally:
+            remove_partials(output_folder)
+        if preview:
+            report.previews = self._previews(input_folder, output_folder, inputs.cases, report)
+        return report
+
+    def _previews(self, input_folder: str, output_folder: str, cases: Dict[str, List[str]],
+                  report: PredictionReport) -> List[str]:
+        """One PNG per predicted case, with the ground truth when labels lie alongside the images."""
+        from desam_nnu.inference.preview import find_label_file, write_preview
+        ending = self.dataset_json["file_ending"]
+        names = {v: k for k, v in self.dataset_json["labels"].items() if isinstance(v, int) and v > 0}
+        folder = join(output_folder, "previews")
+        os.makedirs(folder, exist_ok=True)
+        written = []
+        for case in tqdm(report.written + report.skipped, desc="Previews", disable=not self.allow_tqdm):
+            png = join(folder, case + ".png")
+            try:
+                write_preview(cases[case][0], join(output_folder, case + ending), png, self.desam.slicing_axis,
+                              label_file=find_label_file(input_folder, case, ending), label_names=names)
+                written.append(png)
+            except Exception as e:
+                report.failures[case] = f"{png}: preview failed ({type(e).__name__}: {_one_line(e)[:200]})"
+        return written
+
+
+def _finish_export(case: str, job, report: PredictionReport) -> None:
+    try:
+        job.get()
+        report.written.append(case)
+    except Exception as e:
+        report.failures[case] = f"{case}: export failed ({type(e).__name__}: {_one_line(e)[:300]})"
