@@ -3,37 +3,39 @@ import json
 import os
 import shutil
 import tempfile
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 
-def _temp_beside(path: str) -> str:
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=os.path.dirname(path) or ".")
+@contextmanager
+def atomic_path(path: str, suffix: str = ".tmp") -> Iterator[str]:
+    """A temporary file beside ``path`` to write; renamed to ``path`` when the block succeeds, removed otherwise.
+
+    ``suffix`` keeps the extension for writers that choose the format by name (``.png``, ``.json``).
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=suffix, dir=folder)
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; the renamed file gets a normal file's mode
-    return tmp
-
-
-def atomic_write_json(obj: Any, path: str) -> None:
-    tmp = _temp_beside(path)
     try:
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=4, sort_keys=False)
+        yield tmp
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
 
 
+def atomic_write_json(obj: Any, path: str) -> None:
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
+        json.dump(obj, f, indent=4, sort_keys=False)
+
+
 def atomic_copy(src: str, dst: str) -> None:
-    tmp = _temp_beside(dst)
-    try:
+    with atomic_path(dst) as tmp:
         shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def pid_alive(pid: int) -> bool:

@@ -9,13 +9,13 @@ the other, which is what a reader correcting a contour cares about. It is added 
 """
 import multiprocessing
 import os
-import tempfile
 import warnings
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from scipy import ndimage
 
+from desam_nnu.atomic import atomic_path
 from desam_nnu.errors import DeSAMInputError
 
 LabelOrRegion = Union[int, Tuple[int, ...]]
@@ -114,19 +114,8 @@ def _write_summary(result: Dict[str, Any], output_file: str) -> None:
     """nnU-Net's summary.json (its key conversion and layout), under a temporary name, then renamed."""
     from nnunetv2.evaluation.evaluate_predictions import save_summary_json
 
-    folder = os.path.dirname(os.path.abspath(output_file))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(output_file) + ".", suffix=".tmp.json", dir=folder)
-    os.close(fd)
-    try:
+    with atomic_path(output_file, suffix=".tmp.json") as tmp:
         save_summary_json(result, tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a summary is for everyone who can read the folder
-        os.replace(tmp, output_file)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def evaluate_folder(ref_folder: str, pred_folder: str, dataset_json: dict, image_reader_writer, output_file: str,

@@ -8,12 +8,12 @@ global matplotlib state (backend, current figure) of the program that calls it.
 """
 import math
 import os
-import tempfile
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
 
+from desam_nnu.atomic import atomic_path
 from desam_nnu.errors import DeSAMInputError
 
 PREDICTION_STYLE = "solid"
@@ -158,16 +158,5 @@ def write_preview(image_file: str, prediction_file: str, output_png: str, slicin
     fig.suptitle(f"{os.path.basename(prediction_file)}: axis {axis}", fontsize=10)
     fig.tight_layout(rect=(0, legend_h / fig_h if handles else 0, 1, 1 - 0.3 / fig_h))
 
-    folder = os.path.dirname(os.path.abspath(output_png))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(output_png) + ".", suffix=".tmp.png", dir=folder)
-    os.close(fd)
-    try:
+    with atomic_path(output_png, suffix=".tmp.png") as tmp:
         fig.savefig(tmp, format="png")
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a preview is for everyone who can read the folder
-        os.replace(tmp, output_png)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)

@@ -1,9 +1,13 @@
 """End to end on real MRI: a 20-case subset of ../shared/datasets/Dataset004_Hippocampus (skips if absent)."""
 import json
+import os
 
 import numpy as np
-import pytest
-from conftest import hippocampus_subset
+import SimpleITK as sitk
+from conftest import HIPPOCAMPUS, hippocampus_subset
+
+from desam_nnu.cli.evaluate import main as evaluate_main
+from desam_nnu.cli.predict import main as predict_main
 
 from desam_nnu.config import CONFIGURATION, PLANS_NAME
 from desam_nnu.planners.plan_and_preprocess import plan_and_preprocess
@@ -36,8 +40,8 @@ def test_hippocampus_subset_plans_and_preprocesses(nnunet_dirs):
         assert props["class_locations"][1].shape[1] == 4  # nnU-Net's foreground sampling ran
 
 
-def test_hippocampus_subset_trains_and_validates(nnunet_dirs):
-    """Plan, cache, train the tiny backbone a few iterations and validate whole volumes on real MRI."""
+def test_hippocampus_subset_trains_validates_and_predicts(nnunet_dirs):
+    """Plan, cache, train the tiny backbone a few iterations, validate, then predict and score held-back cases."""
     from desam_nnu.cli.train import train
     hippocampus_subset(nnunet_dirs["nnUNet_raw"], 10)
     plan_and_preprocess(4, num_processes=2, backbone="tiny")
@@ -47,3 +51,25 @@ def test_hippocampus_subset_trains_and_validates(nnunet_dirs):
     assert len(summary["metric_per_case"]) == 2 and set(summary["mean"]) == {"1", "2"}
     assert (fold / "checkpoint_final.pth").is_file() and (fold / "progress.png").is_file()
     assert len(t.items.cases) == 10 and t.items.has_foreground.any() and (~t.items.has_foreground).any()
+
+    # held-back cases (not among the 10 trained on), predicted as whole volumes and scored
+    test_dir = nnunet_dirs["nnUNet_raw"].parent / "test"
+    for sub in ("imagesTs", "labelsTs"):
+        (test_dir / sub).mkdir(parents=True)
+    held_back = sorted(f.name[: -len(".nii.gz")] for f in (HIPPOCAMPUS / "labelsTr").glob("*.nii.gz"))[10:12]
+    for case in held_back:
+        os.symlink(HIPPOCAMPUS / "imagesTr" / f"{case}_0000.nii.gz", test_dir / "imagesTs" / f"{case}_0000.nii.gz")
+        os.symlink(HIPPOCAMPUS / "labelsTr" / f"{case}.nii.gz", test_dir / "labelsTs" / f"{case}.nii.gz")
+    out = test_dir / "pred"
+    assert predict_main(["-i", str(test_dir / "imagesTs"), "-o", str(out), "-d", "4", "--disable-tta", "--preview",
+                         "-npp", "0", "-nps", "0"]) == 0
+    for case in held_back:
+        image = sitk.ReadImage(str(test_dir / "imagesTs" / f"{case}_0000.nii.gz"))
+        pred = sitk.ReadImage(str(out / f"{case}.nii.gz"))
+        assert pred.GetSize() == image.GetSize() and pred.GetSpacing() == image.GetSpacing()
+        assert pred.GetOrigin() == image.GetOrigin() and pred.GetDirection() == image.GetDirection()
+        assert set(np.unique(sitk.GetArrayFromImage(pred))) <= {0, 1, 2}
+        assert (out / "previews" / f"{case}.png").is_file()
+    assert evaluate_main(["-ref", str(test_dir / "labelsTs"), "-pred", str(out)]) == 0
+    scored = json.loads((out / "summary.json").read_text())
+    assert len(scored["metric_per_case"]) == 2 and set(scored["mean"]) == {"1", "2"}
