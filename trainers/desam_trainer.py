@@ -20,7 +20,6 @@ validation's export and metrics. What is DeSAM's (each in the smallest method th
 """
 import json
 import os
-import time
 from typing import Dict, List, Optional
 
 import numpy as np
@@ -42,13 +41,14 @@ from desam_nnu.prompts import sample_training_points, whole_boxes
 from desam_nnu.rgb import to_network_input
 from desam_nnu.trainers.loss import DeSAMLoss, one_hot_classes
 from desam_nnu.trainers.slices import ItemIndex, build_item_index, load_case_patches
+from desam_nnu.trainers.time_budget import TimeBudgetMixin
 
 CACHE_LAYOUT_VERSION = 1
 ENCODE_BATCH = 8
 MAX_OPEN_CASES = 256
 
 
-class DeSAMTrainer(nnUNetTrainer):
+class DeSAMTrainer(TimeBudgetMixin, nnUNetTrainer):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")) -> None:
         super().__init__(plans, configuration, fold, dataset_json, device)
@@ -71,8 +71,7 @@ class DeSAMTrainer(nnUNetTrainer):
         self.items: Optional[ItemIndex] = None
         self.cache: Optional[EmbeddingCache] = None
         self._open_cases: Dict[str, object] = {}
-        self.time_budget: Optional[float] = None  # seconds of training (validation excluded), for fair CPU budgets
-        self._training_started = time.monotonic()
+        self.time_budget: Optional[float] = None  # seconds of training (final validation excluded), for fair CPU budgets
 
     # ------------------------------------------------------------------ network
     @staticmethod
@@ -279,22 +278,6 @@ class DeSAMTrainer(nnUNetTrainer):
         self.print_to_log_file("Mean Validation Dice: ", metrics["foreground_mean"]["Dice"],
                                also_print_to_console=True)
 
-    def run_training(self) -> None:
-        """nnU-Net's loop, stopped after the epoch in which ``time_budget`` seconds ran out (if set)."""
-        self._training_started = time.monotonic()
-        try:
-            super().run_training()
-        except _BudgetSpent:
-            self.on_train_end()
-
-    def on_epoch_end(self) -> None:
-        super().on_epoch_end()
-        spent = time.monotonic() - self._training_started
-        if self.time_budget is not None and spent > self.time_budget and self.current_epoch < self.num_epochs:
-            self.print_to_log_file(f"Time budget of {self.time_budget:.0f} s spent after {self.current_epoch} "
-                                   f"epoch(s) ({spent:.0f} s): stopping")
-            raise _BudgetSpent()
-
     def on_train_start(self) -> None:
         super().on_train_start()
         options = {"prompt_mode": self.prompt_mode, "cache_dtype": self.cache_dtype, "use_cache": self.use_cache,
@@ -303,10 +286,6 @@ class DeSAMTrainer(nnUNetTrainer):
                    "time_budget": self.time_budget}
         with open(join(self.output_folder, "desam_options.json"), "w") as f:
             json.dump(options, f, indent=2)
-
-
-class _BudgetSpent(Exception):
-    """Raised at an epoch's end when the time budget is spent; run_training finishes cleanly."""
 
 
 def _state_hash(module: torch.nn.Module) -> str:
