@@ -49,6 +49,7 @@ setup(
             "desam_train=desam_nnu.cli.train:main",
             "desam_predict=desam_nnu.cli.predict:main",
             "desam_evaluate=desam_nnu.cli.evaluate:main",
+            "desam_demo_dataset=desam_nnu.cli.demo:main",
         ],
     },
 )

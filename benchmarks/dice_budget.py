@@ -13,10 +13,13 @@ iterations, then predict the 40 validation volumes and score them with nnU-Net's
 - nnU-Net: ``nnUNetv2_train 4 2d 0 -tr nnUNetTrainer_TimeBudget`` (nnU-Net's trainer, stopped by the
   same budget; ``benchmarks/nnunet_trainers/``), its own final validation (mirroring on).
 
-Runs one after the other, so each has the machine to itself. Prints a table, writes
-benchmarks/results/dice_budget.json.
+The budget is CPU time of the training process by default (``--clock cpu``: both trainers run
+their augmentation in-process, ``nnUNet_n_proc_DA=0``, so that the process's CPU time is all of
+it), which stays fair when something else shares the machine; ``--clock wall`` uses wall time.
+Runs one after the other. Each row is merged into benchmarks/results/dice_budget.json under its
+own key (model, backbone, prompt mode, input size), so several invocations build one table.
 
-    python benchmarks/dice_budget.py [--minutes 15] [--iterations 50] [--backbone tiny] [--runs desam nnunet]
+    python benchmarks/dice_budget.py [--minutes 30] [--backbone tiny] [--runs desam nnunet]
 """
 import argparse
 import json
@@ -59,13 +62,40 @@ def _epochs(log_folder: Path) -> int:
     return len(re.findall(r": Epoch \d+\s*$", logs[-1].read_text(), re.M)) if logs else 0
 
 
+def label(key: str, row: dict) -> str:
+    if key == "nnunet_2d":
+        return "nnU-Net 2D U-Net (nnUNetTrainer), mirroring"
+    enc = "train-encoder" if row["train_encoder"] else "frozen encoder"
+    return f"DeSAM {row['backbone']} {row['image_size']} px ({row['prompt_mode']}, {enc})"
+
+
+def print_table(rows: dict) -> None:
+    print("| model | budget | epochs | Dice class 1 | Dice class 2 | mean Dice | train + val wall |")
+    print("|---|---|---|---|---|---|---|")
+    for key, row in rows.items():
+        variants = [(label(key, row) + (", grid IoU >= 0.5" if row.get("prompt_mode") == "points" else ", box"),
+                     row["dice"])]
+        if row.get("dice_no_iou_threshold"):
+            variants.append((label(key, row) + ", best grid prompt always", row["dice_no_iou_threshold"]))
+        for name, d in variants:
+            print(f"| {name} | {row['minutes']:g} {row['clock']} min, {row['cases']} cases | {row['epochs']} | "
+                  f"{d['1']:.3f} | {d['2']:.3f} | {d['mean']:.3f} | {row['wall_s_train_and_validation'] / 60:.1f} min |")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--minutes", type=float, default=15)
-    p.add_argument("--iterations", type=int, default=50, help="iterations per epoch (both)")
+    p.add_argument("--minutes", type=float, default=30, help="training budget (minutes of --clock time)")
+    p.add_argument("--clock", choices=["cpu", "wall"], default="cpu")
+    p.add_argument("--iterations", type=int, default=50, help="DeSAM iterations per epoch")
+    p.add_argument("--nnunet-iterations", type=int, default=5,
+                   help="nnU-Net iterations per epoch (its 2D batch is ~366 slices: short epochs meet the budget)")
     p.add_argument("--backbone", default="tiny")
+    p.add_argument("--image-size", type=int, default=None, help="DeSAM input size (default: the planner's)")
+    p.add_argument("--also-no-threshold", action="store_true",
+                   help="also predict DeSAM's validation volumes with the best grid prompt always decoded")
     p.add_argument("--prompt-mode", default="points", choices=["points", "box"])
-    p.add_argument("--frozen-encoder", action="store_true", help="DeSAM's recipe (cache) instead of --train-encoder")
+    p.add_argument("--frozen-encoder", action="store_true", help="DeSAM's recipe (frozen encoder) instead of --train-encoder")
+    p.add_argument("--no-cache", action="store_true", help="with --frozen-encoder: encode online instead of the cache")
     p.add_argument("--cases", type=int, default=None, help="first N cases only (a quick check; default all 200)")
     p.add_argument("--runs", nargs="+", default=["desam", "nnunet"], choices=["desam", "nnunet"])
     p.add_argument("--work", type=Path, default=None, help="keep nnU-Net folders here (default: a temp dir)")
@@ -75,8 +105,9 @@ def main() -> None:
         sys.exit(f"error: {DATASET}: not found")
     tmp = tempfile.TemporaryDirectory(prefix="bench_dice_") if args.work is None else None
     work = Path(tmp.name if tmp else args.work)
-    base = dict(os.environ, nnUNet_compile="f", nnUNet_n_proc_DA="1", DESAM_BENCH_BUDGET_MIN=str(args.minutes),
-                DESAM_BENCH_ITERS=str(args.iterations), DESAM_BENCH_VAL_ITERS="10")
+    base = dict(os.environ, nnUNet_compile="f", nnUNet_n_proc_DA="0", DESAM_BUDGET_CLOCK=args.clock,
+                DESAM_BENCH_BUDGET_MIN=str(args.minutes), DESAM_BENCH_ITERS=str(args.nnunet_iterations),
+                DESAM_BENCH_VAL_ITERS="1")
     rows = {}
     for run in args.runs:
         env = dict(base)
@@ -89,12 +120,16 @@ def main() -> None:
         logs = work / run
         print(f"{run}: planning", flush=True)
         if run == "desam":
-            _run([BIN / "desam_plan_and_preprocess", "-d", "4", "-np", "2", "--backbone", args.backbone], env,
-                 logs / "plan.log")
+            plan = [BIN / "desam_plan_and_preprocess", "-d", "4", "-np", "2", "--backbone", args.backbone]
+            if args.image_size:
+                plan += ["--image-size", args.image_size]
+            _run(plan, env, logs / "plan.log")
             train = [BIN / "desam_train", "4", "0", "-device", "cpu", "--time-budget", args.minutes, "--epochs", 1000,
                      "--iterations", args.iterations, "--val-iterations", 10, "--prompt-mode", args.prompt_mode]
             if not args.frozen_encoder:
                 train.append("--train-encoder")
+            elif args.no_cache:
+                train.append("--no-cache")
             fold = Path(env["nnUNet_results"]) / DATASET.name / "DeSAMTrainer__DeSAMPlans__desam_2d" / "fold_0"
         else:
             _run([BIN / "nnUNetv2_plan_and_preprocess", "-d", "4", "-c", "2d", "-np", "2"], env, logs / "plan.log")
@@ -103,8 +138,18 @@ def main() -> None:
             fold = Path(env["nnUNet_results"]) / DATASET.name / "nnUNetTrainer_TimeBudget__nnUNetPlans__2d" / "fold_0"
         print(f"{run}: training {args.minutes} min + final validation", flush=True)
         wall = _run(train, env, logs / "train.log")
-        row = {"wall_s_train_and_validation": wall, "epochs": _epochs(fold), "dice": _dice(fold / "validation" / "summary.json")}
+        per_epoch = args.iterations if run == "desam" else args.nnunet_iterations
+        row = {"wall_s_train_and_validation": wall, "epochs": _epochs(fold), "iterations_per_epoch": per_epoch,
+               "dice": _dice(fold / "validation" / "summary.json"), "minutes": args.minutes, "clock": args.clock,
+               "cases": args.cases or 200, "cpus": os.cpu_count(), "machine": platform.machine(),
+               "command": "python " + " ".join(sys.argv)}
         if run == "desam":
+            plans = json.loads((Path(env["nnUNet_preprocessed"]) / DATASET.name / "DeSAMPlans.json").read_text())
+            desam_cfg = plans["configurations"]["desam_2d"]["desam"]
+            row.update(backbone=args.backbone, prompt_mode=args.prompt_mode, train_encoder=not args.frozen_encoder,
+                       features="online" if not args.frozen_encoder or args.no_cache else "cache",
+                       image_size=desam_cfg["image_size"])
+        if run == "desam" and args.also_no_threshold:
             # the same validation volumes, the best grid prompt always decoded (no IoU threshold)
             split = json.loads((Path(env["nnUNet_preprocessed"]) / DATASET.name / "splits_final.json").read_text())[0]
             images = logs / "val_images"
@@ -120,26 +165,17 @@ def main() -> None:
             row["predict_s_per_volume_no_threshold"] = (time.perf_counter() - start) / len(split["val"])
             _run([BIN / "desam_evaluate", "-ref", DATASET / "labelsTr", "-pred", pred], env, logs / "evaluate.log")
             row["dice_no_iou_threshold"] = _dice(pred / "summary.json")
-        rows[run] = row
-        print(f"{run}: {json.dumps(row)}", flush=True)
-    label = f"DeSAM {args.backbone} ({args.prompt_mode}, {'frozen encoder' if args.frozen_encoder else 'train-encoder'})"
-    print(f"\nhippocampus ({args.cases or 200} cases) fold 0, {args.minutes:g} min CPU training budget, "
-          f"{os.cpu_count()} cores, epochs of {args.iterations} iterations")
-    print("| model | epochs | Dice class 1 | Dice class 2 | mean Dice | train + val wall |")
-    print("|---|---|---|---|---|---|")
-    for run, row in rows.items():
-        variants = [(f"{label}, grid IoU >= 0.5", row["dice"]), (f"{label}, best grid prompt always",
-                                                                  row.get("dice_no_iou_threshold"))] \
-            if run == "desam" else [("nnU-Net 2D U-Net (nnUNetTrainer), mirroring", row["dice"])]
-        for name, d in variants:
-            if d:
-                print(f"| {name} | {row['epochs']} | {d['1']:.3f} | {d['2']:.3f} | {d['mean']:.3f} | "
-                      f"{row['wall_s_train_and_validation'] / 60:.1f} min |")
+        key = "nnunet_2d" if run == "nnunet" else \
+            f"desam_{args.backbone}_{row['image_size']}_{args.prompt_mode}_{'train_encoder' if row['train_encoder'] else 'frozen'}"
+        rows[key] = row
+        print(f"{key}: {json.dumps(row)}", flush=True)
+    merged = json.loads(args.out.read_text()).get("rows", {}) if args.out.is_file() else {}
+    merged = {k: v for k, v in merged.items() if "clock" in v}  # rows of the older wall-clock format are dropped
+    merged.update(rows)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"machine": platform.machine(), "cpus": os.cpu_count(), "minutes": args.minutes,
-                                    "iterations_per_epoch": args.iterations, "backbone": args.backbone,
-                                    "prompt_mode": args.prompt_mode, "train_encoder": not args.frozen_encoder,
-                                    "rows": rows, "command": "python " + " ".join(sys.argv)}, indent=2))
+    args.out.write_text(json.dumps({"note": "hippocampus fold 0; one row per model, each after its own training "
+                                            "budget (see each row's minutes and clock)", "rows": merged}, indent=2))
+    print_table(merged)
     print(f"written {args.out}")
     if tmp:
         tmp.cleanup()

@@ -24,8 +24,14 @@ class PromptDefaults:
 
 @dataclass(frozen=True)
 class CacheEstimate:
-    """Size of the frozen-encoder embedding cache for the training slices."""
+    """Size of the frozen-encoder embedding cache for the training slices, and whether to use it.
 
+    ``default`` is the backbone's: ``cache`` where encoding costs more than reading features back
+    (SAM's ViTs), ``online`` where it does not (medsam_lite); ``desam_train --cache/--no-cache``
+    overrides it.
+    """
+
+    default: str
     dtype: str
     feature_shapes: Tuple[Tuple[int, int, int], ...]  # per encoder output: (C, H, W)
     bytes_per_slice: int
@@ -76,6 +82,7 @@ class DeSAMConfig:
             batch_size=int(configuration["batch_size"]),
             prompts=PromptDefaults(**d["prompts"]),
             cache=CacheEstimate(
+                default=cache.get("default", "cache"),  # plans written before the key existed
                 dtype=cache["dtype"],
                 feature_shapes=tuple(tuple(int(i) for i in s) for s in cache["feature_shapes"]),
                 bytes_per_slice=int(cache["bytes_per_slice"]),

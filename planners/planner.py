@@ -9,13 +9,15 @@ keeps the aspect ratio: the longest edge of the median slice, rounded up to a mu
 at half the backbone's native input (512 for the ViTs). Slices larger than the patch are tiled by
 nnU-Net's sliding window; smaller ones are padded (with 0, SAM's black).
 
-SAM input size (``image_size``). PDMM predicts mask logits at 1/4 of SAM's input (ViTs; the full
-input for medsam_lite), so an input of that stride x the patch edge gives logits at the voxel
-resolution of the patch. The rule is ``clip(ceil64(stride * patch), 256, native)``: at least 256
-(a 16x16 ViT token grid) and never above the backbone's native size (SAM's 1024). ``--image-size``
-overrides it (a multiple of the encoder stride, 64..native). A patch is resized by
-``image_size / patch`` on the way in; the logits (``mask_logits_size``) are resized to the patch
-on the way out.
+SAM input size (``image_size``). The rule is ``clip(ceil64(k * patch), minimum, native)``, with
+``k`` (input pixels per voxel) and ``minimum`` from the backbone table. For the SAM ViTs, ``k`` is 4:
+PDMM predicts mask logits at 1/4 of the input, so the logits come out at the patch's voxel
+resolution; the minimum is 256 (a 16x16 ViT token grid); the maximum is SAM's native 1024.
+medsam_lite predicts logits at its full input, and there ``k`` is 2 with a minimum of 128: on
+hippocampus (56-voxel patches) 128 px scored as well as the native 256 at a fifth of the time
+(BENCHMARKS.md). ``--image-size`` overrides the rule (a multiple of the encoder stride,
+64..native). A patch is resized by ``image_size / patch`` on the way in; the logits
+(``mask_logits_size``) are resized to the patch on the way out.
 """
 import math
 from typing import List, Optional, Tuple, Union
@@ -52,13 +54,15 @@ def choose_patch_edge(median_slice_shape: Tuple[float, float], native_image_size
     return max(PATCH_MULTIPLE, min(edge, native_image_size // 2))
 
 
-def choose_image_size(patch_edge: int, native_image_size: int, logit_stride: int = 4) -> int:
-    """SAM input edge: logits at patch resolution (``logit_stride`` x patch), within [256, native].
+def choose_image_size(patch_edge: int, native_image_size: int, pixels_per_voxel: int = 4,
+                      minimum: int = MIN_IMAGE_SIZE) -> int:
+    """SAM input edge: ``pixels_per_voxel`` x patch, rounded up to 64, within [minimum, native].
 
-    ``logit_stride`` is input pixels per mask-logit pixel: 4 for the SAM ViTs (PDMM ends at 1/4).
+    For the SAM ViTs ``pixels_per_voxel`` is their mask-logit stride, 4 (PDMM ends at 1/4), so the
+    logits come out at the patch's voxel resolution.
     """
-    wanted = int(math.ceil(logit_stride * patch_edge / INPUT_MULTIPLE) * INPUT_MULTIPLE)
-    return max(min(MIN_IMAGE_SIZE, native_image_size), min(wanted, native_image_size))
+    wanted = int(math.ceil(pixels_per_voxel * patch_edge / INPUT_MULTIPLE) * INPUT_MULTIPLE)
+    return max(min(minimum, native_image_size), min(wanted, native_image_size))
 
 
 def validate_image_size(image_size: int, native_image_size: int, patch_stride: int) -> None:
@@ -109,8 +113,8 @@ class DeSAMPlanner(ExperimentPlanner):
         for shape in self.dataset_fingerprint["shapes_after_crop"]:
             s = [shape[i] for i in transpose_forward]
             num_slices += int(s[0]) * math.ceil(s[1] / patch_edge) * math.ceil(s[2] / patch_edge)
-        return {"dtype": self.cache_dtype, "feature_shapes": [list(s) for s in shapes],
-                "bytes_per_slice": bytes_per_slice, "num_slices": num_slices,
+        return {"default": self.backbone.features, "dtype": self.cache_dtype,
+                "feature_shapes": [list(s) for s in shapes], "bytes_per_slice": bytes_per_slice, "num_slices": num_slices,
                 "total_bytes": bytes_per_slice * num_slices}
 
     def plan_experiment(self) -> dict:
@@ -128,9 +132,10 @@ class DeSAMPlanner(ExperimentPlanner):
 
         native = self.backbone.native_image_size
         layout = self.backbone.feature_layout(self.backbone.defaults)
-        logit_stride = native // layout.mask_size(native)
+        per_voxel = self.backbone.input_pixels_per_voxel or native // layout.mask_size(native)
+        minimum = self.backbone.min_image_size
         patch_edge = choose_patch_edge(tuple(median_shape[1:]), native)
-        image_size = self.image_size_override or choose_image_size(patch_edge, native, logit_stride)
+        image_size = self.image_size_override or choose_image_size(patch_edge, native, per_voxel, minimum)
         logits_edge = layout.mask_size(image_size)
 
         n_voxels_dataset = float(np.prod(median_shape, dtype=np.float64) * self.dataset_json["numTraining"])
@@ -168,7 +173,7 @@ class DeSAMPlanner(ExperimentPlanner):
                 "backbone": self.backbone.name,
                 "image_size": image_size,
                 "image_size_rule": "override" if self.image_size_override else
-                f"clip(ceil64({logit_stride} * patch {patch_edge}), {MIN_IMAGE_SIZE}, native {native})",
+                f"clip(ceil64({per_voxel} * patch {patch_edge}), {minimum}, native {native})",
                 "native_image_size": native,
                 "slicing": {"axis": int(transpose_forward[0]),
                             "transpose_forward": [int(i) for i in transpose_forward]},

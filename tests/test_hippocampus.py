@@ -40,12 +40,17 @@ def test_hippocampus_subset_plans_and_preprocesses(nnunet_dirs):
         assert props["class_locations"][1].shape[1] == 4  # nnU-Net's foreground sampling ran
 
 
-def test_hippocampus_subset_trains_validates_and_predicts(nnunet_dirs):
-    """Plan, cache, train the tiny backbone a few iterations, validate, then predict and score held-back cases."""
+def test_hippocampus_subset_trains_validates_and_predicts(nnunet_dirs, monkeypatch):
+    """The default backbone (pretrained medsam_lite, no SAM checkpoint): plan, train a few iterations
+    online, validate in grid mode, then predict held-back cases in box mode and score them."""
     from desam_nnu.cli.train import train
+    monkeypatch.delenv("DESAM_SAM_CHECKPOINT", raising=False)
     hippocampus_subset(nnunet_dirs["nnUNet_raw"], 10)
-    plan_and_preprocess(4, num_processes=2, backbone="tiny")
+    plans = plan_and_preprocess(4, num_processes=2)
+    d = DeSAMPlansManager(plans).get_configuration(CONFIGURATION).desam
+    assert d.backbone == "medsam_lite" and d.image_size == 128 and d.cache.default == "online"
     t = train(4, 0, device="cpu", epochs=2, iterations_per_epoch=4, val_iterations=2)
+    assert not t.use_cache and t.network.trainable_parameter_count() < sum(p.numel() for p in t.network.parameters())
     fold = nnunet_dirs["nnUNet_results"] / "Dataset004_Hippocampus" / "DeSAMTrainer__DeSAMPlans__desam_2d" / "fold_0"
     summary = json.loads((fold / "validation" / "summary.json").read_text())
     assert len(summary["metric_per_case"]) == 2 and set(summary["mean"]) == {"1", "2"}
@@ -62,7 +67,7 @@ def test_hippocampus_subset_trains_validates_and_predicts(nnunet_dirs):
         os.symlink(HIPPOCAMPUS / "labelsTr" / f"{case}.nii.gz", test_dir / "labelsTs" / f"{case}.nii.gz")
     out = test_dir / "pred"
     assert predict_main(["-i", str(test_dir / "imagesTs"), "-o", str(out), "-d", "4", "--disable-tta", "--preview",
-                         "-npp", "0", "-nps", "0"]) == 0
+                         "--prompt-mode", "box", "-npp", "0", "-nps", "0"]) == 0
     for case in held_back:
         image = sitk.ReadImage(str(test_dir / "imagesTs" / f"{case}_0000.nii.gz"))
         pred = sitk.ReadImage(str(out / f"{case}.nii.gz"))

@@ -10,6 +10,7 @@ from desam_nnu.config import CONFIGURATION, DeSAMConfig
 from desam_nnu.errors import DeSAMInputError
 from desam_nnu.planners.plan_and_preprocess import plan_and_preprocess
 from desam_nnu.planners.planner import DeSAMPlanner, choose_image_size, choose_patch_edge
+from desam_nnu.model.backbones import BACKBONES
 
 
 @pytest.mark.parametrize("median, native, edge", [
@@ -32,6 +33,13 @@ def test_patch_edge_covers_the_median_slice_and_is_capped(median, native, edge):
 ])
 def test_image_size_rule(patch, native, size):
     assert choose_image_size(patch, native) == size
+
+
+@pytest.mark.parametrize("patch, size", [(56, 128), (40, 128), (96, 192), (128, 256)])
+def test_medsam_lite_image_size_rule(patch, size):
+    """2 input pixels per voxel, at least 128, at most the native 256."""
+    spec = BACKBONES["medsam_lite"]
+    assert choose_image_size(patch, spec.native_image_size, spec.input_pixels_per_voxel, spec.min_image_size) == size
 
 
 def _fingerprint(pre_dir, shapes, spacings):
@@ -111,8 +119,17 @@ def test_default_backbone_is_medsam_lite_or_the_checkpoints_vit(tmp_path, monkey
 
 def test_medsam_lite_plans_logits_at_the_full_input(nnunet_dirs):
     planner = _planner_for(nnunet_dirs, [[20, 50, 36]], [[1.0, 1.0, 1.0]], backbone="medsam_lite")
-    cfg = DeSAMConfig.from_configuration(planner.plan_experiment()["configurations"][CONFIGURATION])
-    assert cfg.patch_size == (56, 56) and cfg.image_size == 256 and cfg.mask_logits_size == (256, 256)
+    plans = planner.plan_experiment()
+    cfg = DeSAMConfig.from_configuration(plans["configurations"][CONFIGURATION])
+    assert cfg.patch_size == (56, 56) and cfg.image_size == 128 and cfg.mask_logits_size == (128, 128)
+    assert plans["configurations"][CONFIGURATION]["desam"]["image_size_rule"] == "clip(ceil64(2 * patch 56), 128, native 256)"
     assert cfg.pixel_mean == (0.0, 0.0, 0.0) and cfg.pixel_std == (255.0, 255.0, 255.0)
-    # TinyViT stage 0 at S/2, stage 3 and the neck at S/4, float16
-    assert cfg.cache.bytes_per_slice == (128 * 128 * 128 + 320 * 64 * 64 + 256 * 64 * 64) * 2
+    # TinyViT stage 0 at S/2, stage 3 and the neck at S/4, float16; online by default (cheap encoder)
+    assert cfg.cache.bytes_per_slice == (128 * 64 * 64 + 320 * 32 * 32 + 256 * 32 * 32) * 2
+    assert cfg.cache.default == "online"
+
+
+def test_vit_plans_use_the_cache_by_default(nnunet_dirs):
+    planner = _planner_for(nnunet_dirs, [[20, 50, 36]], [[1.0, 1.0, 1.0]], backbone="tiny")
+    cfg = DeSAMConfig.from_configuration(planner.plan_experiment()["configurations"][CONFIGURATION])
+    assert cfg.cache.default == "cache" and cfg.image_size == 256

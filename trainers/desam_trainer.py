@@ -65,7 +65,7 @@ class DeSAMTrainer(TimeBudgetMixin, nnUNetTrainer):
         self.sam_checkpoint: Optional[str] = os.environ.get("DESAM_SAM_CHECKPOINT") or None
         self.cache_dtype = "float16"
         self.train_encoder = False
-        self.use_cache = True
+        self.use_cache = self.desam.cache.default == "cache"  # the backbone's default, from the plans
         self.empty_slice_fraction = 0.2
         self.seed = 12345
         self.items: Optional[ItemIndex] = None

@@ -35,7 +35,7 @@ def train(dataset: Union[int, str], fold: Union[int, str], trainer: str = "DeSAM
           validation_only: bool = False, npz: bool = False, device: Optional[str] = None,
           epochs: Optional[int] = None, iterations_per_epoch: Optional[int] = None,
           val_iterations: Optional[int] = None, cache_dtype: Optional[str] = None, train_encoder: bool = False,
-          use_cache: bool = True, time_budget: Optional[float] = None):
+          use_cache: Optional[bool] = None, time_budget: Optional[float] = None):
     """Build the trainer, resume or load as asked, train, then run the final validation; returns the trainer."""
     import torch
     from batchgenerators.utilities.file_and_folder_operations import load_json
@@ -65,6 +65,7 @@ def train(dataset: Union[int, str], fold: Union[int, str], trainer: str = "DeSAM
         prompt_mode = prompt_mode or options.get("prompt_mode")
         cache_dtype = cache_dtype or options.get("cache_dtype")
         train_encoder = train_encoder or options.get("train_encoder", False)
+        use_cache = options.get("use_cache") if use_cache is None else use_cache
         epochs = epochs or options.get("num_epochs")
         iterations_per_epoch = iterations_per_epoch or options.get("num_iterations_per_epoch")
     if sam_checkpoint:
@@ -73,7 +74,9 @@ def train(dataset: Union[int, str], fold: Union[int, str], trainer: str = "DeSAM
         t.prompt_mode = prompt_mode
     if cache_dtype:
         t.cache_dtype = cache_dtype
-    t.train_encoder, t.use_cache = train_encoder, use_cache
+    t.train_encoder = train_encoder
+    if use_cache is not None:
+        t.use_cache = use_cache
     if epochs:
         t.num_epochs = epochs
     if iterations_per_epoch:
@@ -109,7 +112,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-iterations", type=int, default=None, help="validation iterations per epoch (default 50)")
     p.add_argument("--cache-dtype", choices=["float16", "int8", "float32"], default=None,
                    help="embedding cache precision (default float16; int8 is per-channel quantised, 4x smaller)")
-    p.add_argument("--no-cache", action="store_false", dest="use_cache", help="encode every batch online")
+    features = p.add_mutually_exclusive_group()
+    features.add_argument("--cache", action="store_true", dest="use_cache", default=None,
+                          help="read the frozen encoder's features from the embedding cache (default for SAM's ViTs)")
+    features.add_argument("--no-cache", action="store_false", dest="use_cache",
+                          help="encode every batch online (default for medsam_lite, whose encoder is cheap)")
     p.add_argument("--train-encoder", action="store_true", help="train the image encoder too (online encoding)")
     p.add_argument("--time-budget", type=float, default=None,
                    help="stop after the epoch in which this many minutes of training have passed")

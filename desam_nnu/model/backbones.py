@@ -109,6 +109,12 @@ class BackboneSpec:
     # package, raising CheckpointError when they cannot be used; None: nothing packaged.
     packaged_checkpoint: Optional[Callable[[], str]] = None
     packaged_checkpoint_name: str = "packaged"  # what those weights are, for the log
+    # Planner defaults (see desam_nnu.planners.planner): the smallest input it picks, input pixels per
+    # voxel of the patch it aims for (None: the mask-logit stride, logits at voxel resolution), and
+    # whether training reads a frozen encoder's features from the embedding cache or encodes online.
+    min_image_size: int = 256
+    input_pixels_per_voxel: Optional[int] = None
+    features: str = "cache"
 
 
 class ViTFeatureEncoder(ImageEncoderViT):
@@ -247,6 +253,11 @@ BACKBONES: Dict[str, BackboneSpec] = {
         "medsam_lite", _tinyvit_encoder, _tinyvit_layout, dict(_SAM_DECODER),
         pixel_mean=(0.0, 0.0, 0.0), pixel_std=(255.0, 255.0, 255.0), native_image_size=256,
         packaged_checkpoint=medsam_lite_checkpoint_path, packaged_checkpoint_name="LiteMedSAM",
+        # Measured on hippocampus (BENCHMARKS.md, "LiteMedSAM box reference" and "Training step"):
+        # 128 px (2 input pixels per voxel of a 56-voxel patch) scores as well as the native 256 at
+        # a fifth of the encoder time; and its online encoder is cheaper than reading its
+        # several-MiB-per-slice features back from disk.
+        min_image_size=128, input_pixels_per_voxel=2, features="online",
     ),
 }
 

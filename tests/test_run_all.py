@@ -1,0 +1,238 @@
+"""benchmarks/run_all.py renders BENCHMARKS.md from the results' JSON (no benchmark runs here)."""
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("run_all", REPO / "benchmarks" / "run_all.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+run_all = _load()
+
+
+def _decoder(single: float, grid: float, loop: float) -> dict:
+    return {"meta": {"device": "cpu", "threads": 2, "image_size": 1024, "grid_points": 81, "top_k": 1, "repeats": 3},
+            "results": [{"backbone": "vit_h", "pdmm_input_width": 1280, "prompts": 81, "top_k": 1, "single_ms": single,
+                         "grid_ms": grid, "grid_prim_ms": grid / 2, "loop_ms": loop, "loop_measured_prompts": 9}]}
+
+
+def _predict_run() -> dict:
+    modes = {"grid": {"sec_per_volume": 2.0, "tiles_per_volume": 35.0,
+                      "parts_s_per_volume": {"encoder": 1.0, "prim": 0.5, "pdmm": 0.4}},
+             "box": {"sec_per_volume": 1.0, "tiles_per_volume": 35.0,
+                     "parts_s_per_volume": {"encoder": 0.8, "prim": 0.1, "pdmm": 0.1}}}
+    return {"machine": "x86_64", "cpus": 2, "cases": 2, "command": "python benchmarks/predict.py --backbones tiny --cases 2 --ct",
+            "one": {"tiny": {"backbone": "tiny", "image_size": 256, "patch_size": [56, 56], "modes": modes}},
+            "counts": [2, 1],
+            "grid_vs_box": [{"backbone": "tiny", "grid_over_box_per_volume": 2.0, "target": 3.0, "met": True}],
+            "vs_nnunet": [{"variant": "nnunet", "t_n": 10.0, "t_1": 6.0, "peak_tree_rss_mib": 4000.0},
+                          {"variant": "tiny/grid", "t_n": 30.0, "t_1": 20.0, "peak_tree_rss_mib": 1000.0},
+                          {"variant": "tiny/box", "t_n": 5.0, "t_1": 4.0, "peak_tree_rss_mib": 2000.0}],
+            "ct": {"shape_xyz": [512, 512, 300], "spacing_xyz": [0.8, 0.8, 2.5],
+                   "model": {"backbone": "tiny", "image_size": 1024, "patch_size": [512, 512]},
+                   "seconds": 100.0, "peak_tree_rss": 3 * 2 ** 30, "peak_process_rss": 2 ** 30,
+                   "target_bytes": 6_000_000_000, "met": True}}
+
+
+def _train_rows() -> list:
+    cache = {"batch_size": 8, "image_size": 256, "peak_rss_mib": 900.0, "prepare_s": 10.0, "cache_items": 100,
+             "official_float32_bytes_per_slice": 400}
+    return [dict(cache, backbone="vit_b", mode="cache", dtype="float16", sec_per_iter=1.0, cache_bytes_per_slice=100),
+            dict(cache, backbone="vit_b", mode="cache", dtype="int8", sec_per_iter=1.0, cache_bytes_per_slice=60),
+            {"backbone": "vit_b", "mode": "online", "dtype": "float16", "batch_size": 8, "image_size": 256,
+             "sec_per_iter": 4.0, "peak_rss_mib": 1800.0}]
+
+
+def _dice_row(mean: float, **kw) -> dict:
+    return dict({"minutes": 30.0, "clock": "cpu", "cases": 200, "epochs": 3, "iterations_per_epoch": 50,
+                 "dice": {"1": mean, "2": mean, "mean": mean, "cases": 8}, "wall_s_train_and_validation": 1200.0,
+                 "machine": "x86_64", "cpus": 2, "command": "python benchmarks/dice_budget.py --minutes 30"}, **kw)
+
+
+FABRICATED = {
+    "plan_preprocess.json": {"machine": "x86_64", "cpus": 2, "cases": 200, "num_processes": 2, "repeats": 2,
+                             "rows": [{"measure": "wall time", "unit": "s", "ours": 1.0, "nnunet": 2.0,
+                                       "target": "<= 1.2x"},
+                                      {"measure": "peak RSS (process tree)", "unit": "MiB", "ours": 3000.0,
+                                       "nnunet": 2000.0, "target": "<= 1.2x"}],
+                             "command": "python benchmarks/plan_preprocess.py -np 2 --repeats 2"},
+    "decoder.json": dict(_decoder(100.0, 400.0, 8000.0), gpu=dict(_decoder(10.0, 30.0, 800.0), device="Fake GPU 9000")),
+    "train.json": {"machine": "x86_64", "cpus": 2, "cases": 20, "iterations": 20, "rows": _train_rows()},
+    "encoder.json": {"meta": {"threads": 2, "batch": 1, "repeats": 5, "cpus": 2, "processor": "x86_64"},
+                     "results": [{"backbone": "tiny", "image_size": 256, "encoder_params_m": 0.51, "ms_per_slice": 10.0,
+                                  "cache_mib_per_slice_fp16": 0.12, "mask_logits": "64x64"},
+                                 {"backbone": "vit_b", "image_size": 1024, "encoder_params_m": 89.67,
+                                  "ms_per_slice": 1000.0, "cache_mib_per_slice_fp16": 20.0, "mask_logits": "256x256"}]},
+    "cache_dice.json": {"backbone": "tiny", "cases": 40, "epochs": 4, "iterations": 50,
+                        "rows": [{"dtype": "float16", "mean_dice": 0.2, "pseudo_dice_per_class": [0.6, 0.5]},
+                                 {"dtype": "int8", "mean_dice": 0.1, "pseudo_dice_per_class": [0.3, 0.5]}],
+                        "command": "python benchmarks/cache_dice.py --backbone tiny --cases 40 --epochs 4 --iterations 50"},
+    "predict.json": _predict_run(),
+    "litemedsam_box.json": {"machine": "x86_64", "cpus": 2, "threads": 2, "split_cases": 40, "axis": 0,
+                            "results": {"128": {"dice": {"1": 0.4, "2": 0.4, "mean": 0.4}, "s_per_volume": 1.0,
+                                                "per_case": {f"c{i}": {"1": 0.4, "2": 0.4} for i in range(8)}},
+                                        "256": {"dice": {"1": 0.8, "2": 0.8, "mean": 0.8}, "s_per_volume": 4.0,
+                                                "per_case": {f"c{i}": {"1": 0.8, "2": 0.8} for i in range(8)}}},
+                            "command": "python benchmarks/litemedsam_box.py --sizes 128 256 --cases 40"},
+    "dice_budget.json": {"note": "fabricated", "rows": {
+        "desam_tiny_256_points_train_encoder": _dice_row(0.3, backbone="tiny", prompt_mode="points", image_size=256,
+                                                         train_encoder=True, features="online"),
+        "nnunet_2d": _dice_row(0.6)}},
+}
+
+
+def _write(folder: Path, files: dict) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, data in files.items():
+        (folder / name).write_text(json.dumps(data))
+    return folder
+
+
+def _render(tmp_path: Path, files: dict) -> str:
+    results = _write(tmp_path / "results", files)
+    out = tmp_path / "doc" / "BENCHMARKS.md"
+    out.parent.mkdir(exist_ok=True)
+    assert run_all.main(["--render-only", "--results", str(results), "--out", str(out)]) == 0
+    return out.read_text()
+
+
+def _row(text: str, measure: str) -> list:
+    line = next(ln for ln in text.splitlines() if ln.startswith(f"| {measure} |"))
+    return [c.strip() for c in line.strip("|").split(" | ")]
+
+
+def test_every_area_rendered_with_ratios_from_the_numbers(tmp_path):
+    text = _render(tmp_path, FABRICATED)
+    for title, *_ in run_all.SECTIONS:
+        assert f"## {title}" in text
+    assert "not measured yet" not in text
+    assert "could not render" not in text
+    assert "Absolute times depend on the machine" in text and "x86_64, 2 CPU cores" in text
+
+    wall = _row(text, "wall time")
+    assert wall[1:5] == ["1 s", "2 s (nnU-Net 2d)", "0.5x", "<= 1.2x, met"]
+    assert wall[5] == "`python benchmarks/plan_preprocess.py -np 2 --repeats 2`"
+    assert _row(text, "plan and preprocess, peak RSS (process tree)")[3:5] == ["1.5x", "<= 1.2x, missed"]
+    vit_h = _row(text, "decoder, grid of 81 prompts vs 1 prompt, vit_h dims")
+    assert vit_h[3:5] == ["4x", "<= 10x, met"]
+    assert _row(text, "decoder, grid of 81 prompts vs a loop of 81 single decodes, vit_h dims")[3] == "0.05x"
+    assert _row(text, "training step s / iter, vit_b, float16 cache vs online encoding")[3:5] == ["0.25x",
+                                                                                                 "<= 0.2x, missed"]
+    assert _row(text, "cache bytes per slice, vit_b, float16")[1:4] == ["100 B", "400 B (official float32)", "0.25x"]
+    assert _row(text, "cache bytes per slice, vit_b, int8")[3] == "0.15x"
+    assert _row(text, "encoder ms / slice, tiny at 256 px")[3] == "0.01x"
+    assert _row(text, "pseudo Dice anterior, int8 vs float16 cache")[3] == "0.5x"
+    assert _row(text, "s / volume in-process, tiny (256 px), grid 81 vs box")[3:5] == ["2x", "<= 3x, met"]
+    assert _row(text, "whole command wall time, `desam_predict` tiny grid, 2 volume(s)")[3] == "3x"
+    assert _row(text, "prediction, `desam_predict` tiny box, 2 volume(s), process tree")[3] == "0.5x"
+    ct = _row(text, "peak RSS of `desam_predict`, process tree, CT 512 x 512 x 300")
+    assert ct[1].startswith("3072 MiB") and ct[4] == "<= 6 GB, met"
+    assert _row(text, "mean Dice, box per slice, 128 px vs 256 px")[3] == "0.5x"
+    assert _row(text, "s / volume, 128 px vs 256 px")[3] == "0.25x"
+    # the Dice table: one row per model, mean Dice against nnU-Net's, the LiteMedSAM reference (same 8 cases)
+    desam = _row(text, "DeSAM tiny 256 px (points, train-encoder), grid IoU >= 0.5 (plans' default)")
+    assert desam[1].startswith("30 min CPU") and desam[3:7] == ["0.300", "0.300", "0.300", "0.5x"]
+    assert _row(text, "nnU-Net 2D U-Net (nnUNetTrainer), mirroring")[6] == "1x"
+    assert _row(text, "reference: LiteMedSAM 256 px, box from the ground truth per slice")[5:7] == ["0.800", "1.33x"]
+    # a GPU section adds a GPU column named after the device, to that area's table only
+    assert "| measure | ours | reference | ratio | target | command | GPU (Fake GPU 9000) |" in text
+    assert _row(text, "decoder, grid of 81 prompts vs 1 prompt, vit_h dims")[6] == "30 ms vs 10 ms (1 prompt) (3x)"
+    assert "GPU columns: Fake GPU 9000 (decoder)" in text
+
+
+def test_missing_results_render_as_not_measured_yet(tmp_path):
+    files = {k: v for k, v in FABRICATED.items() if k not in ("decoder.json", "litemedsam_box.json")}
+    text = _render(tmp_path, files)
+    assert f"not measured yet: `{run_all.BY_NAME['decoder'].command()}`" in text
+    assert f"not measured yet: `{run_all.BY_NAME['litemedsam_box'].command()}`" in text
+    assert "reference: LiteMedSAM" not in text  # no reference row without its results
+    empty = _render(tmp_path / "empty", {})
+    assert empty.count("not measured yet") >= len(run_all.BENCHMARKS)
+    assert "could not render" not in empty
+
+
+def test_old_and_multi_run_layouts(tmp_path):
+    old_dice = {"machine": "x86_64", "cpus": 2, "minutes": 12.0, "iterations_per_epoch": 50, "backbone": "tiny",
+                "prompt_mode": "points", "train_encoder": True, "command": "python benchmarks/dice_budget.py --minutes 12",
+                "rows": {"desam": {"wall_s_train_and_validation": 60.0, "epochs": 1,
+                                   "dice": {"mean": 0.2, "1": 0.1, "2": 0.3, "cases": 40},
+                                   "dice_no_iou_threshold": {"mean": 0.4, "1": 0.4, "2": 0.4, "cases": 40}},
+                         "nnunet": {"wall_s_train_and_validation": 60.0, "epochs": 1,
+                                    "dice": {"mean": 0.8, "1": 0.8, "2": 0.8, "cases": 40}}}}
+    predict = {"note": "two runs", "runs": {"a": _predict_run(), "b": dict(_predict_run(), command="python b")}}
+    text = _render(tmp_path, dict(FABRICATED, **{"dice_budget.json": old_dice, "predict.json": predict}))
+    assert _row(text, "DeSAM tiny (points, train-encoder), grid IoU >= 0.5 (plans' default)")[1:7] == [
+        "12 min wall", "1 x 50 it", "0.100", "0.300", "0.200", "0.25x"]
+    assert _row(text, "DeSAM tiny (points, train-encoder), grid, best prompt always (`--iou-thresh -1`)")[6] == "0.5x"
+    assert "earlier wall-clock layout" in text
+    assert "measured on other validation volumes than these rows" in text  # LiteMedSAM's volumes differ
+    assert text.count("| s / volume in-process, tiny (256 px), grid 81 vs box |") == 2
+    assert "`python b`" in text
+
+
+def test_written_atomically(tmp_path, monkeypatch):
+    text = _render(tmp_path, FABRICATED)
+    assert sorted(p.name for p in (tmp_path / "doc").iterdir()) == ["BENCHMARKS.md"]
+    # a write that fails leaves the previous document and no temporary file
+    out = tmp_path / "doc" / "BENCHMARKS.md"
+
+    def broken(self, *a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(Path, "write_text", broken)
+    with pytest.raises(OSError):
+        run_all.main(["--render-only", "--results", str(tmp_path / "results"), "--out", str(out)])
+    monkeypatch.undo()
+    assert out.read_text() == text
+    assert sorted(p.name for p in out.parent.iterdir()) == ["BENCHMARKS.md"]
+
+
+def test_only_unknown_name_fails_clearly(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(run_all.subprocess, "run", lambda *a, **k: pytest.fail("nothing may run"))
+    with pytest.raises(SystemExit) as e:
+        run_all.main(["--only", "decoder", "nope", "--results", str(tmp_path), "--out", str(tmp_path / "B.md")])
+    assert e.value.code != 0
+    err = capsys.readouterr().err
+    assert "unknown benchmark(s) for --only: nope" in err and "decoder" in err
+    assert not (tmp_path / "B.md").exists()
+
+
+def test_only_runs_the_named_benchmarks_then_renders(tmp_path, monkeypatch):
+    calls = []
+
+    class Done:
+        returncode = 0
+
+    def fake_run(argv, cwd=None, **kw):
+        calls.append((argv, cwd))
+        out = Path(argv[argv.index("--out") + 1])
+        out.write_text(json.dumps(FABRICATED[out.name]))
+        return Done()
+
+    monkeypatch.setattr(run_all.subprocess, "run", fake_run)
+    out = tmp_path / "B.md"
+    assert run_all.main(["--only", "decoder", "--quick", "--results", str(tmp_path / "r"), "--out", str(out)]) == 0
+    assert len(calls) == 1
+    argv, cwd = calls[0]
+    assert argv[:2] == [sys.executable, "benchmarks/decoder.py"] and cwd == run_all.REPO
+    assert argv[2:-2] == list(run_all.BY_NAME["decoder"].quick)
+    assert "decoder, grid of 81 prompts vs 1 prompt, vit_h dims" in out.read_text()
+
+
+def test_renders_the_repository_results(tmp_path):
+    out = tmp_path / "BENCHMARKS.md"
+    assert run_all.main(["--render-only", "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "could not render" not in text
+    for title, *_ in run_all.SECTIONS:
+        assert f"## {title}" in text
