@@ -132,7 +132,9 @@ def main() -> None:
                 train.append("--no-cache")
             fold = Path(env["nnUNet_results"]) / DATASET.name / "DeSAMTrainer__DeSAMPlans__desam_2d" / "fold_0"
         else:
-            _run([BIN / "nnUNetv2_plan_and_preprocess", "-d", "4", "-c", "2d", "-np", "2"], env, logs / "plan.log")
+            # nnU-Net's planner sets torch's threads to nnUNet_n_proc_DA, which must not be 0 there
+            _run([BIN / "nnUNetv2_plan_and_preprocess", "-d", "4", "-c", "2d", "-np", "2"],
+                 dict(env, nnUNet_n_proc_DA="2"), logs / "plan.log")
             env["nnUNet_extTrainer"] = str(HERE / "nnunet_trainers")
             train = [BIN / "nnUNetv2_train", "4", "2d", "0", "-device", "cpu", "-tr", "nnUNetTrainer_TimeBudget"]
             fold = Path(env["nnUNet_results"]) / DATASET.name / "nnUNetTrainer_TimeBudget__nnUNetPlans__2d" / "fold_0"

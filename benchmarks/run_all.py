@@ -255,7 +255,11 @@ def encoder_command(d: dict) -> str:
     return " ".join(parts)
 
 
-def train_command(d: dict) -> str:
+def train_command(d: dict, backbone: Optional[str] = None) -> str:
+    """The command of ``backbone``'s rows (each row records its own), else one rebuilt from the file."""
+    own = [r.get("command") for r in d.get("rows", []) if r.get("backbone") == backbone and r.get("command")]
+    if own:
+        return own[0]
     backbones = list(dict.fromkeys(r.get("backbone") for r in d.get("rows", [])))
     parts = ["python benchmarks/train.py"]
     if backbones and backbones != ["tiny", "vit_b"]:
@@ -354,9 +358,9 @@ def _train_by(d: dict) -> Dict[str, Dict[Tuple[str, str], dict]]:
 
 
 def rows_train(d: dict) -> List[Row]:
-    cmd = train_command(d)
     out = []
     for b, by in _train_by(d).items():
+        cmd = train_command(d, b)
         online = by.get(("online", "float16"), {})
         for dtype in ("float16", "int8"):
             cached = by.get(("cache", dtype))
@@ -387,10 +391,12 @@ def section_train(res: Results) -> str:
             c = by.get(("cache", dtype), {})
             if num(c.get("prepare_s")) and c.get("cache_items"):
                 builds.append(f"{b} {dtype} {c['prepare_s']:.0f} s ({c['prepare_s'] / c['cache_items']:.2f} s a slice)")
-    text = f"""Hippocampus subset ({d.get('cases', '?')} cases), fold 0, the planned size (input {first.get('image_size', '?')}, the
-planner's patch: 56 for hippocampus), batch {first.get('batch_size', '?')}, random weights, median of
-{d.get('iterations', '?')} iterations after 2 warm-up, each configuration in its own process (its peak RSS is in
-the peak-memory table). "Cached" reads memory-mapped features and runs no encoder; "online" encodes
+    subsets = "; ".join(f"{b}: {r.get('cases', d.get('cases', '?'))} cases, input {r.get('image_size', '?')}"
+                        for b, r in ((b, next(iter(by.values()))) for b, by in _train_by(d).items()))
+    text = f"""Hippocampus subsets ({subsets}), fold 0, the planner's patch (56 for hippocampus) and input
+size, batch {first.get('batch_size', '?')}, random weights, median of the iterations in each row's command after 2
+warm-up, each configuration in its own process (its peak RSS is in the peak-memory table). "Cached"
+reads memory-mapped features and runs no encoder; "online" encodes
 every batch. Target: cached <= 1/5 of online (0.2x).
 
 {standard_table(rows_train, d)}
@@ -407,9 +413,9 @@ every batch. Target: cached <= 1/5 of online (0.2x).
 
 
 def rows_cache_bytes(d: dict) -> List[Row]:
-    cmd = train_command(d)
     out = []
     for b, by in _train_by(d).items():
+        cmd = train_command(d, b)
         for dtype in ("float16", "int8"):
             c = by.get(("cache", dtype))
             if not c or "cache_bytes_per_slice" not in c:

@@ -7,6 +7,9 @@ against the official float32 layout, and the peak RSS of each run (each in its o
 Weights are random (timing does not depend on them). Target: cached <= 1/5 of online.
 
     python benchmarks/train.py [--backbones tiny vit_b] [--cases 20] [--iterations 20]
+
+Rows are merged into the JSON by backbone (each row records its cases, iterations and command), so
+backbones can be measured in separate runs.
 """
 import argparse
 import json
@@ -117,10 +120,18 @@ def main() -> None:
               f"{online['sec_per_iter']:.3f} | {ratio:.3f} | <= {TARGET} {'met' if ratio <= TARGET else 'MISSED'} | "
               f"{fp16['cache_bytes_per_slice']} | {int8['cache_bytes_per_slice']} | "
               f"{fp16['official_float32_bytes_per_slice']} | {fp16['peak_rss_mib']:.0f} / {online['peak_rss_mib']:.0f} |")
+    command = "python " + " ".join(sys.argv)
+    for r in rows:  # each row says how it was measured: files merge rows of several runs
+        r.update(cases=args.cases, iterations=args.iterations, command=command)
+    old = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    kept = [r for r in old.get("rows", []) if r.get("backbone") not in args.backbones]
+    for r in kept:  # rows of the older layout carry the file's settings
+        r.setdefault("cases", old.get("cases"))
+        r.setdefault("iterations", old.get("iterations"))
+    summary = [x for x in old.get("summary", []) if x.get("backbone") not in args.backbones] + summary
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"machine": platform.machine(), "cpus": os.cpu_count(), "cases": args.cases,
-                                    "iterations": args.iterations, "rows": rows, "summary": summary,
-                                    "command": "python benchmarks/train.py"}, indent=2))
+    args.out.write_text(json.dumps({"machine": platform.machine(), "cpus": os.cpu_count(), "rows": kept + rows,
+                                    "summary": summary}, indent=2))
     print(f"written {args.out}")
 
 

@@ -26,9 +26,9 @@ class PromptDefaults:
 class CacheEstimate:
     """Size of the frozen-encoder embedding cache for the training slices, and whether to use it.
 
-    ``default`` is the backbone's: ``cache`` where encoding costs more than reading features back
-    (SAM's ViTs), ``online`` where it does not (medsam_lite); ``desam_train --cache/--no-cache``
-    overrides it.
+    ``default`` is the backbone's (``cache`` or ``online``, from the backbone table): ``cache`` for
+    every backbone so far, since a cached step was faster for each, medsam_lite included (measured,
+    BENCHMARKS.md); ``desam_train --cache/--no-cache`` overrides it.
     """
 
     default: str

@@ -42,14 +42,15 @@ def test_hippocampus_subset_plans_and_preprocesses(nnunet_dirs):
 
 def test_hippocampus_subset_trains_validates_and_predicts(nnunet_dirs, monkeypatch):
     """The default backbone (pretrained medsam_lite, no SAM checkpoint): plan, train a few iterations
-    online, validate in grid mode, then predict held-back cases in box mode and score them."""
+    (online: no cache build for 8 iterations), validate in grid mode, then predict held-back cases
+    in box mode and score them."""
     from desam_nnu.cli.train import train
     monkeypatch.delenv("DESAM_SAM_CHECKPOINT", raising=False)
     hippocampus_subset(nnunet_dirs["nnUNet_raw"], 10)
     plans = plan_and_preprocess(4, num_processes=2)
     d = DeSAMPlansManager(plans).get_configuration(CONFIGURATION).desam
-    assert d.backbone == "medsam_lite" and d.image_size == 128 and d.cache.default == "online"
-    t = train(4, 0, device="cpu", epochs=2, iterations_per_epoch=4, val_iterations=2)
+    assert d.backbone == "medsam_lite" and d.image_size == 128 and d.cache.default == "cache"
+    t = train(4, 0, device="cpu", epochs=2, iterations_per_epoch=4, val_iterations=2, use_cache=False)
     assert not t.use_cache and t.network.trainable_parameter_count() < sum(p.numel() for p in t.network.parameters())
     fold = nnunet_dirs["nnUNet_results"] / "Dataset004_Hippocampus" / "DeSAMTrainer__DeSAMPlans__desam_2d" / "fold_0"
     summary = json.loads((fold / "validation" / "summary.json").read_text())

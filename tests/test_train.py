@@ -185,7 +185,7 @@ def test_medsam_lite_trains_from_its_packaged_weights(tmp_path, monkeypatch):
     assert plans["configurations"]["desam_2d"]["desam"]["backbone"] == "medsam_lite"
     t = train(6, 0, device="cpu", epochs=1, iterations_per_epoch=2, val_iterations=1)
     assert t.desam.backbone == "medsam_lite" and t.desam.image_size == 128
-    assert not t.use_cache  # the plans' default for this backbone: online, nothing cached
-    assert not (tmp_path / "nnUNet_preprocessed" / "Dataset006_Synth" / "desam_cache").exists()
+    assert t.use_cache  # the plans' default
+    assert any((tmp_path / "nnUNet_preprocessed" / "Dataset006_Synth" / "desam_cache").iterdir())
     fold = tmp_path / "nnUNet_results" / "Dataset006_Synth" / RESULT / "fold_0"
     assert (fold / "validation" / "summary.json").is_file()

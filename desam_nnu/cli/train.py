@@ -114,9 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="embedding cache precision (default float16; int8 is per-channel quantised, 4x smaller)")
     features = p.add_mutually_exclusive_group()
     features.add_argument("--cache", action="store_true", dest="use_cache", default=None,
-                          help="read the frozen encoder's features from the embedding cache (default for SAM's ViTs)")
+                          help="read the frozen encoder's features from the embedding cache (the plans' default)")
     features.add_argument("--no-cache", action="store_false", dest="use_cache",
-                          help="encode every batch online (default for medsam_lite, whose encoder is cheap)")
+                          help="encode every batch online (no cache build: cheaper for short runs)")
     p.add_argument("--train-encoder", action="store_true", help="train the image encoder too (online encoding)")
     p.add_argument("--time-budget", type=float, default=None,
                    help="stop after the epoch in which this many minutes of training have passed")
