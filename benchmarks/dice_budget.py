@@ -17,7 +17,8 @@ The budget is CPU time of the training process by default (``--clock cpu``: both
 their augmentation in-process, ``nnUNet_n_proc_DA=0``, so that the process's CPU time is all of
 it), which stays fair when something else shares the machine; ``--clock wall`` uses wall time.
 Runs one after the other. Each row is merged into benchmarks/results/dice_budget.json under its
-own key (model, backbone, prompt mode, input size), so several invocations build one table.
+own key (model, backbone, input size, prompt mode, budget, cases), so several invocations build one
+table.
 
     python benchmarks/dice_budget.py [--minutes 30] [--backbone tiny] [--runs desam nnunet]
 """
@@ -63,7 +64,7 @@ def _epochs(log_folder: Path) -> int:
 
 
 def label(key: str, row: dict) -> str:
-    if key == "nnunet_2d":
+    if key.startswith("nnunet_2d"):
         return "nnU-Net 2D U-Net (nnUNetTrainer), mirroring"
     enc = "train-encoder" if row["train_encoder"] else "frozen encoder"
     return f"DeSAM {row['backbone']} {row['image_size']} px ({row['prompt_mode']}, {enc})"
@@ -167,8 +168,10 @@ def main() -> None:
             row["predict_s_per_volume_no_threshold"] = (time.perf_counter() - start) / len(split["val"])
             _run([BIN / "desam_evaluate", "-ref", DATASET / "labelsTr", "-pred", pred], env, logs / "evaluate.log")
             row["dice_no_iou_threshold"] = _dice(pred / "summary.json")
-        key = "nnunet_2d" if run == "nnunet" else \
-            f"desam_{args.backbone}_{row['image_size']}_{args.prompt_mode}_{'train_encoder' if row['train_encoder'] else 'frozen'}"
+        budget = f"{args.minutes:g}{args.clock}_{args.cases or 200}cases"
+        key = f"nnunet_2d_{budget}" if run == "nnunet" else (
+            f"desam_{args.backbone}_{row['image_size']}_{args.prompt_mode}_"
+            f"{'train_encoder' if row['train_encoder'] else 'frozen'}_{budget}")
         rows[key] = row
         print(f"{key}: {json.dumps(row)}", flush=True)
     merged = json.loads(args.out.read_text()).get("rows", {}) if args.out.is_file() else {}
