@@ -57,6 +57,17 @@ def _dice(summary_file: Path) -> dict:
             "cases": len(s["metric_per_case"])}
 
 
+def _pseudo_dice(log_folder: Path) -> list:
+    """The last per-epoch pseudo Dice per class from nnU-Net's training log (empty if none).
+
+    The log line reads ``Pseudo dice [np.float32(0.71), np.float32(0.72)]`` (or plain numbers)."""
+    logs = sorted(log_folder.glob("training_log_*.txt"))
+    found = re.findall(r"Pseudo dice \[(.*)\]", logs[-1].read_text()) if logs else []
+    if not found:
+        return []
+    return [float(v) for v in re.findall(r"\d+(?:\.\d+)?(?:e[-+]?\d+)?", re.sub(r"np\.float\d+", "", found[-1]))]
+
+
 def _epochs(log_folder: Path) -> int:
     """Epochs started, from nnU-Net's training log (one 'Epoch N' line each)."""
     logs = sorted(log_folder.glob("training_log_*.txt"))
@@ -74,8 +85,8 @@ def print_table(rows: dict) -> None:
     print("| model | budget | epochs | Dice class 1 | Dice class 2 | mean Dice | train + val wall |")
     print("|---|---|---|---|---|---|---|")
     for key, row in rows.items():
-        variants = [(label(key, row) + (", grid IoU >= 0.5" if row.get("prompt_mode") == "points" else ", box"),
-                     row["dice"])]
+        mode = {"points": ", grid IoU >= 0.5", "box": ", box"}.get(row.get("prompt_mode"), "")
+        variants = [(label(key, row) + mode, row["dice"])]
         if row.get("dice_no_iou_threshold"):
             variants.append((label(key, row) + ", best grid prompt always", row["dice_no_iou_threshold"]))
         for name, d in variants:
@@ -142,7 +153,7 @@ def main() -> None:
         print(f"{run}: training {args.minutes} min + final validation", flush=True)
         wall = _run(train, env, logs / "train.log")
         per_epoch = args.iterations if run == "desam" else args.nnunet_iterations
-        row = {"wall_s_train_and_validation": wall, "epochs": _epochs(fold), "iterations_per_epoch": per_epoch,
+        row = {"wall_s_train_and_validation": wall, "epochs": _epochs(fold), "iterations_per_epoch": per_epoch, "last_pseudo_dice": _pseudo_dice(fold),
                "dice": _dice(fold / "validation" / "summary.json"), "minutes": args.minutes, "clock": args.clock,
                "cases": args.cases or 200, "cpus": os.cpu_count(), "machine": platform.machine(),
                "command": "python " + " ".join(sys.argv)}

@@ -787,6 +787,19 @@ def rows_lite(d: dict) -> List[Row]:
     return out
 
 
+def _lite_quick(d: dict) -> str:
+    """A smaller check of several sizes on other volumes (the split of fewer cases), when the file has one."""
+    q = d.get("quick_check")
+    if not isinstance(q, dict) or not q.get("results"):
+        return ""
+    sizes = sorted(q["results"], key=int)
+    parts = [f"{s} px: mean Dice {fmt_dice(q['results'][s]['dice'].get('mean'))}, "
+             f"{fmt_s(q['results'][s].get('s_per_volume'))} / volume" for s in sizes]
+    return (f"\n\nSizes compared on {q.get('volumes', '?')} volumes (fold-0 validation of the first "
+            f"{q.get('split_cases', '?')} cases; {q.get('note', '')}): " + "; ".join(parts) +
+            f" (`{q.get('command', '')}`).")
+
+
 def section_lite(res: Results) -> str:
     d = res.get("litemedsam_box")
     if d is None:
@@ -805,7 +818,7 @@ no automatic model does. 256 px is LiteMedSAM's native size; 128 px shows what a
 
 {standard_table(rows_lite, d)}
 
-{md_table(["input", "volumes", "Dice anterior", "Dice posterior", "mean Dice", "s / volume"], detail)}"""
+{md_table(["input", "volumes", "Dice anterior", "Dice posterior", "mean Dice", "s / volume"], detail)}""" + _lite_quick(d)
 
 
 # ------------------------------------------------------------------------------------------ Dice after a CPU budget
@@ -874,9 +887,14 @@ def section_dice(res: Results) -> str:
         if isinstance(row.get("dice_no_iou_threshold"), dict):
             variants.append((_dice_label(key, row) + ", grid, best prompt always (`--iou-thresh -1`)",
                              row["dice_no_iou_threshold"], ""))
+        if isinstance(row.get("dice_box_prompt"), dict):
+            variants.append((_dice_label(key, row) + ", the same model predicting with one whole-tile box "
+                             "(`--prompt-mode box`)", row["dice_box_prompt"], ""))
         for name, dice, w in variants:
             cases = dice.get("cases")
+            pseudo = row.get("last_pseudo_dice")
             table.append([name, _budget(row) + (f", {row['cases']} cases" if row.get("cases") else ""), epochs,
+                          " / ".join(f"{v:.2f}" for v in pseudo) if isinstance(pseudo, list) and pseudo else "-",
                           fmt_dice(dice.get("1")), fmt_dice(dice.get("2")), fmt_dice(dice.get("mean")),
                           vs_nnunet(row, dice), w + (f" ({cases} val. volumes)" if cases and w else ""),
                           code(clean_command(row.get("command") or d.get("command")))])
@@ -888,7 +906,7 @@ def section_dice(res: Results) -> str:
             r = lite["results"][s]
             ref = next((n for n in nnunet.values() if n.get("dice", {}).get("cases") == _lite_volumes(lite, s)), None)
             table.append([f"reference: LiteMedSAM {s} px, box from the ground truth per slice", "none (pretrained)",
-                          "-", fmt_dice(r.get("dice", {}).get("1")), fmt_dice(r.get("dice", {}).get("2")),
+                          "-", "-", fmt_dice(r.get("dice", {}).get("1")), fmt_dice(r.get("dice", {}).get("2")),
                           fmt_dice(r.get("dice", {}).get("mean")),
                           fmt_ratio(ratio(r.get("dice", {}).get("mean"), ref.get("dice", {}).get("mean")))
                           if ref else "-", f"{fmt_s(r.get('s_per_volume'))} / volume",
@@ -902,14 +920,17 @@ its final validation on the whole validation volumes, scored by nnU-Net. DeSAM `
 is a random 0.5 M-parameter ViT trained end to end (online encoding, points prompts, batch 8), final
 validation in the plans' grid mode (PRIM's predicted IoU >= 0.5, best prompt); "best prompt always"
 predicts the same volumes with `--iou-thresh -1`, which separates the masks' quality from the
-calibration of PRIM's predicted IoU. nnU-Net: `nnUNetv2_train 4 2d 0 -device cpu` through
+calibration of PRIM's predicted IoU. "Last pseudo Dice" is the training log's last per-epoch
+validation Dice per class (nnU-Net's green curve; for DeSAM, validation slices prompted as in
+training). nnU-Net: `nnUNetv2_train 4 2d 0 -device cpu` through
 `nnUNetTrainer_TimeBudget` (nnU-Net's trainer with the same budget mixin,
 `benchmarks/nnunet_trainers/`), its own final validation with mirroring. A CPU budget counts the CPU
 time of the training process (augmentation in-process), which stays fair when something else shares
 the machine; a wall budget counts wall time. "vs nnU-Net" is the mean Dice against nnU-Net's after
 the same budget on the same cases.
 
-""" + md_table(["model", "budget", "epochs", "Dice 1 (anterior)", "Dice 2 (posterior)", "mean Dice", "vs nnU-Net",
+""" + md_table(["model", "budget", "epochs", "last pseudo Dice", "Dice 1 (anterior)", "Dice 2 (posterior)",
+                "mean Dice", "vs nnU-Net",
                 "train + validation wall", "command"], table) + lite_note
     if old:
         text += """
@@ -923,7 +944,8 @@ nnU-Net 0.0 / 0.0, DeSAM 0.0 / 0.12). The measurement says how slow this CPU is 
 better; a comparison that means something needs an hour or more each on a quiet machine. The
 whole-volume validation took 22.6 s a volume for DeSAM tiny in grid mode (PRIM over 81 prompts on every
 slice) and 18 s for nnU-Net with mirroring, under the same load."""
-    elif all((num(r.get("dice", {}).get("mean")) or 0) < 0.05 for r in rows.values()):
+    elif all((num((r.get(k) or {}).get("mean")) or 0) < 0.05 for r in rows.values()
+             for k in ("dice", "dice_no_iou_threshold", "dice_box_prompt")):
         text += ("\n\nAt these budgets no model segments anything yet (mean Dice below 0.05 everywhere): the "
                  "measurement says how slow this CPU is for either, not which is better.")
     if d.get("note"):

@@ -141,9 +141,9 @@ def test_every_area_rendered_with_ratios_from_the_numbers(tmp_path):
     assert _row(text, "s / volume, 128 px vs 256 px")[3] == "0.25x"
     # the Dice table: one row per model, mean Dice against nnU-Net's, the LiteMedSAM reference (same 8 cases)
     desam = _row(text, "DeSAM tiny 256 px (points, train-encoder), grid IoU >= 0.5 (plans' default)")
-    assert desam[1].startswith("30 min CPU") and desam[3:7] == ["0.300", "0.300", "0.300", "0.5x"]
-    assert _row(text, "nnU-Net 2D U-Net (nnUNetTrainer), mirroring")[6] == "1x"
-    assert _row(text, "reference: LiteMedSAM 256 px, box from the ground truth per slice")[5:7] == ["0.800", "1.33x"]
+    assert desam[1].startswith("30 min CPU") and desam[3:8] == ["-", "0.300", "0.300", "0.300", "0.5x"]
+    assert _row(text, "nnU-Net 2D U-Net (nnUNetTrainer), mirroring")[7] == "1x"
+    assert _row(text, "reference: LiteMedSAM 256 px, box from the ground truth per slice")[6:8] == ["0.800", "1.33x"]
     # a GPU section adds a GPU column named after the device, to that area's table only
     assert "| measure | ours | reference | ratio | target | command | GPU (Fake GPU 9000) |" in text
     assert _row(text, "decoder, grid of 81 prompts vs 1 prompt, vit_h dims")[6] == "30 ms vs 10 ms (1 prompt) (3x)"
@@ -171,9 +171,9 @@ def test_old_and_multi_run_layouts(tmp_path):
                                     "dice": {"mean": 0.8, "1": 0.8, "2": 0.8, "cases": 40}}}}
     predict = {"note": "two runs", "runs": {"a": _predict_run(), "b": dict(_predict_run(), command="python b")}}
     text = _render(tmp_path, dict(FABRICATED, **{"dice_budget.json": old_dice, "predict.json": predict}))
-    assert _row(text, "DeSAM tiny (points, train-encoder), grid IoU >= 0.5 (plans' default)")[1:7] == [
-        "12 min wall", "1 x 50 it", "0.100", "0.300", "0.200", "0.25x"]
-    assert _row(text, "DeSAM tiny (points, train-encoder), grid, best prompt always (`--iou-thresh -1`)")[6] == "0.5x"
+    assert _row(text, "DeSAM tiny (points, train-encoder), grid IoU >= 0.5 (plans' default)")[1:8] == [
+        "12 min wall", "1 x 50 it", "-", "0.100", "0.300", "0.200", "0.25x"]
+    assert _row(text, "DeSAM tiny (points, train-encoder), grid, best prompt always (`--iou-thresh -1`)")[7] == "0.5x"
     assert "earlier wall-clock layout" in text
     assert "measured on other validation volumes than these rows" in text  # LiteMedSAM's volumes differ
     assert text.count("| s / volume in-process, tiny (256 px), grid 81 vs box |") == 2
@@ -236,3 +236,17 @@ def test_renders_the_repository_results(tmp_path):
     assert "could not render" not in text
     for title, *_ in run_all.SECTIONS:
         assert f"## {title}" in text
+
+
+def test_dice_rows_show_pseudo_dice_and_the_box_prompt_variant(tmp_path):
+    row = _dice_row(0.0, backbone="medsam_lite", prompt_mode="points", image_size=128, train_encoder=False,
+                    features="online", last_pseudo_dice=[0.5, 0.25],
+                    dice_box_prompt={"1": 0.6, "2": 0.4, "mean": 0.5, "cases": 40})
+    dice = {"note": "fabricated", "rows": {"desam_medsam_lite_128_points_frozen": row, "nnunet_2d": _dice_row(0.25)}}
+    text = _render(tmp_path, dict(FABRICATED, **{"dice_budget.json": dice}))
+    grid = _row(text, "DeSAM medsam_lite 128 px (points, frozen encoder), grid IoU >= 0.5 (plans' default)")
+    assert grid[3] == "0.50 / 0.25" and grid[6] == "0.000"
+    box = _row(text, "DeSAM medsam_lite 128 px (points, frozen encoder), the same model predicting with one "
+                     "whole-tile box (`--prompt-mode box`)")
+    assert box[4:8] == ["0.600", "0.400", "0.500", "2x"]  # against nnU-Net's 0.25 after the same budget
+    assert "no model segments anything yet" not in text
