@@ -592,9 +592,31 @@ def rows_predict(d: dict) -> List[Row]:
             out.append(Row(f"whole command wall time, {_variant_label(r.get('variant', '?'))}, {n} volume(s)",
                            fmt_s(r.get("t_n")), f"{fmt_s(ref.get('t_n'))} (nnU-Net 2D)" if ref else "-",
                            ratio(r.get("t_n"), ref.get("t_n")) if ref else None, "-", cmd))
+        out += _goal_rows(run, cmd)
         ct = run.get("ct")
         if isinstance(ct, dict):
             out.append(_ct_row(ct, cmd))
+    return out
+
+
+# The issue's reference for the medsam_lite goal: nnU-Net's 2D predictor, 80 s for 60 hippocampus
+# volumes on this CPU with mirroring on; the goal is at most 5x that per volume.
+NNUNET_REF_S_PER_VOLUME = 80 / 60
+GOAL_VS_NNUNET = 5.0
+
+
+def _goal_rows(run: dict, cmd: str) -> List[Row]:
+    """medsam_lite's seconds per volume (in-process, TTA off) against 5x the issue's nnU-Net figure."""
+    out = []
+    for b, o in run.get("one", {}).items():
+        if b != "medsam_lite":
+            continue
+        for mode, m in o.get("modes", {}).items():
+            s = num(m.get("sec_per_volume"))
+            rt = ratio(s, NNUNET_REF_S_PER_VOLUME)
+            out.append(Row(f"s / volume in-process, {b} ({o.get('image_size')} px) {mode}, vs nnU-Net 2D's "
+                           f"{NNUNET_REF_S_PER_VOLUME:.2f} s (the issue's figure, mirroring on)", fmt_s(s),
+                           f"{fmt_s(NNUNET_REF_S_PER_VOLUME)} (nnU-Net 2D)", rt, target_text(rt, GOAL_VS_NNUNET), cmd))
     return out
 
 
@@ -612,15 +634,17 @@ def section_predict(res: Results) -> str:
     if d is None:
         return not_measured("predict")
     runs = predict_runs(d)
-    split, whole, ct_text, low = [], [], [], []
-    tiles = patch = size = None
+    split, whole, ct_text, low, where = [], [], [], [], []
     for run in runs:
         one = run.get("one", {})
         gvb = {g.get("backbone"): g for g in run.get("grid_vs_box", [])}
         for b, o in one.items():
-            size = size or o.get("image_size")
-            patch = patch or o.get("patch_size")
             modes = o.get("modes", {})
+            tiles = next((m.get("tiles_per_volume") for m in modes.values() if m.get("tiles_per_volume")), None)
+            patch, size = o.get("patch_size"), o.get("image_size")
+            where.append(f"{b}: " + (f"{tiles:.0f} tiles a volume" if num(tiles) else "one tile per slice")
+                         + (f", tile {' x '.join(map(str, patch))}" if patch else "")
+                         + (f" at input {size}" if size else ""))
             grid_over_box = ratio(modes.get("grid", {}).get("sec_per_volume"),
                                   modes.get("box", {}).get("sec_per_volume"))
             if grid_over_box is not None and grid_over_box < 1:
@@ -629,7 +653,6 @@ def section_predict(res: Results) -> str:
                 m = modes.get(mode)
                 if not m:
                     continue
-                tiles = tiles or m.get("tiles_per_volume")
                 p = m.get("parts_s_per_volume", {})
                 one_decimal = [f"{x:.1f}" if num(x) is not None else "-" for x in
                                (m.get("sec_per_volume"), m.get("cpu_s_per_volume"), p.get("encoder"), p.get("prim"),
@@ -659,12 +682,8 @@ def section_predict(res: Results) -> str:
                 + (f" (largest single process {proc / MIB:.0f} MiB)" if proc else "")
                 + f", target <= {limit:g} GB, {'met' if tree is not None and tree / 1e9 <= limit else 'missed'}; "
                 f"{fmt_s(ct.get('seconds'))}.")
-    where = f"{tiles:.0f} tiles a volume" if num(tiles) else "one tile per slice"
-    if patch:
-        where += f", tile {' x '.join(map(str, patch))}"
-    if size:
-        where += f" at input {size}"
-    text = f"""Hippocampus volumes ({where}: the planned size), random weights, TTA off. Grid mode
+    text = f"""Hippocampus volumes ({'; '.join(where) or 'one tile per slice'}: the planned sizes), random
+decoder weights (`medsam_lite`'s encoder is pretrained), TTA off. Grid mode
 runs with `--iou-thresh -1000`, so that the best of the 81 prompts always goes through PDMM (with
 random weights no prompt reaches 0.5 and grid would skip PDMM: the worst case is measured). Target:
 grid <= 3x box per volume. Whole commands are compared against nnU-Net's own 2D predictor

@@ -51,6 +51,7 @@ class PredictionReport:
     skipped: List[str] = field(default_factory=list)
     failures: Dict[str, str] = field(default_factory=dict)
     previews: List[str] = field(default_factory=list)
+    all_background: List[str] = field(default_factory=list)  # grid mode kept no prompt on any of their tiles
 
 
 def export_case_atomically(logits: torch.Tensor, properties: dict, configuration_manager, plans_manager,
@@ -225,7 +226,11 @@ class DeSAMPredictor(nnUNetPredictor):
                     enqueue(i + read_ahead)
                     try:
                         data, properties = job.get()
+                        tiles, empty = self.network.grid_tiles, self.network.grid_tiles_empty
                         logits = self.predict_logits_from_preprocessed_data(torch.from_numpy(np.asarray(data)))
+                        if self.network.grid_tiles > tiles and \
+                                self.network.grid_tiles_empty - empty == self.network.grid_tiles - tiles:
+                            report.all_background.append(case)
                     except Exception as e:  # one bad case must not stop the others
                         report.failures[case] = _one_line(e) if isinstance(e, DeSAMInputError) else \
                             f"{inputs.cases[case][0]}: {type(e).__name__}: {_one_line(e)[:300]}"

@@ -9,6 +9,7 @@ over every grid point, PDMM only for the kept prompts; or one whole-tile ``box``
 Averaging probabilities, not logits, is what DeSAM's IoU-weighted fusion does too.
 """
 from dataclasses import dataclass
+from typing import List
 
 import torch
 import torch.nn.functional as F
@@ -58,6 +59,8 @@ class PromptedDeSAM(nn.Module):
         self.desam, self.cfg, self.prompts = desam, cfg, prompts
         self.register_buffer("grid", make_point_grid(prompts.grid_points_per_side, cfg.image_size), persistent=False)
         self.tile_calls = 0  # tiles encoded, for benchmarks and tests
+        self.grid_tiles = 0  # tiles decoded in grid mode ...
+        self.grid_tiles_empty = 0  # ... and of those, tiles where no prompt reached the IoU threshold
 
     def state_dict(self, *args, **kwargs):
         return self.desam.state_dict(*args, **kwargs)
@@ -85,9 +88,22 @@ class PromptedDeSAM(nn.Module):
             logits, _ = self.desam.decode(features, boxes=whole_boxes(len(tiles), self.cfg.image_size).to(tiles.device),
                                           image_index=torch.arange(len(tiles)))
         else:
-            logits = torch.stack([
-                self.desam.decode_grid([f[i:i + 1] for f in features], self.grid, iou_thresh=self.prompts.iou_threshold,
-                                       top_k=self.prompts.top_k).mask_logits
-                for i in range(len(tiles))])
+            results = [self.desam.decode_grid([f[i:i + 1] for f in features], self.grid,
+                                              iou_thresh=self.prompts.iou_threshold, top_k=self.prompts.top_k)
+                       for i in range(len(tiles))]
+            self.grid_tiles += len(results)
+            self.grid_tiles_empty += sum(bool(r.empty) for r in results)
+            logits = torch.stack([r.mask_logits for r in results])
         logits = F.interpolate(logits.float(), size=tiles.shape[-2:], mode="bilinear", align_corners=False)
         return torch.sigmoid(logits)
+
+
+def all_background_warning(cases: List[str], iou_threshold: float) -> str:
+    """The one-line warning for cases where grid mode kept no prompt on any tile (an all-background output).
+
+    Why it matters: PRIM's IoU head calibrates slowly (L1 towards 0/1 prompt-relevance targets), so a
+    briefly trained model can have good masks yet no prompt above the threshold anywhere."""
+    shown = ", ".join(cases[:5]) + (f" and {len(cases) - 5} more" if len(cases) > 5 else "")
+    return (f"warning: grid mode kept no prompt on any slice of {len(cases)} case(s) ({shown}): no predicted IoU "
+            f"reached {iou_threshold:g}, so they are all background. A briefly trained IoU head does this; "
+            f"--prompt-mode box, or a lower --iou-thresh, decodes them anyway.")

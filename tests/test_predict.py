@@ -116,6 +116,31 @@ def _sure_of_class_one(self, features, points, iou_thresh=0.5, top_k=1, prompts_
     return GridDecodeResult(torch.sigmoid(logits), logits, None, None, None, None, False)
 
 
+def _keeps_no_prompt(self, features, points, iou_thresh=0.5, top_k=1, prompts_per_batch=128):
+    """decode_grid of a network whose predicted IoUs all stay below the threshold (briefly trained)."""
+    h, w = self.mask_size(features)
+    logits = torch.full((2, h, w), -13.8)
+    return GridDecodeResult(torch.sigmoid(logits), logits, None, None, None, None, True)
+
+
+def test_grid_mode_warns_when_it_kept_no_prompt_in_a_whole_case(trained, tmp_path, monkeypatch, capsys):
+    for case in ("a", "b"):
+        _write_case(tmp_path / "in", case, shape_zyx=(2, 40, 48))
+    args = ["-i", str(tmp_path / "in"), "-d", "7", "-f", "0", "--disable-tta", "-npp", "0", "-nps", "0"]
+    monkeypatch.setattr(DeSAM, "decode_grid", _keeps_no_prompt)
+    assert main(args + ["-o", str(tmp_path / "out1")]) == 0  # a warning, not a failure: the outputs are written
+    err = capsys.readouterr().err
+    assert "warning: grid mode kept no prompt on any slice of 2 case(s) (a, b)" in err and "--prompt-mode box" in err
+    assert not sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "out1" / "a.nii.gz"))).any()
+    monkeypatch.setattr(DeSAM, "decode_grid", _sure_of_class_one)
+    assert main(args + ["-o", str(tmp_path / "out2")]) == 0
+    assert "kept no prompt" not in capsys.readouterr().err
+    # box mode decodes without a threshold: nothing to warn about
+    monkeypatch.setattr(DeSAM, "decode_grid", _keeps_no_prompt)
+    assert main(args + ["-o", str(tmp_path / "out3"), "--prompt-mode", "box"]) == 0
+    assert "kept no prompt" not in capsys.readouterr().err
+
+
 def test_blank_volume_is_all_background(trained, tmp_path, monkeypatch):
     _write_case(tmp_path / "in", "blank", blank=True)
     _write_case(tmp_path / "in", "normal")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from synthetic import make_dataset
 
 from desam_nnu.cli.train import main, train
@@ -57,6 +58,23 @@ def test_tiny_trains_caches_checkpoints_and_validates(prepared):
     (folder,) = list(cache_root.iterdir())
     assert sorted(p.name for p in folder.iterdir() if p.is_dir()) == [f"case_{i:03d}" for i in range(5)]
     assert t.use_cache and not any(p.requires_grad for p in t.network.image_encoder.parameters())
+
+
+def test_validation_logs_cases_where_grid_mode_kept_no_prompt(prepared, monkeypatch):
+    from desam_nnu.model import DeSAM, GridDecodeResult
+
+    def keeps_no_prompt(self, features, points, iou_thresh=0.5, top_k=1, prompts_per_batch=128):
+        logits = torch.full((2, *self.mask_size(features)), -13.8)
+        return GridDecodeResult(torch.sigmoid(logits), logits, None, None, None, None, True)
+
+    out = _fresh_results(prepared)
+    train(5, 0, device="cpu", epochs=1, iterations_per_epoch=2, val_iterations=1)
+    monkeypatch.setattr(DeSAM, "decode_grid", keeps_no_prompt)
+    train(5, 0, device="cpu", validation_only=True)
+    val_keys = json.loads((prepared / "nnUNet_preprocessed" / "Dataset005_Synth" / "splits_final.json")
+                          .read_text())[0]["val"]
+    logs = "".join(p.read_text() for p in (out / "fold_0").glob("training_log_*.txt"))
+    assert f"grid mode kept no prompt on any slice of {len(val_keys)} case(s)" in logs
 
 
 def test_nnunetv2_train_finds_the_trainer(prepared):

@@ -252,6 +252,7 @@ class DeSAMTrainer(TimeBudgetMixin, nnUNetTrainer):
         need not be present. Mirroring runs on CUDA only: on a CPU it would quadruple the encoder work.
         """
         from desam_nnu.inference.predictor import DeSAMPredictor, export_case_atomically
+        from desam_nnu.inference.prompted import all_background_warning
 
         self.network.eval()
         _, val_keys = self.do_split()
@@ -262,12 +263,19 @@ class DeSAMTrainer(TimeBudgetMixin, nnUNetTrainer):
         predictor.manual_initialization(predictor.wrap(self.network, self.desam), self.plans_manager,
                                         self.configuration_manager, None, self.dataset_json,
                                         self.__class__.__name__, self.inference_allowed_mirroring_axes)
-        mode = predictor.network.prompts.mode
+        network = predictor.network
+        mode, all_background = network.prompts.mode, []
         for key in tqdm(val_keys, desc=f"Validation ({mode} prompts)"):
             data, _, _, properties = dataset.load_case(key)
+            tiles, empty = network.grid_tiles, network.grid_tiles_empty
             logits = predictor.predict_sliding_window_return_logits(torch.from_numpy(np.asarray(data)))
+            if network.grid_tiles > tiles and network.grid_tiles_empty - empty == network.grid_tiles - tiles:
+                all_background.append(key)
             export_case_atomically(logits.cpu(), properties, self.configuration_manager, self.plans_manager,
                                    self.dataset_json, folder, key, save_probabilities)
+        if all_background:
+            self.print_to_log_file(all_background_warning(all_background, network.prompts.iou_threshold),
+                                   also_print_to_console=True)
         lm = self.label_manager
         metrics = compute_metrics_on_folder(join(self.preprocessed_dataset_folder_base, "gt_segmentations"), folder,
                                             join(folder, "summary.json"), self.plans_manager.image_reader_writer_class(),
