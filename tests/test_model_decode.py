@@ -187,3 +187,36 @@ def test_grid_multiclass_per_class_selection():
         best = int(iou[:, c].argmax())
         assert int(res.indices[0, c]) == best
         torch.testing.assert_close(res.mask_logits[c], logits[best, c], atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("bq, bk, n, m", [
+    (5, 1, 7, 64),     # grid, first layer token -> image: shared image keys (prompts folded into rows)
+    (1, 5, 256, 7),    # grid, first layer image -> token: shared image queries, few keys (block-diagonal)
+    (5, 5, 256, 7),    # later layers image -> token
+    (5, 5, 7, 256),    # later layers token -> image (fused SDPA)
+    (3, 3, 10, 12),    # neither: fused SDPA
+])
+def test_prompt_attention_equals_sams(bq, bk, n, m):
+    """PRIM's attention is SAM's Attention with another forward: same outputs and gradients."""
+    from segment_anything.modeling.transformer import Attention
+
+    from desam_nnu.model.attention import PromptAttention, use_prompt_attention
+    torch.manual_seed(0)
+    sam = Attention(32, num_heads=4, downsample_rate=2)
+    ours = use_prompt_attention(Attention(32, num_heads=4, downsample_rate=2))
+    assert isinstance(ours, PromptAttention)
+    ours.load_state_dict(sam.state_dict())
+    q, k, v = (torch.randn(b, length, 32, requires_grad=True) for b, length in ((bq, n), (bk, m), (bk, m)))
+    ref, out = sam(q, k, v), ours(q, k, v)
+    assert out.shape == ref.shape == (max(bq, bk), n, 32)
+    assert torch.allclose(out, ref, atol=1e-5)
+    grads_ref = torch.autograd.grad(ref.square().sum(), (q, k, v, sam.q_proj.weight))
+    grads = torch.autograd.grad(out.square().sum(), (q, k, v, ours.q_proj.weight))
+    for g, r in zip(grads, grads_ref):
+        assert torch.allclose(g, r, atol=1e-4)
+
+
+def test_prim_uses_prompt_attention():
+    from desam_nnu.model.attention import PromptAttention
+    attn = [m for m in build_desam("tiny", image_size=S).prim.transformer.modules() if hasattr(m, "q_proj")]
+    assert attn and all(isinstance(m, PromptAttention) for m in attn)

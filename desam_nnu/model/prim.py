@@ -13,6 +13,9 @@ IoU head and classes: SAM's head predicts one IoU per mask token (4 outputs). De
 output 0. With ``num_classes = C`` PRIM reads outputs ``0..C-1``, output ``c`` being the IoU of
 class ``c``'s mask; the head has ``max(4, C)`` outputs so that ``C <= 4`` keeps SAM's (and the
 official's) weight shapes.
+
+Speed: the transformer's attention layers are :class:`~desam_nnu.model.attention.PromptAttention`
+(SAM's, with a forward that handles many prompts on one image without materialising broadcasts).
 """
 from __future__ import annotations
 
@@ -22,6 +25,8 @@ import torch
 from segment_anything.modeling.mask_decoder import MLP
 from segment_anything.modeling.transformer import TwoWayTransformer
 from torch import Tensor, nn
+
+from .attention import use_prompt_attention
 
 __all__ = ["PRIM", "SAM_NUM_MASK_TOKENS"]
 
@@ -51,9 +56,10 @@ class PRIM(nn.Module):
         super().__init__()
         self.transformer_dim = transformer_dim
         self.num_classes = num_classes
-        self.transformer = TwoWayTransformer(
+        # SAM's transformer; its attention layers compute PRIM's broadcast shapes without copies
+        self.transformer = use_prompt_attention(TwoWayTransformer(
             depth=depth, embedding_dim=transformer_dim, num_heads=num_heads, mlp_dim=mlp_dim
-        )
+        ))
         self.iou_token = nn.Embedding(1, transformer_dim)
         self.mask_tokens = nn.Embedding(SAM_NUM_MASK_TOKENS, transformer_dim)
         self.iou_prediction_head = MLP(
