@@ -189,31 +189,36 @@ def test_grid_multiclass_per_class_selection():
         torch.testing.assert_close(res.mask_logits[c], logits[best, c], atol=ATOL, rtol=0)
 
 
-@pytest.mark.parametrize("bq, bk, n, m", [
-    (5, 1, 7, 64),     # grid, first layer token -> image: shared image keys (prompts folded into rows)
-    (1, 5, 256, 7),    # grid, first layer image -> token: shared image queries, few keys (block-diagonal)
-    (5, 5, 256, 7),    # later layers image -> token
-    (5, 5, 7, 256),    # later layers token -> image (fused SDPA)
-    (3, 3, 10, 12),    # neither: fused SDPA
+@pytest.mark.parametrize("bq, bk, n, m, path", [
+    (5, 1, 7, 64, "_fused"),        # grid, first layer token -> image: shared image keys folded into query rows
+    (1, 5, 256, 7, "_few_keys"),    # grid, first layer image -> token: shared image queries, few keys
+    (5, 5, 256, 7, "_few_keys"),    # later layers image -> token
+    (5, 5, 7, 256, "_few_queries"),  # later layers and final token -> image, training's paired batches
+    (3, 3, 10, 12, "_fused"),       # none of these shapes
 ])
-def test_prompt_attention_equals_sams(bq, bk, n, m):
+def test_prompt_attention_equals_sams(bq, bk, n, m, path, monkeypatch):
     """PRIM's attention is SAM's Attention with another forward: same outputs and gradients."""
     from segment_anything.modeling.transformer import Attention
 
     from desam_nnu.model.attention import PromptAttention, use_prompt_attention
     torch.manual_seed(0)
-    sam = Attention(32, num_heads=4, downsample_rate=2)
-    ours = use_prompt_attention(Attention(32, num_heads=4, downsample_rate=2))
+    sam = Attention(64, num_heads=4, downsample_rate=2)  # SAM's cross-attention layout: internal width 32
+    ours = use_prompt_attention(Attention(64, num_heads=4, downsample_rate=2))
     assert isinstance(ours, PromptAttention)
     ours.load_state_dict(sam.state_dict())
-    q, k, v = (torch.randn(b, length, 32, requires_grad=True) for b, length in ((bq, n), (bk, m), (bk, m)))
+    calls = []
+    original = getattr(PromptAttention, path)
+    monkeypatch.setattr(PromptAttention, path, lambda self, *a: calls.append(path) or original(self, *a))
+    q, k, v = (torch.randn(b, length, 64, requires_grad=True) for b, length in ((bq, n), (bk, m), (bk, m)))
     ref, out = sam(q, k, v), ours(q, k, v)
-    assert out.shape == ref.shape == (max(bq, bk), n, 32)
+    assert calls == [path]
+    assert out.shape == ref.shape == (max(bq, bk), n, 64)
     assert torch.allclose(out, ref, atol=1e-5)
-    grads_ref = torch.autograd.grad(ref.square().sum(), (q, k, v, sam.q_proj.weight))
-    grads = torch.autograd.grad(out.square().sum(), (q, k, v, ours.q_proj.weight))
+    params = ("q_proj.weight", "k_proj.weight", "v_proj.weight", "v_proj.bias", "out_proj.weight")
+    grads_ref = torch.autograd.grad(ref.square().sum(), (q, k, v, *(sam.get_parameter(p) for p in params)))
+    grads = torch.autograd.grad(out.square().sum(), (q, k, v, *(ours.get_parameter(p) for p in params)))
     for g, r in zip(grads, grads_ref):
-        assert torch.allclose(g, r, atol=1e-4)
+        assert torch.allclose(g, r, atol=1e-4, rtol=1e-4)
 
 
 def test_prim_uses_prompt_attention():

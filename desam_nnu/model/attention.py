@@ -12,6 +12,11 @@ broadcasts. In DeSAM's grid mode PRIM decodes 81 prompts on one image:
   softmax over a last dimension of 7 is slow. Here the keys and values of all heads go into
   block-diagonal [C, H*M] and [H*M, C] matrices, so two plain matmuls on the image tokens as they lie
   give every head's logits and the heads' recombined output directly.
+* token -> image attention with per-prompt image keys (later layers, the final attention, and
+  training): 7 queries against 1024-4096 keys. Instead of projecting every image token to keys and
+  values, each head's few queries are mapped into the image tokens' space (W_k^T q) and the
+  attention-weighted image tokens are projected afterwards (softmax rows sum to 1): the same
+  result for N*H / c of the projection cost (7 * 8 / 128 for SAM).
 * everything else: ``scaled_dot_product_attention`` (fused; flash attention on CUDA).
 
 Outputs equal SAM's to float rounding (tests/test_model_decode.py), forward and backward.
@@ -37,14 +42,35 @@ class PromptAttention(Attention):
     Bq, Bk each 1 or B (broadcast), returning [B, N, C]."""
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:  # type: ignore[override]
-        q, k, v = self.q_proj(q), self.k_proj(k), self.v_proj(v)
+        q = self.q_proj(q)
+        b, n, m = max(q.shape[0], k.shape[0], v.shape[0]), q.shape[1], k.shape[1]
         if k.shape[0] == 1 < q.shape[0] and v.shape[0] == 1:
-            b, n, _ = q.shape
-            return self.out_proj(self._fused(q.reshape(1, b * n, -1), k, v).reshape(b, n, -1))
-        b = max(q.shape[0], k.shape[0], v.shape[0])
-        if k.shape[1] * self.num_heads * _FEW_KEYS_RATIO <= q.shape[1]:
-            return self.out_proj(self._few_keys(q, k, v, b))
-        return self.out_proj(self._fused(*(t.expand(b, -1, -1) for t in (q, k, v))))
+            out = self._fused(q.reshape(1, b * n, -1), self.k_proj(k), self.v_proj(v)).reshape(b, n, -1)
+        elif n * self.num_heads < self.internal_dim and m >= _FEW_KEYS_RATIO * n:
+            out = self._few_queries(q, k, v, b)
+        elif m * self.num_heads * _FEW_KEYS_RATIO <= n:
+            out = self._few_keys(q, self.k_proj(k), self.v_proj(v), b)
+        else:
+            out = self._fused(*(t.expand(b, -1, -1) for t in (q, self.k_proj(k), self.v_proj(v))))
+        return self.out_proj(out)
+
+    def _few_queries(self, q: Tensor, k: Tensor, v: Tensor, b: int) -> Tensor:
+        """Attention of few projected queries on many unprojected keys and values.
+
+        q_h . (W_k,h k + b_k,h) = (W_k,h^T q_h) . k + q_h . b_k,h, and the softmax rows sum to 1, so
+        softmax @ (v W_v,h^T + b_v,h) = (softmax @ v) W_v,h^T + b_v,h: each head maps its N queries
+        into the keys' C dimensions instead of projecting all M keys and values (N * H < c)."""
+        h, c, d = self.num_heads, self.internal_dim, self.internal_dim // self.num_heads
+        n, width = q.shape[1], k.shape[2]
+        qh = q.reshape(q.shape[0], n, h, d)
+        wk = self.k_proj.weight.view(h, d, width)
+        q_in_keys = torch.einsum("bnhd,hdc->bhnc", qh, wk).reshape(q.shape[0], h * n, width)
+        logits = torch.matmul(q_in_keys, k.transpose(1, 2))  # [B, H*N, M]
+        logits = logits + torch.einsum("bnhd,hd->bhn", qh, self.k_proj.bias.view(h, d)).reshape(-1, h * n, 1)
+        weights = torch.softmax(logits / math.sqrt(d), dim=-1)
+        mixed = torch.matmul(weights, v).view(b, h, n, width)  # [B, H, N, C_in]
+        out = torch.einsum("bhnc,hdc->bnhd", mixed, self.v_proj.weight.view(h, d, width)) + self.v_proj.bias.view(h, d)
+        return out.reshape(b, n, c)
 
     def _fused(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         heads = [self._separate_heads(t, self.num_heads) for t in (q, k, v)]
