@@ -7,9 +7,10 @@ iterations, then predict the 40 validation volumes and score them with nnU-Net's
 
 - DeSAM: ``desam_train 4 0 --time-budget M`` (default ``--backbone tiny --train-encoder``: a random
   ViT trained end to end, online encoding; ``--prompt-mode`` as given), final validation in the
-  plans' grid mode (IoU threshold 0.5, best prompt). The same volumes are also predicted with the
-  IoU threshold off (``--iou-thresh -1``: the best grid prompt always decodes), which separates the
-  quality of the masks from the calibration of PRIM's predicted IoU.
+  plans' grid mode (IoU threshold 0.5, best prompt). ``--also-no-threshold`` also predicts the same
+  volumes with the IoU threshold off (``--iou-thresh -1``: the best grid prompt always decodes), which
+  separates the quality of the masks from the calibration of PRIM's predicted IoU;
+  ``--also-box-prompt`` predicts them with one whole-tile box per slice.
 - nnU-Net: ``nnUNetv2_train 4 2d 0 -tr nnUNetTrainer_TimeBudget`` (nnU-Net's trainer, stopped by the
   same budget; ``benchmarks/nnunet_trainers/``), its own final validation (mirroring on).
 
@@ -32,6 +33,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import List, Optional, Tuple
 
 sys.path.insert(0, os.path.dirname(__file__))
 from train import DATASET  # noqa: E402
@@ -94,6 +96,25 @@ def print_table(rows: dict) -> None:
                   f"{d['1']:.3f} | {d['2']:.3f} | {d['mean']:.3f} | {row['wall_s_train_and_validation'] / 60:.1f} min |")
 
 
+def _predict_validation(env: dict, logs: Path, name: str, prompt_args: List[str]) -> Tuple[Optional[dict], float]:
+    """``desam_predict`` (no TTA) on fold 0's validation volumes, scored by ``desam_evaluate``:
+    (Dice per class, seconds per volume)."""
+    split = json.loads((Path(env["nnUNet_preprocessed"]) / DATASET.name / "splits_final.json").read_text())[0]
+    images = logs / "val_images"
+    images.mkdir(exist_ok=True)
+    for case in split["val"]:
+        link = images / f"{case}_0000.nii.gz"
+        if not link.exists():
+            link.symlink_to(DATASET / "imagesTr" / f"{case}_0000.nii.gz")
+    pred = logs / f"pred_{name}"
+    start = time.perf_counter()
+    _run([BIN / "desam_predict", "-i", images, "-o", pred, "-d", "4", "-f", "0", *prompt_args,
+          "--disable-tta", "-device", "cpu"], env, logs / f"predict_{name}.log")
+    seconds = (time.perf_counter() - start) / len(split["val"])
+    _run([BIN / "desam_evaluate", "-ref", DATASET / "labelsTr", "-pred", pred], env, logs / f"evaluate_{name}.log")
+    return _dice(pred / "summary.json"), seconds
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--minutes", type=float, default=30, help="training budget (minutes of --clock time)")
@@ -105,6 +126,8 @@ def main() -> None:
     p.add_argument("--image-size", type=int, default=None, help="DeSAM input size (default: the planner's)")
     p.add_argument("--also-no-threshold", action="store_true",
                    help="also predict DeSAM's validation volumes with the best grid prompt always decoded")
+    p.add_argument("--also-box-prompt", action="store_true",
+                   help="also predict DeSAM's validation volumes with one whole-tile box per slice")
     p.add_argument("--prompt-mode", default="points", choices=["points", "box"])
     p.add_argument("--frozen-encoder", action="store_true", help="DeSAM's recipe (frozen encoder) instead of --train-encoder")
     p.add_argument("--no-cache", action="store_true", help="with --frozen-encoder: encode online instead of the cache")
@@ -165,20 +188,12 @@ def main() -> None:
                        image_size=desam_cfg["image_size"])
         if run == "desam" and args.also_no_threshold:
             # the same validation volumes, the best grid prompt always decoded (no IoU threshold)
-            split = json.loads((Path(env["nnUNet_preprocessed"]) / DATASET.name / "splits_final.json").read_text())[0]
-            images = logs / "val_images"
-            images.mkdir(exist_ok=True)
-            for case in split["val"]:
-                link = images / f"{case}_0000.nii.gz"
-                if not link.exists():
-                    link.symlink_to(DATASET / "imagesTr" / f"{case}_0000.nii.gz")
-            pred = logs / "pred_no_threshold"
-            start = time.perf_counter()
-            _run([BIN / "desam_predict", "-i", images, "-o", pred, "-d", "4", "-f", "0", "--iou-thresh", "-1",
-                  "--disable-tta", "-device", "cpu"], env, logs / "predict.log")
-            row["predict_s_per_volume_no_threshold"] = (time.perf_counter() - start) / len(split["val"])
-            _run([BIN / "desam_evaluate", "-ref", DATASET / "labelsTr", "-pred", pred], env, logs / "evaluate.log")
-            row["dice_no_iou_threshold"] = _dice(pred / "summary.json")
+            row["dice_no_iou_threshold"], row["predict_s_per_volume_no_threshold"] = _predict_validation(
+                env, logs, "no_threshold", ["--iou-thresh", "-1"])
+        if run == "desam" and args.also_box_prompt:
+            # the same validation volumes, one whole-tile box per slice instead of the plans' grid
+            row["dice_box_prompt"], row["predict_s_per_volume_box_prompt"] = _predict_validation(
+                env, logs, "box_prompt", ["--prompt-mode", "box"])
         budget = f"{args.minutes:g}{args.clock}_{args.cases or 200}cases"
         key = f"nnunet_2d_{budget}" if run == "nnunet" else (
             f"desam_{args.backbone}_{row['image_size']}_{args.prompt_mode}_"
