@@ -25,6 +25,8 @@ every measurement R times and keeps the best (other processes only ever add time
 
     python benchmarks/predict.py [--backbones tiny vit_b] [--cases 3] [--repeats 1] [--ct] [--profile] [--out FILE]
     python benchmarks/predict.py --cases 0 --ct        # part C only
+
+Each invocation's results are merged into the JSON's ``runs`` under a key naming what it measured.
 """
 import argparse
 import json
@@ -528,7 +530,7 @@ def synthetic_ct(args, tmp: Path, t_start: float) -> dict:
     progress(f"synthetic CT predicted: {r['seconds']:.0f} s, peak tree RSS {r['peak_tree_rss'] / MIB:.0f} MiB")
     met = r["peak_tree_rss"] <= CT_TARGET_BYTES
     print(f"\nC. peak RSS of desam_predict on one synthetic CT, CPU, box mode, --disable-tta --tile-step 1.0, random "
-          f"weights\n")
+          "weights\n")
     print("| volume (x y z) | backbone | patch | input | wall s | peak tree RSS | largest process | target |")
     print("|---|---|---|---|---|---|---|---|")
     single = r["peak_process_rss"]
@@ -595,8 +597,17 @@ def main() -> None:
                 print("| function | calls | own s | cumulative s |\n|---|---|---|---|")
                 for f in r["profile_top"][:15]:
                     print(f"| `{f['function']}` | {f['calls']} | {f['tottime_s']} | {f['cumtime_s']} |")
+    # one run per invocation, merged by what it measured: several invocations build one table
+    parts = ([f"{'_'.join(args.backbones)}_hippocampus_{args.cases}_volume{'s' if args.cases != 1 else ''}"]
+             if args.cases else []) + ([f"ct_512x512x{args.ct_depth}"] if args.ct else [])
+    old = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    runs = old.get("runs", {"earlier": old} if old else {})
+    runs["_".join(parts) or "empty"] = result
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
+    tmp_out = args.out.with_name(args.out.name + ".partial")
+    tmp_out.write_text(json.dumps({"note": old.get("note", "runs of benchmarks/predict.py, one per invocation"),
+                                   "runs": runs}, indent=2))
+    os.replace(tmp_out, args.out)
     print(f"\ntotal {result['total_s']:.0f} s; written {args.out}\nrerun: {command}")
 
 
