@@ -529,7 +529,7 @@ def synthetic_ct(args, tmp: Path, t_start: float) -> dict:
     r = _measured(cmd, env, tmp / "ct_out", logs / "predict_ct.log", 1)
     progress(f"synthetic CT predicted: {r['seconds']:.0f} s, peak tree RSS {r['peak_tree_rss'] / MIB:.0f} MiB")
     met = r["peak_tree_rss"] <= CT_TARGET_BYTES
-    print(f"\nC. peak RSS of desam_predict on one synthetic CT, CPU, box mode, --disable-tta --tile-step 1.0, random "
+    print("\nC. peak RSS of desam_predict on one synthetic CT, CPU, box mode, --disable-tta --tile-step 1.0, random "
           "weights\n")
     print("| volume (x y z) | backbone | patch | input | wall s | peak tree RSS | largest process | target |")
     print("|---|---|---|---|---|---|---|---|")
