@@ -64,6 +64,8 @@ BENCHMARKS: List[Benchmark] = [
               "decoder.json"),
     Benchmark("train", "train.py", ("--cases", "20", "--iterations", "20"),
               ("--backbones", "tiny", "--cases", "10", "--iterations", "5"), "train.json"),
+    Benchmark("prim_attention", "prim_attention.py", ("--configs", "medsam_lite:128", "tiny:256", "vit_b:256"),
+              ("--configs", "tiny:128", "--rounds", "1"), "prim_attention.json"),
     Benchmark("encoder", "encoder.py", ("--repeats", "5"), ("--configs", "medsam_lite:128", "tiny:256", "--repeats", "1"),
               "encoder.json"),
     Benchmark("cache_dice", "cache_dice.py", ("--backbone", "tiny", "--cases", "40", "--epochs", "4", "--iterations", "50"),
@@ -319,6 +321,37 @@ def rows_decoder(d: dict) -> List[Row]:
                        fmt_ms(r.get("grid_ms")), f"{fmt_ms(r.get('loop_ms'))} (loop)",
                        ratio(r.get("grid_ms"), r.get("loop_ms")), "-", cmd))
     return out
+
+
+def rows_prim_attention(d: dict) -> List[Row]:
+    cmd = d.get("command") or BY_NAME["prim_attention"].command()
+    out = []
+    for r in d.get("results", []):
+        for job, label in (("grid", "grid decode of 81 prompts"), ("prim train", "PRIM forward + backward, batch 8"),
+                           ("train", "training decode + backward, batch 8")):
+            cpu = r.get("cpu_s", {})
+            ours, sam = (cpu.get("ours") or {}).get(job), (cpu.get("sam") or {}).get(job)
+            out.append(Row(f"CPU s, {label}, {r.get('backbone')} at {r.get('image_size')} px ({r.get('neck_tokens')} "
+                           "image tokens)", fmt_s(ours), f"{fmt_s(sam)} (SAM's Attention)", ratio(ours, sam), "-", cmd))
+    return out
+
+
+def section_prim_attention(res: Results) -> str:
+    d = res.get("prim_attention")
+    if d is None:
+        return not_measured("prim_attention")
+    diff = max((num(r.get("grid_max_abs_diff")) or 0 for r in d.get("results", [])), default=0)
+    return f"""The same DeSAM with PRIM's attention layers switched between segment_anything's `Attention`
+and `PromptAttention` (`desam_nnu/model/attention.py`: the same weights, another `forward` for PRIM's
+batch shapes), interleaved rounds, best CPU time of the process ({d.get('threads', '?')} thread(s), best
+of {d.get('rounds', '?')}), random weights and features. The grid outputs of the two differ by at most
+{diff:.1e}.
+
+{standard_table(rows_prim_attention, d)}
+
+Grid mode gains most: there 81 prompts share one image, which SAM's attention broadcasts by copying.
+A training step is mostly PDMM (its convolutions at the input resolution for `medsam_lite`), so PRIM's
+gain hardly shows in it."""
 
 
 def section_decoder(res: Results) -> str:
@@ -976,6 +1009,8 @@ slice) and 18 s for nnU-Net with mirroring, under the same load."""
 SECTIONS: List[Tuple[str, str, Tuple[str, ...], Callable[[Results], str]]] = [
     ("Plan and preprocess against nnU-Net", "plan_preprocess.py", ("plan_preprocess",), section_preprocess),
     ("Decoder: DeSAM's 9 x 9 grid against a loop of single prompts", "decoder.py", ("decoder",), section_decoder),
+    ("PRIM's attention against segment_anything's", "prim_attention.py", ("prim_attention",),
+     section_prim_attention),
     ("Training step: embedding cache against online encoding", "train.py", ("train",), section_train),
     ("Cache bytes per slice against the official float32 layout", "train.py", ("train",), section_cache_bytes),
     ("Encoder cost per slice", "encoder.py", ("encoder",), section_encoder),

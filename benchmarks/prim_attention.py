@@ -1,0 +1,125 @@
+"""Benchmark: PRIM's attention (``PromptAttention``) against segment_anything's ``Attention``.
+
+The same DeSAM, switched between the two attention classes (same weights; only ``forward``
+differs), in interleaved rounds, best CPU time (``time.process_time``: the process's own CPU time,
+so other load on a shared machine matters little) of:
+
+- ``grid``: ``decode_grid`` of one image over the official 9 x 9 = 81 points, ``iou_thresh`` -inf
+  (PDMM runs for the best prompt: the worst case), what grid-mode prediction runs per tile;
+- ``train``: one training decode (batch 8, one point per slice, features given) with its backward,
+  what a cached training step runs;
+- ``prim train``: PRIM alone in that step (forward + backward).
+
+Random weights (the timing does not depend on them), random features of the encoder's shapes.
+
+    python benchmarks/prim_attention.py [--configs medsam_lite:128 tiny:256] [--rounds 3] [--threads 1]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Dict
+
+import torch
+from segment_anything.modeling.transformer import Attention
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from desam_nnu.model import DeSAM, build_desam, make_point_grid  # noqa: E402
+from desam_nnu.model.attention import PromptAttention  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+CLASSES = {"sam": Attention, "ours": PromptAttention}
+
+
+def _use(model: DeSAM, cls: type) -> None:
+    for m in model.prim.modules():
+        if isinstance(m, Attention):
+            m.__class__ = cls
+
+
+def _cpu_seconds(fn: Callable[[], object]) -> float:
+    fn()  # warm-up
+    start = time.process_time()
+    fn()
+    return time.process_time() - start
+
+
+def measure(backbone: str, size: int, rounds: int) -> dict:
+    torch.manual_seed(0)
+    model = build_desam(backbone, image_size=size, num_classes=2, pretrained=False)
+    with torch.no_grad():
+        one = model.encode(torch.rand(1, 3, size, size) * 255)
+        batch = model.encode(torch.rand(8, 3, size, size) * 255)
+    grid = make_point_grid(9, size)
+    points = (torch.rand(8, 1, 2) * size, torch.ones(8, 1, dtype=torch.long))
+    model.set_trainable()
+
+    def grid_decode():
+        model.eval()
+        with torch.no_grad():
+            return model.decode_grid(one, grid, iou_thresh=float("-inf"))
+
+    def train_decode():
+        model.train()
+        logits, iou = model.decode(batch, points=points)
+        logits = logits[0] if isinstance(logits, list) else logits
+        (logits.square().mean() + iou.sum()).backward()
+
+    def prim_train():
+        model.train()
+        sparse, dense = model.embed_prompts(points, None)
+        embedding, iou = model.prim(batch[-1], model.prompt_encoder.get_dense_pe(), sparse, dense)
+        (embedding.square().mean() + iou.sum()).backward()
+
+    jobs = {"grid": grid_decode, "train": train_decode, "prim train": prim_train}
+    best: Dict[str, Dict[str, float]] = {name: {} for name in CLASSES}
+    for _ in range(rounds):
+        for name, cls in CLASSES.items():
+            _use(model, cls)
+            for job, fn in jobs.items():
+                best[name][job] = min(best[name].get(job, float("inf")), _cpu_seconds(fn))
+    outputs = {}
+    for name, cls in CLASSES.items():
+        _use(model, cls)
+        r = grid_decode()
+        outputs[name] = (r.prompt_iou, r.mask_logits)
+    diff = max(float((a - b).abs().max()) for a, b in zip(outputs["sam"], outputs["ours"]))
+    return {"backbone": backbone, "image_size": size, "neck_tokens": int(one[-1].shape[-2] * one[-1].shape[-1]),
+            "cpu_s": best, "ratio": {job: best["ours"][job] / best["sam"][job] for job in jobs},
+            "grid_max_abs_diff": diff}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--configs", nargs="+", default=["medsam_lite:128", "tiny:256"], help="BACKBONE:IMAGE_SIZE")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", type=Path, default=HERE / "results" / "prim_attention.json")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    results = []
+    for config in args.configs:
+        backbone, size = config.split(":")
+        results.append(measure(backbone, int(size), args.rounds))
+        r = results[-1]
+        print(f"{config}: " + ", ".join(f"{job} {r['cpu_s']['ours'][job]:.3f} / {r['cpu_s']['sam'][job]:.3f} s "
+                                        f"({x:.2f}x)" for job, x in r["ratio"].items()), flush=True)
+    print("\n| backbone | input | neck tokens | job | SAM's Attention | PromptAttention | ratio |\n|---|---|---|---|---|---|---|")
+    for r in results:
+        for job, x in r["ratio"].items():
+            print(f"| {r['backbone']} | {r['image_size']} | {r['neck_tokens']} | {job} | {r['cpu_s']['sam'][job]:.3f} s "
+                  f"| {r['cpu_s']['ours'][job]:.3f} s | {x:.2f}x |")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"machine": platform.machine(), "cpus": os.cpu_count(), "threads": args.threads,
+                                    "rounds": args.rounds, "results": results,
+                                    "command": "python " + " ".join(sys.argv)}, indent=2))
+    print(f"written {args.out}")
+
+
+if __name__ == "__main__":
+    main()
