@@ -135,7 +135,7 @@ def clean_command(cmd: Optional[str]) -> str:
     if not cmd:
         return ""
     cmd = cmd.replace(str(REPO) + "/", "")
-    cmd = re.sub(r"\s--out[ =]\S+", "", cmd)
+    cmd = re.sub(r"\s--(out|work)[ =]\S+", "", cmd)
     return re.sub(r"^\S*python3?(\.\d+)?\s", "python ", cmd)
 
 
@@ -933,8 +933,7 @@ def section_dice(res: Results) -> str:
         if row.get("iterations_per_epoch"):
             epochs = f"{epochs} x {row['iterations_per_epoch']} it"
         wall = num(row.get("wall_s_train_and_validation"))
-        variants = [(_dice_label(key, row) + (", grid IoU >= 0.5 (plans' default)" if row.get("prompt_mode") == "points"
-                                              else ", box" if row.get("prompt_mode") == "box" else ""),
+        variants = [(_dice_label(key, row) + (", grid IoU >= 0.5 (plans' default)" if row.get("prompt_mode") else ""),
                      row.get("dice", {}), f"{wall / 60:.0f} min" if wall else "-")]
         if isinstance(row.get("dice_no_iou_threshold"), dict):
             variants.append((_dice_label(key, row) + ", grid, best prompt always (`--iou-thresh -1`)",
@@ -972,7 +971,12 @@ its final validation on the whole validation volumes, scored by nnU-Net. DeSAM `
 is a random 0.5 M-parameter ViT trained end to end (online encoding, points prompts, batch 8), final
 validation in the plans' grid mode (PRIM's predicted IoU >= 0.5, best prompt); "best prompt always"
 predicts the same volumes with `--iou-thresh -1`, which separates the masks' quality from the
-calibration of PRIM's predicted IoU. "Last pseudo Dice" is the training log's last per-epoch
+calibration of PRIM's predicted IoU. DeSAM `medsam_lite` starts from LiteMedSAM's pretrained encoder,
+prompt encoder and decoder (frozen encoder, online encoding), trained with points or with one
+whole-tile box per slice (the name's "points" or "box"); its final validation also runs in the plans'
+grid mode, and "one whole-tile box" predicts the same volumes with `--prompt-mode box` (what a
+box-trained PRIM was trained for; in grid mode a box-trained IoU head is asked about points, which it
+never saw). "Last pseudo Dice" is the training log's last per-epoch
 validation Dice per class (nnU-Net's green curve; for DeSAM, validation slices prompted as in
 training). nnU-Net: `nnUNetv2_train 4 2d 0 -device cpu` through
 `nnUNetTrainer_TimeBudget` (nnU-Net's trainer with the same budget mixin,
