@@ -815,8 +815,22 @@ def _lite_volumes(d: dict, size: str) -> Optional[int]:
     return len(per_case) if isinstance(per_case, dict) else d.get("cases")
 
 
+def _lite_common_mean(d: dict, sizes: Sequence[str]) -> Tuple[Dict[str, Optional[float]], int]:
+    """Mean Dice per size over the volumes every size in ``sizes`` has (per-case results), and their count."""
+    per = [d["results"][s].get("per_case") for s in sizes]
+    if not all(isinstance(p, dict) for p in per):
+        return {s: d["results"][s].get("dice", {}).get("mean") for s in sizes}, 0
+    common = sorted(set.intersection(*(set(p) for p in per)))
+    means = {}
+    for s, p in zip(sizes, per):
+        values = [v for c in common for k, v in p[c].items() if num(v) is not None and v == v]
+        means[s] = sum(values) / len(values) if values else None
+    return means, len(common)
+
+
 def rows_lite(d: dict) -> List[Row]:
-    cmd = d.get("command") or BY_NAME["litemedsam_box"].command()
+    b = BY_NAME["litemedsam_box"]
+    cmd = d.get("command") if len(d.get("results", {})) < 2 else "; ".join(" ".join(["python", *a]) for a in b.all_argv())
     res, sizes = d.get("results", {}), _lite_sizes(d)
     if not sizes:
         return []
@@ -829,10 +843,11 @@ def rows_lite(d: dict) -> List[Row]:
             continue
         other = s != ref_size
         vs = f" vs {ref_size} px" if other else ""
-        out.append(Row(f"mean Dice, box per slice, {s} px{vs}", fmt_dice(r.get("dice", {}).get("mean")),
-                       f"{fmt_dice(ref.get('dice', {}).get('mean'))} ({ref_size} px)" if other else "-",
-                       ratio(r.get("dice", {}).get("mean"), ref.get("dice", {}).get("mean")) if other else None,
-                       "-", cmd))
+        means, n = _lite_common_mean(d, [s, ref_size]) if other else ({s: r.get("dice", {}).get("mean")}, 0)
+        on = f" (the {n} volumes both have)" if n else ""
+        out.append(Row(f"mean Dice, box per slice, {s} px{vs}{on}", fmt_dice(means[s]),
+                       f"{fmt_dice(means.get(ref_size))} ({ref_size} px)" if other else "-",
+                       ratio(means[s], means.get(ref_size)) if other else None, "-", cmd))
         out.append(Row(f"s / volume, {s} px{vs}", fmt_s(r.get("s_per_volume")),
                        f"{fmt_s(ref.get('s_per_volume'))} ({ref_size} px)" if other else "-",
                        ratio(r.get("s_per_volume"), ref.get("s_per_volume")) if other else None, "-", cmd))

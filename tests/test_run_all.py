@@ -151,7 +151,7 @@ def test_every_area_rendered_with_ratios_from_the_numbers(tmp_path):
         "1.5 s", "2 s (SAM's Attention)", "0.75x"]
     ct = _row(text, "peak RSS of `desam_predict`, process tree, CT 512 x 512 x 300")
     assert ct[1].startswith("3072 MiB") and ct[4] == "<= 6 GB, met"
-    assert _row(text, "mean Dice, box per slice, 128 px vs 256 px")[3] == "0.5x"
+    assert _row(text, "mean Dice, box per slice, 128 px vs 256 px (the 8 volumes both have)")[3] == "0.5x"
     assert _row(text, "s / volume, 128 px vs 256 px")[3] == "0.25x"
     # the Dice table: one row per model, mean Dice against nnU-Net's, the LiteMedSAM reference (same 8 cases)
     desam = _row(text, "DeSAM tiny 256 px (points, train-encoder), grid IoU >= 0.5 (plans' default)")
