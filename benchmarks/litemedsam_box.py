@@ -138,7 +138,8 @@ def main() -> None:
         seconds = time.perf_counter() - start
         mean = {str(c): float(np.nanmean([d[str(c)] for d in per_case.values()])) for c in labels}
         results[str(size)] = {"dice": {**mean, "mean": float(np.mean(list(mean.values())))},
-                              "s_per_volume": seconds / len(cases), "per_case": per_case}
+                              "s_per_volume": seconds / len(cases), "per_case": per_case,
+                              "command": "python " + " ".join(sys.argv)}
     old = json.loads(args.out.read_text()) if args.out.is_file() else {}
     if old.get("split_cases") == args.cases:  # the same split: keep the other sizes' results
         results = {**old["results"], **results}

@@ -1019,6 +1019,13 @@ slice) and 18 s for nnU-Net with mirroring, under the same load."""
              for k in ("dice", "dice_no_iou_threshold", "dice_box_prompt")):
         text += ("\n\nAt these budgets no model segments anything yet (mean Dice below 0.05 everywhere): the "
                  "measurement says how slow this CPU is for either, not which is better.")
+    if nnunet and any(num((r.get("dice") or {}).get("mean")) == 0 for r in nnunet.values()):
+        text += ("\n\nWhy nnU-Net scores 0 here: its planned 2D batch for hippocampus is large (about 180 slices), so a"
+                 " CPU budget buys it few iterations (the epochs column: 5 iterations each), and a U-Net trained from"
+                 " scratch predicts background for its first few hundred iterations. DeSAM's batch of 8 slices gets"
+                 " many more iterations in the same time, and with `medsam_lite` starts from pretrained weights. Grid"
+                 " mode needs PRIM's predicted IoU calibrated (L1 towards 0/1 prompt-relevance targets): after one or"
+                 " two epochs no prompt passes 0.5 yet, after about 20 it does.")
     if d.get("note"):
         text += f"\n\nNote from the results: {d['note']}."
     return text
