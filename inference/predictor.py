@@ -226,10 +226,9 @@ class DeSAMPredictor(nnUNetPredictor):
                     enqueue(i + read_ahead)
                     try:
                         data, properties = job.get()
-                        tiles, empty = self.network.grid_tiles, self.network.grid_tiles_empty
+                        counts = self.network.grid_counts()
                         logits = self.predict_logits_from_preprocessed_data(torch.from_numpy(np.asarray(data)))
-                        if self.network.grid_tiles > tiles and \
-                                self.network.grid_tiles_empty - empty == self.network.grid_tiles - tiles:
+                        if self.network.kept_no_prompt_since(counts):
                             report.all_background.append(case)
                     except Exception as e:  # one bad case must not stop the others
                         report.failures[case] = _one_line(e) if isinstance(e, DeSAMInputError) else \

@@ -62,6 +62,15 @@ class PromptedDeSAM(nn.Module):
         self.grid_tiles = 0  # tiles decoded in grid mode ...
         self.grid_tiles_empty = 0  # ... and of those, tiles where no prompt reached the IoU threshold
 
+    def grid_counts(self) -> tuple:
+        """(grid tiles decoded, of those kept no prompt) so far; pass it to :meth:`kept_no_prompt_since`."""
+        return self.grid_tiles, self.grid_tiles_empty
+
+    def kept_no_prompt_since(self, counts: tuple) -> bool:
+        """True when grid mode decoded tiles since ``counts`` and kept no prompt on any of them."""
+        tiles, empty = self.grid_tiles - counts[0], self.grid_tiles_empty - counts[1]
+        return tiles > 0 and empty == tiles
+
     def state_dict(self, *args, **kwargs):
         return self.desam.state_dict(*args, **kwargs)
 

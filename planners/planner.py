@@ -14,9 +14,9 @@ SAM input size (``image_size``). The rule is ``clip(ceil64(k * patch), minimum, 
 PDMM predicts mask logits at 1/4 of the input, so the logits come out at the patch's voxel
 resolution; the minimum is 256 (a 16x16 ViT token grid); the maximum is SAM's native 1024.
 medsam_lite predicts logits at its full input, and there ``k`` is 2 with a minimum of 128: on
-hippocampus (56-voxel patches) 128 px scored at least as well as the native 256 at a fifth of the
-time (BENCHMARKS.md, LiteMedSAM box reference). ``--image-size`` overrides the rule (a multiple of the encoder stride,
-64..native). A patch is resized by ``image_size / patch`` on the way in; the logits
+hippocampus (56-voxel patches) 128 px scored at least as well as the native 256 at a seventh of
+the time (BENCHMARKS.md, LiteMedSAM box reference). ``--image-size`` overrides the rule (a
+multiple of the encoder stride, 64..native). A patch is resized by ``image_size / patch`` on the way in; the logits
 (``mask_logits_size``) are resized to the patch on the way out.
 """
 import math

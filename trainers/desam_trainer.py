@@ -267,9 +267,9 @@ class DeSAMTrainer(TimeBudgetMixin, nnUNetTrainer):
         mode, all_background = network.prompts.mode, []
         for key in tqdm(val_keys, desc=f"Validation ({mode} prompts)"):
             data, _, _, properties = dataset.load_case(key)
-            tiles, empty = network.grid_tiles, network.grid_tiles_empty
+            counts = network.grid_counts()
             logits = predictor.predict_sliding_window_return_logits(torch.from_numpy(np.asarray(data)))
-            if network.grid_tiles > tiles and network.grid_tiles_empty - empty == network.grid_tiles - tiles:
+            if network.kept_no_prompt_since(counts):
                 all_background.append(key)
             export_case_atomically(logits.cpu(), properties, self.configuration_manager, self.plans_manager,
                                    self.dataset_json, folder, key, save_probabilities)
