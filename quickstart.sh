@@ -8,8 +8,8 @@
 #                                   the fold-0 validation cases
 # Environment: DESAM_WORK (default ./work: nnUNet_raw, nnUNet_preprocessed, nnUNet_results, predictions),
 # DESAM_QUICK_MINUTES (training budget, default 4), DESAM_DEVICE (cpu or cuda, default cpu),
-# DESAM_PROMPT_MODE (box or grid for the prediction, default box), DESAM_SAM_CHECKPOINT (a SAM ViT
-# checkpoint instead of the default medsam_lite backbone).
+# DESAM_SAM_CHECKPOINT (a SAM ViT checkpoint instead of the default medsam_lite backbone).
+# The prompts are chosen from the fold-0 validation by desam_find_best_configuration, not set here.
 set -euo pipefail
 usage="usage: ./quickstart.sh [DATASET_DIR]"
 here=$(cd "$(dirname "$0")" && pwd)
@@ -35,9 +35,6 @@ minutes=${DESAM_QUICK_MINUTES:-4}
 [[ $minutes =~ ^[0-9]+([.][0-9]+)?$ ]] || { echo "error: DESAM_QUICK_MINUTES=$minutes: give minutes" >&2; exit 2; }
 device=${DESAM_DEVICE:-cpu}
 [[ $device == cpu || $device == cuda ]] || { echo "error: DESAM_DEVICE=$device: use cpu or cuda" >&2; exit 2; }
-prompt_mode=${DESAM_PROMPT_MODE:-box}
-[[ $prompt_mode == box || $prompt_mode == grid ]] || {
-    echo "error: DESAM_PROMPT_MODE=$prompt_mode: use box or grid" >&2; exit 2; }
 
 # --- set up, as the README says
 cd "$here"
@@ -95,12 +92,14 @@ fi
 predictions=$work/predictions/$name
 rm -rf "$predictions"
 
-# box: one whole-tile box per slice. A few minutes of training do not calibrate PRIM's predicted IoU,
-# which DeSAM's automatic grid mode thresholds at 0.5 (the trainer's final validation uses grid).
-step "predict the held-back cases ($held), $prompt_mode prompts"
+# the prompts (grid or whole box, IoU threshold, top-k) and postprocessing, chosen from the fold-0
+# validation cases that the final validation stored; desam_predict follows the choice
+step "choose the inference configuration from the fold-0 validation"
+"$bin/desam_find_best_configuration" "$name" -f 0
+
+step "predict the held-back cases ($held)"
 tta=(); [ "$device" = cuda ] || tta=(--disable-tta)  # mirroring costs 4x; on a CPU as the final validation does
-"$bin/desam_predict" -i "$images" -o "$predictions" -d "$name" -f 0 -device "$device" --preview \
-    --prompt-mode "$prompt_mode" "${tta[@]}"
+"$bin/desam_predict" -i "$images" -o "$predictions" -d "$name" -f 0 -device "$device" --preview "${tta[@]}"
 
 step "evaluate"
 "$bin/desam_evaluate" -ref "$labels" -pred "$predictions"

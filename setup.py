@@ -47,6 +47,7 @@ setup(
         "console_scripts": [
             "desam_plan_and_preprocess=desam_nnu.cli.plan_and_preprocess:main",
             "desam_train=desam_nnu.cli.train:main",
+            "desam_find_best_configuration=desam_nnu.cli.find_best_configuration:main",
             "desam_predict=desam_nnu.cli.predict:main",
             "desam_evaluate=desam_nnu.cli.evaluate:main",
             "desam_demo_dataset=desam_nnu.cli.demo:main",

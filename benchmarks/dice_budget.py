@@ -7,7 +7,11 @@ iterations, then predict the 40 validation volumes and score them with nnU-Net's
 
 - DeSAM: ``desam_train 4 0 --time-budget M`` (default ``--backbone tiny --train-encoder``: a random
   ViT trained end to end, online encoding; ``--prompt-mode`` as given), final validation in the
-  plans' grid mode (IoU threshold 0.5, best prompt). ``--also-no-threshold`` also predicts the same
+  plans' default mode for the training prompts (grid, IoU threshold 0.5, best prompt, for points),
+  storing every tile's candidates; then ``desam_find_best_configuration 4 -f 0`` chooses the prompts
+  and postprocessing from them (its table: every candidate's Dice, and the seconds it took, against
+  the validation pass). ``--also-default-predict`` predicts the volumes with ``desam_predict`` and no
+  prompt flags, i.e. the chosen configuration (the default path). ``--also-no-threshold`` also predicts the same
   volumes with the IoU threshold off (``--iou-thresh -1``: the best grid prompt always decodes), which
   separates the quality of the masks from the calibration of PRIM's predicted IoU;
   ``--also-box-prompt`` predicts them with one whole-tile box per slice.
@@ -89,6 +93,17 @@ def print_table(rows: dict) -> None:
     for key, row in rows.items():
         # the final validation predicts in the plans' grid mode, whatever the training prompts were
         variants = [(label(key, row) + (", grid IoU >= 0.5" if row.get("prompt_mode") else ""), row["dice"])]
+        fb = row.get("find_best")
+        if fb:
+            after = {"mean": fb["dice"]["after_postprocessing"], **fb["dice"]["after_postprocessing_per_class"]}
+            variants = [(label(key, row) + f", chosen by desam_find_best_configuration: {fb['label']}"
+                         + (", largest component" if fb["postprocessing"] else ""), after)]
+            if fb.get("grid_0.5_top1"):
+                variants.append((label(key, row) + ", grid IoU >= 0.5 (replayed)", fb["grid_0.5_top1"]))
+            if fb.get("box"):
+                variants.append((label(key, row) + ", whole-tile box (replayed)", fb["box"]))
+        if row.get("dice_default_predict"):
+            variants.append((label(key, row) + ", desam_predict with no prompt flags", row["dice_default_predict"]))
         if row.get("dice_no_iou_threshold"):
             variants.append((label(key, row) + ", best grid prompt always", row["dice_no_iou_threshold"]))
         if row.get("dice_box_prompt"):
@@ -117,6 +132,37 @@ def _predict_validation(env: dict, logs: Path, name: str, prompt_args: List[str]
     return _dice(pred / "summary.json"), seconds
 
 
+def _log_time(line: str) -> float:
+    stamp = line.split(": ", 1)[0]
+    return time.mktime(time.strptime(stamp.split(".")[0], "%Y-%m-%d %H:%M:%S")) + float("0." + stamp.split(".")[1])
+
+
+def _validation_seconds(log_folder: Path) -> Optional[float]:
+    """Wall seconds of the final validation pass, from the timestamps of nnU-Net's training log."""
+    logs = sorted(log_folder.glob("training_log_*.txt"))
+    lines = logs[-1].read_text().splitlines() if logs else []
+    start = [ln for ln in lines if ": Final validation with" in ln]
+    end = [ln for ln in lines if ": Validation complete" in ln]
+    return _log_time(end[-1]) - _log_time(start[-1]) if start and end else None
+
+
+def _find_best(env: dict, logs: Path, fold: Path) -> dict:
+    """``desam_find_best_configuration 4 -f 0``: the chosen setting, the Dice of every candidate of interest
+    (from its table: the replay of the stored validation candidates) and the seconds it took."""
+    seconds = _run([BIN / "desam_find_best_configuration", "4", "-f", "0"], env, logs / "find_best.log")
+    chosen = json.loads((fold.parent / "desam_inference.json").read_text())
+
+    def per_class(c: dict) -> dict:
+        return {"mean": c["dice"], **(c["dice_per_class"] or {})}
+
+    table = {c["label"]: per_class(c) for c in chosen["candidates"]}
+    return {"seconds": seconds, "validation_pass_s": _validation_seconds(fold), "prompts": chosen["prompts"],
+            "label": next(c["label"] for c in chosen["candidates"] if c["prompts"] == chosen["prompts"]),
+            "dice": chosen["dice"], "postprocessing": chosen["postprocessing"],
+            "grid_0.5_top1": table.get("grid iou>=0.5 top-1"), "box": table.get("box"),
+            "candidates": table}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--minutes", type=float, default=30, help="training budget (minutes of --clock time)")
@@ -130,7 +176,12 @@ def main() -> None:
                    help="also predict DeSAM's validation volumes with the best grid prompt always decoded")
     p.add_argument("--also-box-prompt", action="store_true",
                    help="also predict DeSAM's validation volumes with one whole-tile box per slice")
-    p.add_argument("--prompt-mode", default="points", choices=["points", "box"])
+    p.add_argument("--prompt-mode", default="points", choices=["points", "box", "mixed"])
+    p.add_argument("--no-find-best", action="store_true",
+                   help="skip desam_find_best_configuration (the choice of prompts from the fold-0 validation)")
+    p.add_argument("--also-default-predict", action="store_true",
+                   help="also predict DeSAM's validation volumes with desam_predict and no prompt flags (the chosen "
+                        "configuration)")
     p.add_argument("--frozen-encoder", action="store_true", help="DeSAM's recipe (frozen encoder) instead of --train-encoder")
     p.add_argument("--no-cache", action="store_true", help="with --frozen-encoder: encode online instead of the cache")
     p.add_argument("--cases", type=int, default=None, help="first N cases only (a quick check; default all 200)")
@@ -188,6 +239,12 @@ def main() -> None:
             row.update(backbone=args.backbone, prompt_mode=args.prompt_mode, train_encoder=not args.frozen_encoder,
                        features="online" if not args.frozen_encoder or args.no_cache else "cache",
                        image_size=desam_cfg["image_size"])
+        if run == "desam" and not args.no_find_best:
+            row["find_best"] = _find_best(env, logs, fold)
+        if run == "desam" and args.also_default_predict:
+            # the default path: no prompt flags, so desam_predict follows the chosen configuration
+            row["dice_default_predict"], row["predict_s_per_volume_default"] = _predict_validation(
+                env, logs, "default", [])
         if run == "desam" and args.also_no_threshold:
             # the same validation volumes, the best grid prompt always decoded (no IoU threshold)
             row["dice_no_iou_threshold"], row["predict_s_per_volume_no_threshold"] = _predict_validation(

@@ -106,14 +106,14 @@ def one_run(backbone: str, input_root: str, output_root: str, repeats: int, prof
     desam.pdmm.encode_context = timed("pdmm", desam.pdmm.encode_context)
     desam.pdmm.decode = timed("pdmm", desam.pdmm.decode)
     best_iou: List[float] = []
-    decode_grid = desam.decode_grid
+    grid_candidates = desam.grid_candidates
 
-    def recording_decode_grid(*args, **kwargs):
-        result = decode_grid(*args, **kwargs)
+    def recording_grid_candidates(*args, **kwargs):
+        result = grid_candidates(*args, **kwargs)
         best_iou.append(float(result.prompt_iou.max()))  # the tile's best prompt, any class
         return result
 
-    desam.decode_grid = recording_decode_grid
+    desam.grid_candidates = recording_grid_candidates
     predictor.predict_logits_from_preprocessed_data = timed("sliding_window",
                                                             predictor.predict_logits_from_preprocessed_data)
     P._preprocess = timed("preprocess", P._preprocess)

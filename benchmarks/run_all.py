@@ -950,6 +950,21 @@ def section_dice(res: Results) -> str:
         wall = num(row.get("wall_s_train_and_validation"))
         variants = [(_dice_label(key, row) + (", grid IoU >= 0.5 (plans' default)" if row.get("prompt_mode") else ""),
                      row.get("dice", {}), f"{wall / 60:.0f} min" if wall else "-")]
+        fb = row.get("find_best")
+        if isinstance(fb, dict):
+            fbd = fb.get("dice", {})
+            after = dict(fbd.get("after_postprocessing_per_class") or {}, mean=fbd.get("after_postprocessing"),
+                         cases=row.get("dice", {}).get("cases"))
+            pp = ", largest component" if fb.get("postprocessing") else ""
+            variants.append((_dice_label(key, row) + f", **chosen by `desam_find_best_configuration`: "
+                             f"{fb.get('label')}{pp}**", after, ""))
+            for name, label in (("grid_0.5_top1", "grid IoU >= 0.5"), ("box", "whole-tile box")):
+                if isinstance(fb.get(name), dict):
+                    variants.append((_dice_label(key, row) + f", {label} (replayed from the stored candidates)",
+                                     dict(fb[name], cases=row.get("dice", {}).get("cases")), ""))
+        if isinstance(row.get("dice_default_predict"), dict):
+            variants.append((_dice_label(key, row) + ", `desam_predict` with no prompt flags (follows the choice)",
+                             row["dice_default_predict"], ""))
         if isinstance(row.get("dice_no_iou_threshold"), dict):
             variants.append((_dice_label(key, row) + ", grid, best prompt always (`--iou-thresh -1`)",
                              row["dice_no_iou_threshold"], ""))
@@ -1026,6 +1041,16 @@ slice) and 18 s for nnU-Net with mirroring, under the same load."""
                  " many more iterations in the same time, and with `medsam_lite` starts from pretrained weights. Grid"
                  " mode needs PRIM's predicted IoU calibrated (L1 towards 0/1 prompt-relevance targets): after one or"
                  " two epochs no prompt passes 0.5 yet, after about 20 it does.")
+    timing = [[_dice_label(k, r), fmt_s(num(r["find_best"].get("seconds"))),
+               fmt_s(num(r["find_best"].get("validation_pass_s"))),
+               fmt_ratio(ratio(num(r["find_best"].get("seconds")), num(r["find_best"].get("validation_pass_s"))))]
+              for k, r in rows.items() if isinstance(r.get("find_best"), dict)]
+    if timing:
+        text += ("\n\nThe choice from cross-validation (`desam_find_best_configuration 4 -f 0`) replays the candidates "
+                 "that the final validation stored (every IoU threshold x top-k 1-3, and the whole box when it was "
+                 "trained) through nnU-Net's sliding window, export and metrics, with no network run; its cost "
+                 "against the final validation pass that stored them (wall time):\n\n"
+                 + md_table(["model", "selection", "validation pass", "selection / validation"], timing))
     if d.get("note"):
         text += f"\n\nNote from the results: {d['note']}."
     return text

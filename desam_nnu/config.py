@@ -4,7 +4,7 @@ The plans are the only contract between stages: the planner writes every DeSAM d
 the trainer and predictor read them through this object, never recomputing them.
 """
 from dataclasses import dataclass
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, Tuple
 
 PLANS_NAME = "DeSAMPlans"
 CONFIGURATION = "desam_2d"
@@ -20,6 +20,26 @@ class PromptDefaults:
     iou_threshold: float  # keep grid prompts whose predicted IoU is at least this
     top_k: int  # fuse the k best prompts (1 = official)
     box_mode_available: bool
+    # desam_find_best_configuration's sweep (plans written before it existed get these)
+    iou_threshold_candidates: Tuple[float, ...] = (-1.0, 0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+    top_k_candidates: Tuple[int, ...] = (1, 2, 3)
+    # training prompt mode -> the prediction modes it trains (points: PRIM's IoU head on grid prompts)
+    served_modes: Tuple[Tuple[str, Tuple[str, ...]], ...] = (("points", ("grid",)), ("box", ("box",)),
+                                                             ("mixed", ("grid", "box")))
+
+    def serves(self, train_mode: str) -> Tuple[str, ...]:
+        """The prediction modes a model trained with ``train_mode`` prompts may use."""
+        return dict(self.served_modes).get(train_mode, ())
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "PromptDefaults":
+        d = dict(d)
+        for key, cast in (("iou_threshold_candidates", float), ("top_k_candidates", int)):
+            if key in d:
+                d[key] = tuple(cast(v) for v in d[key])
+        if "served_modes" in d:
+            d["served_modes"] = tuple((k, tuple(v)) for k, v in d["served_modes"].items())
+        return cls(**d)
 
 
 @dataclass(frozen=True)
@@ -80,7 +100,7 @@ class DeSAMConfig:
             pixel_std=tuple(float(v) for v in d["pixel_std"]),
             num_classes=int(d["num_classes"]),
             batch_size=int(configuration["batch_size"]),
-            prompts=PromptDefaults(**d["prompts"]),
+            prompts=PromptDefaults.from_dict(d["prompts"]),
             cache=CacheEstimate(
                 default=cache.get("default", "cache"),  # plans written before the key existed
                 dtype=cache["dtype"],

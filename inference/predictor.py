@@ -20,7 +20,7 @@ import glob
 import os
 import re
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from multiprocessing import get_context
 from typing import Callable, Deque, Dict, List, Optional, Sequence, Tuple
 
@@ -29,11 +29,14 @@ import torch
 from batchgenerators.utilities.file_and_folder_operations import join, load_json
 from nnunetv2.inference.export_prediction import export_prediction_from_logits
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+from nnunetv2.postprocessing.remove_connected_components import load_postprocess_save
 from tqdm import tqdm
 
 from desam_nnu.atomic import atomic_write_json, pid_alive
 from desam_nnu.config import DeSAMConfig
 from desam_nnu.errors import DeSAMInputError
+from desam_nnu.inference.configuration import (InferenceConfiguration, read_configuration, serving_defaults,
+                                              trained_predict_modes)
 from desam_nnu.inference.inputs import collect_cases
 from desam_nnu.inference.model_folder import FoldSpec, resolve_folds
 from desam_nnu.inference.prompted import PromptedDeSAM, PromptSettings
@@ -55,16 +58,22 @@ class PredictionReport:
 
 
 def export_case_atomically(logits: torch.Tensor, properties: dict, configuration_manager, plans_manager,
-                           dataset_json: dict, output_folder: str, case: str, save_probabilities: bool) -> str:
+                           dataset_json: dict, output_folder: str, case: str, save_probabilities: bool,
+                           postprocessing: Optional[Tuple[list, list]] = None) -> str:
     """nnU-Net's export under a temporary name, then renamed: an interrupt never leaves a truncated file.
 
-    The label map is renamed last, so its presence means the case (and its .npz/.pkl) is complete.
+    ``postprocessing`` is nnU-Net's ``(pp_fns, pp_fn_kwargs)``, applied to the exported label map with
+    its own ``load_postprocess_save`` (probabilities stay as predicted, as in nnU-Net). The label map is
+    renamed last, so its presence means the case (and its .npz/.pkl) is complete.
     """
     ending = dataset_json["file_ending"]
     tmp = join(output_folder, f".{case}.partial-{os.getpid()}")
     try:
         export_prediction_from_logits(logits, properties, configuration_manager, plans_manager, dataset_json, tmp,
                                       save_probabilities)
+        if postprocessing is not None and postprocessing[0]:
+            load_postprocess_save(tmp + ending, tmp + ending, plans_manager.image_reader_writer_class(),
+                                  *postprocessing)
         if save_probabilities:
             for suffix in (".npz", ".pkl"):
                 os.replace(tmp + suffix, join(output_folder, case + suffix))
@@ -124,8 +133,12 @@ def _one_line(e: BaseException) -> str:
 
 
 class DeSAMPredictor(nnUNetPredictor):
-    """nnUNetPredictor for DeSAM models. ``prompt_overrides`` (mode, grid_points_per_side,
-    iou_threshold, top_k) replace the plans' prompt defaults."""
+    """nnUNetPredictor for DeSAM models.
+
+    Prompts and postprocessing come from the configuration ``desam_find_best_configuration`` chose
+    (``desam_inference.json`` in the model folder) or, without one, from the plans' defaults in a mode
+    the folds were trained for; ``prompt_overrides`` (mode, grid_points_per_side, iou_threshold,
+    top_k; None = not given) win over either. ``configuration_note`` says in one line which applied."""
 
     def __init__(self, tile_step_size: float = 0.5, use_mirroring: bool = True,
                  device: torch.device = torch.device("cpu"), prompt_overrides: Optional[dict] = None,
@@ -133,16 +146,45 @@ class DeSAMPredictor(nnUNetPredictor):
         super().__init__(tile_step_size=tile_step_size, use_gaussian=True, use_mirroring=use_mirroring,
                          perform_everything_on_device=device.type == "cuda", device=device, verbose=verbose,
                          allow_tqdm=allow_tqdm)
-        self.prompt_overrides = dict(prompt_overrides or {})
+        self.prompt_overrides = {k: v for k, v in (prompt_overrides or {}).items() if v is not None}
         self.model_folder: Optional[str] = None
+        self.prompts: Optional[PromptSettings] = None
+        self.chosen: Optional[InferenceConfiguration] = None
+        self.postprocessing: Optional[Tuple[list, list]] = None  # nnU-Net's (pp_fns, pp_fn_kwargs)
+        self.trained_modes: Tuple[str, ...] = ()
+        self.configuration_note = ""
 
     @property
     def desam(self) -> DeSAMConfig:
         return self.configuration_manager.desam
 
     def wrap(self, network: DeSAM, cfg: DeSAMConfig) -> PromptedDeSAM:
-        """DeSAM -> the tile network nnU-Net's sliding window calls, with this predictor's prompts."""
-        return PromptedDeSAM(network, cfg, PromptSettings.from_plans(cfg, **self.prompt_overrides))
+        """DeSAM -> the tile network nnU-Net's sliding window calls, with this predictor's prompts
+        (the plans' defaults with the overrides, when no model folder chose them)."""
+        prompts = self.prompts or PromptSettings.from_plans(cfg, **self.prompt_overrides)
+        return PromptedDeSAM(network, cfg, prompts)
+
+    def choose_prompts(self, folder: str, folds: Sequence[FoldSpec], cfg: DeSAMConfig, labels: Sequence[int]) -> None:
+        """Settle prompts and postprocessing for ``folds`` of ``folder`` (see the class docstring)."""
+        self.trained_modes = trained_predict_modes(folder, folds, cfg.prompts)
+        self.chosen = read_configuration(folder, self.trained_modes, labels)
+        given = ", ".join(f"{k}={v}" for k, v in self.prompt_overrides.items())
+        if self.chosen is not None:
+            self.prompts = replace(self.chosen.prompts, **self.prompt_overrides)
+            self.postprocessing = self.chosen.postprocessing_functions()
+            self.configuration_note = (f"using the configuration chosen from cross-validation ({self.chosen.path}): "
+                                       f"{self.chosen.describe()}" + (f"; from the command line: {given}" if given else ""))
+        else:
+            base = serving_defaults(cfg, self.trained_modes)
+            self.prompts = replace(base, **self.prompt_overrides)
+            self.configuration_note = (
+                f"no chosen inference configuration in {folder}: the plans' defaults"
+                + (f" with {given}" if given else f" ({base.mode} prompts)")
+                + f"; desam_find_best_configuration {os.path.basename(os.path.dirname(folder))} chooses them from "
+                  f"the folds' validation")
+        if self.trained_modes and self.prompts.mode not in self.trained_modes:
+            self.configuration_note += (f". warning: {self.prompts.mode} prompts were not trained (the folds were "
+                                        f"trained for {', '.join(self.trained_modes)})")
 
     def initialize_from_trained_model_folder(self, model_training_output_dir: str,
                                              use_folds: Optional[Sequence[FoldSpec]],
@@ -164,6 +206,7 @@ class DeSAMPredictor(nnUNetPredictor):
                 raise DeSAMInputError(f"{path}: not a readable desam_train checkpoint ({_one_line(e)[:200]})") from e
         configuration_manager = plans_manager.get_configuration(configuration)
         cfg = configuration_manager.desam
+        self.choose_prompts(folder, folds, cfg, plans_manager.get_label_manager(dataset_json).foreground_labels)
         network = build_desam(cfg.backbone, image_size=cfg.image_size, num_classes=cfg.num_classes, pretrained=False)
         self.manual_initialization(self.wrap(network, cfg), plans_manager, configuration_manager, parameters,
                                    dataset_json, first["trainer_name"], first.get("inference_allowed_mirroring_axes"))
@@ -197,6 +240,8 @@ class DeSAMPredictor(nnUNetPredictor):
         atomic_write_json({"input_folder": os.path.abspath(input_folder), "model_folder": self.model_folder,
                            "prompt_mode": prompts.mode, "grid_points_per_side": prompts.grid_points_per_side,
                            "iou_threshold": prompts.iou_threshold, "top_k": prompts.top_k,
+                           "chosen_configuration": self.chosen.path if self.chosen else None,
+                           "postprocessing": [fn.__name__ for fn in (self.postprocessing or [[]])[0]],
                            "tile_step_size": self.tile_step_size, "use_mirroring": self.use_mirroring,
                            "folds": len(self.list_of_parameters), "save_probabilities": save_probabilities},
                           join(output_folder, "predict_args.json"))
@@ -236,7 +281,8 @@ class DeSAMPredictor(nnUNetPredictor):
                         continue
                     exports.append((case, export.submit(export_case_atomically, logits, properties,
                                                         self.configuration_manager, self.plans_manager,
-                                                        self.dataset_json, output_folder, case, save_probabilities)))
+                                                        self.dataset_json, output_folder, case, save_probabilities,
+                                                        self.postprocessing)))
                     while len(exports) > num_processes_export:
                         _finish_export(*exports.popleft(), report)
                 while exports:

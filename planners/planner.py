@@ -45,6 +45,12 @@ DEFAULT_PROMPTS = {
     "iou_threshold": 0.5,
     "top_k": 1,
     "box_mode_available": True,
+    # what desam_find_best_configuration sweeps over the stored validation candidates; -1 keeps the best
+    # prompt whatever its predicted IoU (a briefly trained IoU head predicts values near 0)
+    "iou_threshold_candidates": [-1.0, 0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9],
+    "top_k_candidates": [1, 2, 3],
+    # which prediction modes each training prompt mode trains: the modes a model may be predicted with
+    "served_modes": {"points": ["grid"], "box": ["box"], "mixed": ["grid", "box"]},
 }
 
 

@@ -9,11 +9,13 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from synthetic import ROTATED, make_dataset, synthetic_case, write_nifti
+from fake_decoders import fixed_grid
+from conftest import trained_tiny_model
+from synthetic import ROTATED, synthetic_case, write_nifti
 
 from desam_nnu.cli.predict import main
 from desam_nnu.inference.predictor import DeSAMPredictor
-from desam_nnu.model import DeSAM, GridDecodeResult
+from desam_nnu.model import DeSAM
 
 RESULT = "DeSAMTrainer__DeSAMPlans__desam_2d"
 SPACING = (0.8, 0.8, 4.0)
@@ -22,20 +24,7 @@ SPACING = (0.8, 0.8, 4.0)
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """Dataset007 (tiny backbone, 64 px input), folds 0 and 1 trained a few iterations."""
-    root = tmp_path_factory.mktemp("predict")
-    mp = pytest.MonkeyPatch()
-    for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-        (root / k).mkdir()
-        mp.setenv(k, str(root / k))
-    mp.delenv("DESAM_SAM_CHECKPOINT", raising=False)
-    make_dataset(str(root / "nnUNet_raw"), 7, num_cases=5, shape_zyx=(8, 40, 48))
-    from desam_nnu.cli.train import train
-    from desam_nnu.planners.plan_and_preprocess import plan_and_preprocess
-    plan_and_preprocess(7, num_processes=1, backbone="tiny", image_size=64)
-    for fold in (0, 1):
-        train(7, fold, device="cpu", epochs=1, iterations_per_epoch=3, val_iterations=1)
-    yield root
-    mp.undo()
+    yield from trained_tiny_model(tmp_path_factory, 7, 5, (8, 40, 48), (0, 1))
 
 
 def _model(root: Path) -> Path:
@@ -109,34 +98,24 @@ def test_mirroring_runs_every_flip_and_stays_symmetric(trained, tmp_path):
     assert p.network.tile_calls == 2 * 4  # per slice: the tile, flipped along y, x, and both
 
 
-def _sure_of_class_one(self, features, points, iou_thresh=0.5, top_k=1, prompts_per_batch=128):
-    """decode_grid of a network sure that everything is class 1 (the pipeline around it is under test)."""
-    h, w = self.mask_size(features)
-    logits = torch.stack([torch.full((h, w), 5.0), torch.full((h, w), -5.0)])
-    return GridDecodeResult(torch.sigmoid(logits), logits, None, None, None, None, False)
-
-
-def _keeps_no_prompt(self, features, points, iou_thresh=0.5, top_k=1, prompts_per_batch=128):
-    """decode_grid of a network whose predicted IoUs all stay below the threshold (briefly trained)."""
-    h, w = self.mask_size(features)
-    logits = torch.full((2, h, w), -13.8)
-    return GridDecodeResult(torch.sigmoid(logits), logits, None, None, None, None, True)
+_sure_of_class_one = fixed_grid(0.9)  # a network sure that everything is class 1
+_keeps_no_prompt = fixed_grid(0.01, (-13.8, -13.8))  # predicted IoUs all below the threshold (briefly trained)
 
 
 def test_grid_mode_warns_when_it_kept_no_prompt_in_a_whole_case(trained, tmp_path, monkeypatch, capsys):
     for case in ("a", "b"):
         _write_case(tmp_path / "in", case, shape_zyx=(2, 40, 48))
     args = ["-i", str(tmp_path / "in"), "-d", "7", "-f", "0", "--disable-tta", "-npp", "0", "-nps", "0"]
-    monkeypatch.setattr(DeSAM, "decode_grid", _keeps_no_prompt)
+    monkeypatch.setattr(DeSAM, "grid_candidates", _keeps_no_prompt)
     assert main(args + ["-o", str(tmp_path / "out1")]) == 0  # a warning, not a failure: the outputs are written
     err = capsys.readouterr().err
     assert "warning: grid mode kept no prompt on any slice of 2 case(s) (a, b)" in err and "--prompt-mode box" in err
     assert not sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "out1" / "a.nii.gz"))).any()
-    monkeypatch.setattr(DeSAM, "decode_grid", _sure_of_class_one)
+    monkeypatch.setattr(DeSAM, "grid_candidates", _sure_of_class_one)
     assert main(args + ["-o", str(tmp_path / "out2")]) == 0
     assert "kept no prompt" not in capsys.readouterr().err
     # box mode decodes without a threshold: nothing to warn about
-    monkeypatch.setattr(DeSAM, "decode_grid", _keeps_no_prompt)
+    monkeypatch.setattr(DeSAM, "grid_candidates", _keeps_no_prompt)
     assert main(args + ["-o", str(tmp_path / "out3"), "--prompt-mode", "box"]) == 0
     assert "kept no prompt" not in capsys.readouterr().err
 
@@ -144,7 +123,7 @@ def test_grid_mode_warns_when_it_kept_no_prompt_in_a_whole_case(trained, tmp_pat
 def test_blank_volume_is_all_background(trained, tmp_path, monkeypatch):
     _write_case(tmp_path / "in", "blank", blank=True)
     _write_case(tmp_path / "in", "normal")
-    monkeypatch.setattr(DeSAM, "decode_grid", _sure_of_class_one)
+    monkeypatch.setattr(DeSAM, "grid_candidates", _sure_of_class_one)
     p = _predictor(trained, use_mirroring=False)
     report = p.predict_folder(str(tmp_path / "in"), str(tmp_path / "out"), num_processes_preprocessing=0,
                               num_processes_export=0)

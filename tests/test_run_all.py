@@ -264,3 +264,23 @@ def test_dice_rows_show_pseudo_dice_and_the_box_prompt_variant(tmp_path):
                      "whole-tile box (`--prompt-mode box`)")
     assert box[4:8] == ["0.600", "0.400", "0.500", "2x"]  # against nnU-Net's 0.25 after the same budget
     assert "no model segments anything yet" not in text
+
+
+def test_dice_rows_show_the_chosen_configuration_and_its_cost(tmp_path):
+    fb = {"seconds": 60.0, "validation_pass_s": 600.0, "label": "grid iou>=0.05 top-1",
+          "postprocessing": [{"function": "remove_all_but_largest_component_from_segmentation", "kwargs": {}}],
+          "dice": {"selected": 0.6, "after_postprocessing": 0.625, "after_postprocessing_per_class": {"1": 0.65, "2": 0.6}},
+          "grid_0.5_top1": {"mean": 0.0, "1": 0.0, "2": 0.0}, "box": None}
+    row = _dice_row(0.0, backbone="medsam_lite", prompt_mode="points", image_size=128, train_encoder=False,
+                    features="online", find_best=fb, dice_default_predict={"1": 0.65, "2": 0.6, "mean": 0.625,
+                                                                          "cases": 8})
+    dice = {"rows": {"desam_medsam_lite_128_points_frozen": row, "nnunet_2d": _dice_row(0.25)}}
+    text = _render(tmp_path, dict(FABRICATED, **{"dice_budget.json": dice}))
+    name = "DeSAM medsam_lite 128 px (points, frozen encoder)"
+    chosen = _row(text, name + ", **chosen by `desam_find_best_configuration`: grid iou>=0.05 top-1, largest component**")
+    assert chosen[4:8] == ["0.650", "0.600", "0.625", "2.5x"]
+    assert _row(text, name + ", grid IoU >= 0.5 (replayed from the stored candidates)")[6] == "0.000"
+    assert _row(text, name + ", `desam_predict` with no prompt flags (follows the choice)")[6] == "0.625"
+    assert "whole-tile box (replayed" not in text  # not trained for boxes: no such candidate
+    timing = _row(text, name)
+    assert timing[1:] == ["60 s", "600 s", "0.1x"]

@@ -61,20 +61,33 @@ def test_tiny_trains_caches_checkpoints_and_validates(prepared):
 
 
 def test_validation_logs_cases_where_grid_mode_kept_no_prompt(prepared, monkeypatch):
-    from desam_nnu.model import DeSAM, GridDecodeResult
+    from fake_decoders import fixed_grid
+    from desam_nnu.model import DeSAM
 
-    def keeps_no_prompt(self, features, points, iou_thresh=0.5, top_k=1, prompts_per_batch=128):
-        logits = torch.full((2, *self.mask_size(features)), -13.8)
-        return GridDecodeResult(torch.sigmoid(logits), logits, None, None, None, None, True)
-
+    keeps_no_prompt = fixed_grid(0.01, (-13.8, -13.8))
     out = _fresh_results(prepared)
     train(5, 0, device="cpu", epochs=1, iterations_per_epoch=2, val_iterations=1)
-    monkeypatch.setattr(DeSAM, "decode_grid", keeps_no_prompt)
+    monkeypatch.setattr(DeSAM, "grid_candidates", keeps_no_prompt)
     train(5, 0, device="cpu", validation_only=True)
     val_keys = json.loads((prepared / "nnUNet_preprocessed" / "Dataset005_Synth" / "splits_final.json")
                           .read_text())[0]["val"]
     logs = "".join(p.read_text() for p in (out / "fold_0").glob("training_log_*.txt"))
-    assert f"grid mode kept no prompt on any slice of {len(val_keys)} case(s)" in logs
+    assert f"note: grid mode kept no prompt on any slice of {len(val_keys)} case(s)" in logs
+    assert "desam_find_best_configuration Dataset005_Synth -f 0 chooses the threshold" in logs
+    # with a chosen configuration that still keeps nothing it is a warning
+    model = out
+    (model / "desam_inference.json").write_text(json.dumps({
+        "version": 1, "folds": ["0"], "plans_sha256": _sha256(model / "plans.json"), "postprocessing": [],
+        "prompts": {"mode": "grid", "grid_points_per_side": 9, "iou_threshold": 0.3, "top_k": 1}}))
+    train(5, 0, device="cpu", validation_only=True)
+    logs = "".join(p.read_text() for p in (out / "fold_0").glob("training_log_*.txt"))
+    assert f"warning: grid mode kept no prompt on any slice of {len(val_keys)} case(s)" in logs
+    assert "no predicted IoU reached 0.3" in logs
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def test_nnunetv2_train_finds_the_trainer(prepared):
@@ -207,3 +220,34 @@ def test_medsam_lite_trains_from_its_packaged_weights(tmp_path, monkeypatch):
     assert any((tmp_path / "nnUNet_preprocessed" / "Dataset006_Synth" / "desam_cache").iterdir())
     fold = tmp_path / "nnUNet_results" / "Dataset006_Synth" / RESULT / "fold_0"
     assert (fold / "validation" / "summary.json").is_file()
+
+
+def test_mixed_prompts_decode_points_and_boxes_per_slice():
+    """mixed: each slice a point or the whole box; logits for every slice, IoU and target for the point slices."""
+    from types import SimpleNamespace
+
+    from desam_nnu.model import build_desam
+    from desam_nnu.prompts import whole_boxes
+    from desam_nnu.trainers.desam_trainer import DeSAMTrainer
+
+    torch.manual_seed(0)
+    net = build_desam("tiny", image_size=64, num_classes=2).eval()
+    cfg = SimpleNamespace(image_size=64, patch_size=(32, 32), num_classes=2)
+    stub = SimpleNamespace(prompt_mode="mixed", network=net, desam=cfg, device=torch.device("cpu"))
+    images = torch.rand(8, 3, 64, 64) * 255
+    seg = torch.randint(0, 3, (8, 32, 32))
+    with torch.no_grad():
+        features = net.encode(images)
+        generator = torch.Generator().manual_seed(3)
+        logits, iou, target = DeSAMTrainer._decode_training_prompts(stub, features, seg, generator)
+        use_box = torch.rand(8, generator=torch.Generator().manual_seed(3)) < 0.5  # the same draw
+        boxed = torch.nonzero(use_box).flatten()
+        assert 0 < boxed.numel() < 8  # this seed mixes both kinds
+        assert logits.shape == (8, 2, *net.mask_size(features))
+        assert iou.shape == target.shape == (8 - boxed.numel(), 2)
+        expected, _ = net.decode([f[boxed] for f in features], boxes=whole_boxes(boxed.numel(), 64))
+        torch.testing.assert_close(logits[boxed], expected, atol=1e-5, rtol=0)
+        for mode, n_iou in (("points", 8), ("box", None)):
+            stub.prompt_mode = mode
+            logits, iou, _ = DeSAMTrainer._decode_training_prompts(stub, features, seg, torch.Generator().manual_seed(3))
+            assert logits.shape[0] == 8 and (iou is None if n_iou is None else iou.shape[0] == n_iou)

@@ -20,6 +20,7 @@ validation's export and metrics. What is DeSAM's (each in the smallest method th
 """
 import json
 import os
+from dataclasses import asdict
 from typing import Dict, List, Optional
 
 import numpy as np
@@ -201,19 +202,46 @@ class DeSAMTrainer(TimeBudgetMixin, nnUNetTrainer):
             x = to_network_input(batch["images"].to(self.device), self.desam.channel_to_rgb, self.desam.image_size)
             features = self.network.encode(x)
         seg = batch["seg"].to(self.device)
-        b = seg.shape[0]
-        scale = self.desam.image_size / self.desam.patch_size[0]
-        if self.prompt_mode == "points":
-            coords, labels, iou_target = sample_training_points(seg.cpu(), self.desam.num_classes, scale,
-                                                                generator=batch["generator"])
-            logits, iou = self.network.decode(features, points=(coords.to(self.device), labels.to(self.device)))
-            iou_target = iou_target.to(self.device)
-        else:
-            logits, iou = self.network.decode(features, boxes=whole_boxes(b, self.desam.image_size).to(self.device))
-            iou, iou_target = None, None
+        logits, iou, iou_target = self._decode_training_prompts(features, seg, batch["generator"])
         logits = F.interpolate(logits, size=seg.shape[-2:], mode="bilinear", align_corners=False)
         loss, parts = self.loss(logits, seg, iou, iou_target)
         return loss, logits, seg
+
+    def _decode_training_prompts(self, features: List[torch.Tensor], seg: torch.Tensor, generator: torch.Generator):
+        """Prompt each slice as ``prompt_mode`` says and decode.
+
+        points: one random point per slice (the paper); box: the whole-slice box; mixed: each slice
+        one or the other with probability 1/2, so that both prediction modes are trained. Returns
+        logits [B, C, h, w], and the predicted IoU [n, C] with its target for the n point-prompted
+        slices (None when there are none: box prompts have no IoU term, as the official's box script).
+        """
+        b = seg.shape[0]
+        if self.prompt_mode == "mixed":
+            use_box = torch.rand(b, generator=generator) < 0.5
+        else:
+            use_box = torch.full((b,), self.prompt_mode == "box")
+        logits: Optional[torch.Tensor] = None
+        iou = iou_target = None
+        for boxed in (False, True):
+            idx = torch.nonzero(use_box == boxed).flatten()
+            if not idx.numel():
+                continue
+            feats = features if idx.numel() == b else [f[idx.to(f.device)] for f in features]
+            if boxed:
+                part, _ = self.network.decode(feats, boxes=whole_boxes(idx.numel(), self.desam.image_size).to(self.device))
+            else:
+                scale = self.desam.image_size / self.desam.patch_size[0]
+                coords, labels, target = sample_training_points(seg[idx.to(seg.device)].cpu(), self.desam.num_classes,
+                                                                scale, generator=generator)
+                part, iou = self.network.decode(feats, points=(coords.to(self.device), labels.to(self.device)))
+                iou_target = target.to(self.device)
+            if idx.numel() == b:
+                logits = part
+            else:
+                if logits is None:
+                    logits = part.new_empty((b, *part.shape[1:]))
+                logits = logits.index_copy(0, idx.to(part.device), part)
+        return logits, iou, iou_target
 
     def train_step(self, batch: dict) -> dict:
         self.optimizer.zero_grad(set_to_none=True)
@@ -245,37 +273,76 @@ class DeSAMTrainer(TimeBudgetMixin, nnUNetTrainer):
                 "fn_hard": fn.cpu().numpy()}
 
     def perform_actual_validation(self, save_probabilities: bool = False) -> None:
-        """Predict the fold's validation cases as whole volumes with DeSAMPredictor and score them.
+        """Predict the fold's validation cases as whole volumes with DeSAMPredictor, store every tile's
+        candidates for ``desam_find_best_configuration`` and score the serving setting.
 
-        The same path as ``desam_predict`` (nnU-Net's 2D sliding window over every slice, the plans'
-        prompt mode, export to the original geometry), on the preprocessed cases, so the raw images
-        need not be present. Mirroring runs on CUDA only: on a CPU it would quadruple the encoder work.
+        The same path as ``desam_predict`` (nnU-Net's 2D sliding window over every slice, export to the
+        original geometry), on the preprocessed cases, so the raw images need not be present. The
+        setting scored in ``summary.json`` is the one ``desam_predict`` would use: the chosen
+        configuration when the model folder has one, else the plans' defaults in a mode this fold was
+        trained for. Each tile's record (``inference/candidates.py``) lets every other setting be
+        scored later without the network. Mirroring runs on CUDA only: on a CPU it would quadruple
+        the encoder work.
         """
+        from desam_nnu.inference import candidates
+        from desam_nnu.inference.configuration import read_configuration, serving_defaults
         from desam_nnu.inference.predictor import DeSAMPredictor, export_case_atomically
-        from desam_nnu.inference.prompted import all_background_warning
+        from desam_nnu.inference.prompted import CandidateRecord, PromptedDeSAM, all_background_warning
 
         self.network.eval()
         _, val_keys = self.do_split()
         dataset = self.dataset_class(self.preprocessed_dataset_folder, val_keys)
         folder = join(self.output_folder, "validation")
-        maybe_mkdir_p(folder)
-        predictor = DeSAMPredictor(use_mirroring=self.device.type == "cuda", device=self.device, allow_tqdm=False)
-        predictor.manual_initialization(predictor.wrap(self.network, self.desam), self.plans_manager,
-                                        self.configuration_manager, None, self.dataset_json,
-                                        self.__class__.__name__, self.inference_allowed_mirroring_axes)
-        network = predictor.network
-        mode, all_background = network.prompts.mode, []
-        for key in tqdm(val_keys, desc=f"Validation ({mode} prompts)"):
+        store = candidates.store_folder(folder)
+        maybe_mkdir_p(store)
+        if os.path.isfile(join(store, candidates.META)):
+            os.remove(join(store, candidates.META))  # incomplete until this validation has finished
+        modes = self.desam.prompts.serves(self.prompt_mode)
+        labels = self.label_manager.foreground_labels
+        try:
+            chosen = read_configuration(self.output_folder_base, modes, labels)
+        except DeSAMInputError as e:
+            self.print_to_log_file(f"WARNING: {e}", also_print_to_console=True)
+            chosen = None
+        prompts = chosen.prompts if chosen is not None else serving_defaults(self.desam, modes)
+        top_k = max(max(self.desam.prompts.top_k_candidates), prompts.top_k)
+        record = CandidateRecord(modes=modes, top_k=top_k)
+        use_mirroring = self.device.type == "cuda"
+        predictor = DeSAMPredictor(use_mirroring=use_mirroring, device=self.device, allow_tqdm=False)
+        network = PromptedDeSAM(self.network, self.desam, prompts, record=record)
+        predictor.manual_initialization(network, self.plans_manager, self.configuration_manager, None,
+                                        self.dataset_json, self.__class__.__name__,
+                                        self.inference_allowed_mirroring_axes)
+        all_background, stored_bytes = [], 0
+        self.print_to_log_file(f"Final validation with {'chosen ' if chosen else ''}prompts {prompts}; storing "
+                               f"{'/'.join(modes)} candidates (top {top_k}) for desam_find_best_configuration",
+                               also_print_to_console=True)
+        for key in tqdm(val_keys, desc=f"Validation ({prompts.mode} prompts)"):
             data, _, _, properties = dataset.load_case(key)
+            record.tiles = []
             counts = network.grid_counts()
             logits = predictor.predict_sliding_window_return_logits(torch.from_numpy(np.asarray(data)))
             if network.kept_no_prompt_since(counts):
                 all_background.append(key)
+            stored_bytes += candidates.save_case(record, join(store, key + ".npz"))
             export_case_atomically(logits.cpu(), properties, self.configuration_manager, self.plans_manager,
                                    self.dataset_json, folder, key, save_probabilities)
-        if all_background:
-            self.print_to_log_file(all_background_warning(all_background, network.prompts.iou_threshold),
+        candidates.write_meta(store, {
+            "cases": list(val_keys), "modes": list(modes), "top_k": top_k,
+            "grid_points_per_side": prompts.grid_points_per_side, "use_mirroring": use_mirroring,
+            "mirror_axes": list(self.inference_allowed_mirroring_axes or []),
+            "tile_step_size": predictor.tile_step_size, "training_prompts": self.prompt_mode,
+            "summary_prompts": asdict(prompts), "bytes": stored_bytes})
+        if all_background and chosen is not None:
+            self.print_to_log_file(all_background_warning(all_background, prompts.iou_threshold),
                                    also_print_to_console=True)
+        elif all_background:  # nothing chosen yet: the stored candidates are what the choice is made from
+            shown = ", ".join(all_background[:5]) + (" ..." if len(all_background) > 5 else "")
+            self.print_to_log_file(
+                f"note: grid mode kept no prompt on any slice of {len(all_background)} case(s) ({shown}) at the "
+                f"plans' default IoU >= {prompts.iou_threshold:g} (a briefly trained IoU head); "
+                f"desam_find_best_configuration {self.plans_manager.dataset_name} -f {self.fold} chooses the "
+                f"threshold from the stored candidates", also_print_to_console=True)
         lm = self.label_manager
         metrics = compute_metrics_on_folder(join(self.preprocessed_dataset_folder_base, "gt_segmentations"), folder,
                                             join(folder, "summary.json"), self.plans_manager.image_reader_writer_class(),
@@ -285,6 +352,9 @@ class DeSAMTrainer(TimeBudgetMixin, nnUNetTrainer):
         self.print_to_log_file("Validation complete", also_print_to_console=True)
         self.print_to_log_file("Mean Validation Dice: ", metrics["foreground_mean"]["Dice"],
                                also_print_to_console=True)
+        self.print_to_log_file(f"Stored validation candidates: {stored_bytes / 2 ** 20:.1f} MiB in {store}; "
+                               f"desam_find_best_configuration {self.plans_manager.dataset_name} -f {self.fold} "
+                               f"chooses the prompts from them", also_print_to_console=True)
 
     def on_train_start(self) -> None:
         super().on_train_start()

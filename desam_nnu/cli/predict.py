@@ -30,6 +30,7 @@ def predict(input_folder: str, output_folder: str, dataset: Optional[Union[int, 
                                prompt_overrides=dict(mode=prompt_mode, grid_points_per_side=grid,
                                                      iou_threshold=iou_thresh, top_k=top_k))
     predictor.initialize_from_trained_model_folder(folder, folds, checkpoint)
+    print(predictor.configuration_note)
     report = predictor.predict_folder(input_folder, output_folder, save_probabilities=save_probabilities,
                                       continue_prediction=continue_prediction, preview=preview,
                                       num_processes_preprocessing=npp, num_processes_export=nps)

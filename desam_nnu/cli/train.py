@@ -101,7 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-p", default=PLANS_NAME, dest="plans")
     p.add_argument("--sam-checkpoint", default=None,
                    help="SAM weights (sam_vit_*.pth); default $DESAM_SAM_CHECKPOINT; not needed for tiny")
-    p.add_argument("--prompt-mode", choices=["points", "box"], default=None, help="default: the plans' (points)")
+    p.add_argument("--prompt-mode", choices=["points", "box", "mixed"], default=None,
+                   help="points (the paper), box (whole-slice box) or mixed (each slice one or the other: trains "
+                        "both prediction modes); default: the plans' (points)")
     p.add_argument("--c", action="store_true", dest="continue_training", help="continue from the last checkpoint")
     p.add_argument("--val", action="store_true", dest="validation_only", help="only run the final validation")
     p.add_argument("--npz", action="store_true", help="also save validation probabilities")

@@ -32,7 +32,8 @@ from .checkpoints import (
     resize_rel_pos,
     sam_backbone_of,
 )
-from .desam import DeSAM, Features, GridDecodeResult, Points, make_point_grid
+from .desam import (DeSAM, Features, GridCandidates, GridDecodeResult, Points, fuse_candidates, make_point_grid,
+                    select_kept)
 from .pdmm import PDMM
 from .prim import PRIM
 
@@ -44,10 +45,13 @@ __all__ = [
     "DeSAM",
     "FeatureLayout",
     "Features",
+    "GridCandidates",
     "GridDecodeResult",
     "PDMM",
     "PRIM",
     "Points",
+    "fuse_candidates",
+    "select_kept",
     "ViTFeatureEncoder",
     "build_desam",
     "build_desam_medsam_lite",

@@ -35,7 +35,6 @@ label map is ``argmax_c`` over classes whose sigmoid is >= 0.5, background elsew
 """
 from __future__ import annotations
 
-import math
 from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
@@ -46,7 +45,8 @@ from torch import Tensor, nn
 from .pdmm import PDMM
 from .prim import PRIM
 
-__all__ = ["DeSAM", "GridDecodeResult", "Points", "Features", "make_point_grid"]
+__all__ = ["DeSAM", "GridCandidates", "GridDecodeResult", "Points", "Features", "fuse_candidates",
+           "make_point_grid", "select_kept"]
 
 Features = List[Tensor]
 Points = Union[Tuple[Tensor, Tensor], Tensor]
@@ -84,6 +84,54 @@ class GridDecodeResult(NamedTuple):
     kept: Tensor
     prompt_iou: Tensor
     empty: bool
+
+
+class GridCandidates(NamedTuple):
+    """Result of :meth:`DeSAM.grid_candidates` for one image (C classes, k = top_k, P prompts).
+
+    logits: [k, C, h, w]; ``logits[j, c]`` is class ``c``'s logits from the j-th best kept prompt for
+        class ``c`` (zeros where ``kept[j, c]`` is False).
+    iou: [k, C] predicted IoU of the kept prompts, best first; 0 where ``kept`` is False.
+    indices: [k, C] prompt indices of the kept prompts, best first; -1 where ``kept`` is False.
+    kept: [k, C] bool; per class a prefix (True rows first).
+    prompt_iou: [P, C] PRIM's predicted IoU of every prompt.
+    """
+
+    logits: Tensor
+    iou: Tensor
+    indices: Tensor
+    kept: Tensor
+    prompt_iou: Tensor
+
+    @property
+    def empty(self) -> bool:
+        """True when no prompt was kept for any class."""
+        return not bool(self.kept.any())
+
+
+def select_kept(iou: Tensor, iou_thresh: float, top_k: int) -> Tensor:
+    """kept [K, C] for a grid setting, from candidates kept unthresholded (iou [K, C] sorted best first per
+    class, K >= top_k): the first ``top_k`` rows whose IoU reaches ``iou_thresh``; the same prompts that
+    :meth:`DeSAM.grid_candidates` keeps at that threshold and top-k."""
+    rank = torch.arange(iou.shape[0], device=iou.device)[:, None]
+    return (rank < top_k) & (iou >= iou_thresh)
+
+
+def fuse_candidates(logits: Tensor, iou: Tensor, kept: Tensor) -> Tensor:
+    """Kept candidates -> per-class probabilities [C, h, w].
+
+    logits [k, C, h, w], iou and kept [k, C] as in :class:`GridCandidates`. One kept prompt: exactly its
+    sigmoid; several: the mean of their sigmoids weighted by predicted IoU (clamped at 1e-6, since
+    thresholds <= 0 may keep IoUs <= 0); none: zeros."""
+    probabilities = torch.zeros(logits.shape[1:], dtype=logits.dtype, device=logits.device)
+    for c in range(logits.shape[1]):
+        n = int(kept[:, c].sum())
+        if n == 1:
+            probabilities[c] = torch.sigmoid(logits[0, c])
+        elif n > 1:
+            weights = iou[:n, c].clamp_min(1e-6).to(logits.dtype)
+            probabilities[c] = (weights[:, None, None] * torch.sigmoid(logits[:n, c])).sum(0) / weights.sum()
+    return probabilities
 
 
 class DeSAM(nn.Module):
@@ -309,29 +357,28 @@ class DeSAM(nn.Module):
         mask_logits = self.pdmm.decode(mask_embedding, context, index)
         return mask_logits, iou
 
-    def decode_grid(
+    def grid_candidates(
         self,
         features: Sequence[Tensor],
         points: Points,
-        iou_thresh: float = 0.5,
         top_k: int = 1,
+        iou_thresh: float = float("-inf"),
         prompts_per_batch: Optional[int] = 128,
-    ) -> GridDecodeResult:
-        """DeSAM's automatic (grid) mode for ONE image (features with batch 1).
+    ) -> GridCandidates:
+        """The ``top_k`` best prompts per class for ONE image, with their masks: what every grid setting
+        at most ``top_k`` chooses from.
 
-        1. PRIM on all P prompts, batched; 2. keep prompts with predicted IoU >= iou_thresh
-        (per class); 3. run PDMM's per-prompt path only for the top_k kept prompts with the
-        highest IoU (context branches once); 4. fuse their sigmoid probabilities weighted by the
-        predicted IoU (see :class:`GridDecodeResult`). top_k=1 reproduces the official automatic
-        mode, which ends up keeping the single highest-IoU mask. (The official filters with
-        ``iou > thresh``; here a prompt exactly at the threshold is kept.)
-        points: e.g. a 9x9 grid, coords [81, 2] or (coords [P, N, 2], labels [P, N]).
+        1. PRIM on all P prompts, batched; 2. per class, the prompts with predicted IoU >= iou_thresh,
+        sorted by IoU (stable: ties keep prompt order), the first ``top_k`` kept; 3. PDMM's per-prompt
+        path only for the union of kept prompts (context branches once). With the default
+        ``iou_thresh = -inf`` the ``top_k`` best are kept whatever their IoU, so any threshold and any
+        top-k' <= top_k is a selection over the result (:func:`select_kept`), not a new network run.
         prompts_per_batch: PRIM runs over at most this many prompts at a time, to bound memory for
             large grids (None: all at once). When P exceeds it, the kept prompts' mask embeddings
-            are recomputed (top_k extra PRIM runs) instead of storing all P of them.
+            are recomputed (one extra PRIM run) instead of storing all P of them.
         """
         if features[-1].shape[0] != 1:
-            raise ValueError(f"decode_grid takes one image, got a batch of {features[-1].shape[0]}")
+            raise ValueError(f"grid decoding takes one image, got a batch of {features[-1].shape[0]}")
         if top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {top_k}")
         sparse, dense = self.embed_prompts(points, None)
@@ -346,40 +393,56 @@ class DeSAM(nn.Module):
         num_classes = prompt_iou.shape[1]
         k = min(top_k, num_prompts)
         scores = prompt_iou.masked_fill(prompt_iou < iou_thresh, float("-inf"))
-        top_scores, top_idx = scores.topk(k, dim=0)  # [k, C], best first
+        top_scores, top_idx = torch.sort(scores, dim=0, descending=True, stable=True)
+        top_scores, top_idx = top_scores[:k], top_idx[:k]  # [k, C], best first
         kept = torch.isfinite(top_scores)
         iou = torch.where(kept, top_scores, torch.zeros_like(top_scores))
         indices = torch.where(kept, top_idx, torch.full_like(top_idx, -1))
         h, w = self.mask_size(features)
-        ref = features[-1]
-        probabilities = torch.zeros(num_classes, h, w, dtype=ref.dtype, device=ref.device)
-        mask_logits = torch.full_like(probabilities, math.log(_EMPTY_EPS / (1 - _EMPTY_EPS)))
-        empty = not bool(kept.any())
-        if not empty:
+        logits = torch.zeros(k, num_classes, h, w, dtype=neck.dtype, device=neck.device)
+        if bool(kept.any()):
             selected = torch.unique(top_idx[kept])  # sorted prompt indices that need a mask
             context = self.pdmm.encode_context(self._pdmm_features(features))
             if mask_embedding is not None:
                 kept_embedding = mask_embedding.index_select(0, selected)
             else:
                 kept_embedding = self.prim(neck, image_pe, sparse.index_select(0, selected), dense)[0]
-            logits = self.pdmm.decode(kept_embedding, context)
-            if isinstance(logits, list):
-                logits = logits[0]
+            decoded = self.pdmm.decode(kept_embedding, context)
+            if isinstance(decoded, list):
+                decoded = decoded[0]
             row_of = torch.full((num_prompts,), -1, dtype=torch.long, device=selected.device)
             row_of[selected] = torch.arange(selected.numel(), device=selected.device)
             for c in range(num_classes):
-                rows = row_of[top_idx[kept[:, c], c]]
-                if rows.numel() == 0:
-                    continue
-                if rows.numel() == 1:
-                    mask_logits[c] = logits[rows[0], c]
-                    probabilities[c] = torch.sigmoid(logits[rows[0], c])
-                    continue
-                weights = iou[: rows.numel(), c].clamp_min(1e-6)  # thresholds <= 0 may keep IoUs <= 0
-                probs = torch.sigmoid(logits[rows, c])
-                probabilities[c] = (weights[:, None, None] * probs).sum(0) / weights.sum()
-                mask_logits[c] = torch.logit(probabilities[c].clamp(_EMPTY_EPS, 1 - _EMPTY_EPS))
-        return GridDecodeResult(probabilities, mask_logits, iou, indices, kept, prompt_iou, empty)
+                n = int(kept[:, c].sum())  # kept rows are a prefix: scores are sorted, -inf last
+                if n:
+                    logits[:n, c] = decoded[row_of[top_idx[:n, c]], c].to(logits.dtype)
+        return GridCandidates(logits, iou, indices, kept, prompt_iou)
+
+    def decode_grid(
+        self,
+        features: Sequence[Tensor],
+        points: Points,
+        iou_thresh: float = 0.5,
+        top_k: int = 1,
+        prompts_per_batch: Optional[int] = 128,
+    ) -> GridDecodeResult:
+        """DeSAM's automatic (grid) mode for ONE image (features with batch 1).
+
+        :meth:`grid_candidates` (PRIM on all prompts, keep those with predicted IoU >= iou_thresh
+        per class, PDMM for the top_k best kept), then their sigmoid probabilities fused, weighted by
+        the predicted IoU (:func:`fuse_candidates`, see :class:`GridDecodeResult`). top_k=1
+        reproduces the official automatic mode, which ends up keeping the single highest-IoU mask.
+        (The official filters with ``iou > thresh``; here a prompt exactly at the threshold is kept.)
+        points: e.g. a 9x9 grid, coords [81, 2] or (coords [P, N, 2], labels [P, N]).
+        """
+        cand = self.grid_candidates(features, points, top_k=top_k, iou_thresh=iou_thresh,
+                                    prompts_per_batch=prompts_per_batch)
+        probabilities = fuse_candidates(cand.logits, cand.iou, cand.kept)
+        mask_logits = torch.logit(probabilities.clamp(_EMPTY_EPS, 1 - _EMPTY_EPS))
+        single = cand.kept.sum(0) == 1
+        mask_logits[single] = cand.logits[0][single]  # one kept prompt: its own logits, unclamped
+        return GridDecodeResult(probabilities, mask_logits, cand.iou, cand.indices, cand.kept, cand.prompt_iou,
+                                cand.empty)
 
     def forward(
         self,
