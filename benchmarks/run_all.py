@@ -970,7 +970,9 @@ def section_dice(res: Results) -> str:
                              row["dice_no_iou_threshold"], ""))
         if isinstance(row.get("dice_box_prompt"), dict):
             variants.append((_dice_label(key, row) + ", the same model predicting with one whole-tile box "
-                             "(`--prompt-mode box`)", row["dice_box_prompt"], ""))
+                             "(`--prompt-mode box`" + (", with the chosen postprocessing" if isinstance(fb, dict)
+                                                       and fb.get("postprocessing") else "") + ")",
+                             row["dice_box_prompt"], ""))
         for name, dice, w in variants:
             cases = dice.get("cases")
             pseudo = row.get("last_pseudo_dice")
@@ -1041,16 +1043,22 @@ slice) and 18 s for nnU-Net with mirroring, under the same load."""
                  " many more iterations in the same time, and with `medsam_lite` starts from pretrained weights. Grid"
                  " mode needs PRIM's predicted IoU calibrated (L1 towards 0/1 prompt-relevance targets): after one or"
                  " two epochs no prompt passes 0.5 yet, after about 20 it does.")
+    def plain_pass(r: dict) -> Optional[float]:
+        per_volume, volumes = num(r.get("predict_s_per_volume_default")), num(r.get("dice", {}).get("cases"))
+        return per_volume * volumes if per_volume is not None and volumes is not None else None
+
     timing = [[_dice_label(k, r), fmt_s(num(r["find_best"].get("seconds"))),
-               fmt_s(num(r["find_best"].get("validation_pass_s"))),
+               fmt_s(num(r["find_best"].get("validation_pass_s"))), fmt_s(plain_pass(r)),
                fmt_ratio(ratio(num(r["find_best"].get("seconds")), num(r["find_best"].get("validation_pass_s"))))]
               for k, r in rows.items() if isinstance(r.get("find_best"), dict)]
     if timing:
         text += ("\n\nThe choice from cross-validation (`desam_find_best_configuration 4 -f 0`) replays the candidates "
                  "that the final validation stored (every IoU threshold x top-k 1-3, and the whole box when it was "
                  "trained) through nnU-Net's sliding window, export and metrics, with no network run; its cost "
-                 "against the final validation pass that stored them (wall time):\n\n"
-                 + md_table(["model", "selection", "validation pass", "selection / validation"], timing))
+                 "against the final validation pass that stored them, and against a plain `desam_predict` pass "
+                 "over the same volumes with the chosen prompts (wall time):\n\n"
+                 + md_table(["model", "selection", "validation pass (storing)", "plain prediction pass",
+                             "selection / validation"], timing))
     if d.get("note"):
         text += f"\n\nNote from the results: {d['note']}."
     return text

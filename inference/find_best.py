@@ -110,8 +110,13 @@ def find_best_configuration(dataset: Union[int, str], folds: Sequence[Union[int,
     cfg = configuration_manager.desam
     modes = tuple(m for m in PROMPT_MODES if all(m in metas[f]["modes"] for f in folds))
     top_k = min(int(metas[f]["top_k"]) for f in folds)
+    grids = {int(metas[f]["grid_points_per_side"]) for f in folds}
+    if len(grids) != 1 or not modes:
+        raise DeSAMInputError(f"{folder}: the folds' stored validation candidates do not agree (grid sizes "
+                              f"{sorted(grids)}, prompt modes {[metas[f]['modes'] for f in folds]}); rerun "
+                              f"desam_train {dataset} FOLD --val for each")
     default = PromptSettings.from_plans(cfg, mode=cfg.prompts.predict_mode if cfg.prompts.predict_mode in modes
-                                        else modes[0])
+                                        else modes[0], grid_points_per_side=grids.pop())
     settings = candidate_settings(default, modes, cfg.prompts.iou_threshold_candidates,
                                   [k for k in cfg.prompts.top_k_candidates if k <= top_k])
     pre_root = env_dir("nnUNet_preprocessed")
@@ -147,12 +152,18 @@ def find_best_configuration(dataset: Union[int, str], folds: Sequence[Union[int,
         outputs = {c.label: join(work, f"candidate_{i}") for i, c in enumerate(distinct)}
         for out in outputs.values():
             os.makedirs(out)
+        # the references of the validation cases only, so that nnU-Net's postprocessing sees the whole set
+        references = join(work, "references")
+        os.makedirs(references)
+        ending = dataset_json["file_ending"]
+        for _, case in cases:
+            os.symlink(os.path.abspath(join(gt_folder, case + ending)), join(references, case + ending))
         _replay_all(cases, stores, metas, distinct, outputs, folder, plans_manager, configuration_manager,
                     dataset_json, data_folder, allow_tqdm)
         rw = plans_manager.image_reader_writer_class()
         for c in tqdm(distinct, desc="Scoring candidates", disable=not allow_tqdm):
-            m = compute_metrics_on_folder(gt_folder, outputs[c.label], join(outputs[c.label], "summary.json"), rw,
-                                          dataset_json["file_ending"], labels, None, num_processes, chill=True)
+            m = compute_metrics_on_folder(references, outputs[c.label], join(outputs[c.label], "summary.json"), rw,
+                                          ending, labels, None, num_processes, chill=True)
             c.dice = float(m["foreground_mean"]["Dice"])
             c.dice_per_class = {str(k): float(v["Dice"]) for k, v in m["mean"].items()}
         for c in table:
@@ -160,7 +171,7 @@ def find_best_configuration(dataset: Union[int, str], folds: Sequence[Union[int,
                 twin = next(t for t in distinct if t.label == c.same_as)
                 c.dice, c.dice_per_class = twin.dice, twin.dice_per_class
         best = max(distinct, key=lambda c: (np.nan_to_num(c.dice, nan=-1.0), -distinct.index(c)))
-        pp_fns, pp_kwargs = determine_postprocessing(outputs[best.label], gt_folder, plans_manager.plans,
+        pp_fns, pp_kwargs = determine_postprocessing(outputs[best.label], references, plans_manager.plans,
                                                      dataset_json, max(1, num_processes),
                                                      keep_postprocessed_files=False)
         after = load_json(join(outputs[best.label], "postprocessing.json"))["postprocessed"]

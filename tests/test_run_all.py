@@ -283,4 +283,4 @@ def test_dice_rows_show_the_chosen_configuration_and_its_cost(tmp_path):
     assert _row(text, name + ", `desam_predict` with no prompt flags (follows the choice)")[6] == "0.625"
     assert "whole-tile box (replayed" not in text  # not trained for boxes: no such candidate
     timing = _row(text, name)
-    assert timing[1:] == ["60 s", "600 s", "0.1x"]
+    assert timing[1:] == ["60 s", "600 s", "-", "0.1x"]
