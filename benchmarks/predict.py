@@ -32,7 +32,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import shutil
 import subprocess
 import sys
@@ -43,251 +42,16 @@ from pathlib import Path
 from typing import Dict, List
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from proc_tree import measure  # noqa: E402
+import predict_setup  # noqa: E402
+from predict_ct import synthetic_ct  # noqa: E402
+from predict_inprocess import DATASET_ID, GRID_IOU_THRESH, MODES, one_run  # noqa: E402
+from predict_setup import (BIN, MIB, _check_run, _env, _input_folder, _measured, _predict_cmd,  # noqa: E402
+                           write_desam_model, write_nnunet_model)
 
 HERE = Path(__file__).resolve().parent
 DATASET = HERE.parent.parent / "shared" / "datasets" / "Dataset004_Hippocampus"
-DATASET_ID = 4
 PLAN_CASES = 10  # cases linked for planning (the fingerprint); prediction reads other files directly
-MODES = ("grid", "box")
-GRID_IOU_THRESH = -1000.0  # every tile's best grid prompt goes through PDMM (worst case for grid)
 GRID_BOX_TARGET = 3.0
-CT_TARGET_BYTES = 6 * 1000 ** 3  # 6 GB
-CT_ID, CT_NAME = 901, "SynthCT"
-CT_SPACING_XYZ = (0.8, 0.8, 2.5)
-BIN = Path(sys.executable).parent
-MIB = 2 ** 20
-
-
-# ---------------------------------------------------------------------------------- child process
-def _peak_rss_reset() -> None:
-    """Reset this process's resident high-water mark (VmHWM) to its current RSS (Linux >= 4.0)."""
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-
-
-def _peak_rss_mib() -> float:
-    with open("/proc/self/status") as f:
-        return next(int(ln.split()[1]) for ln in f if ln.startswith("VmHWM:")) / 1024
-
-
-def one_run(backbone: str, input_root: str, output_root: str, repeats: int, profile: bool) -> dict:
-    """Inside a fresh process (nnU-Net folders from the environment): initialise DeSAMPredictor once and
-    predict each volume (a folder of its own under ``input_root``) in this process (-npp 0 -nps 0) in
-    grid and in box mode, alternating (grid, box / box, grid for the next volume), ``repeats`` rounds,
-    so that both modes see the same load. Times the parts, counts tiles, peak RSS per mode."""
-    t0 = time.perf_counter()
-    import torch
-    from desam_nnu.inference import predictor as P
-    from desam_nnu.inference.model_folder import resolve_model_folder
-    from desam_nnu.inference.prompted import PromptSettings
-
-    predictor = P.DeSAMPredictor(tile_step_size=0.5, use_mirroring=False, device=torch.device("cpu"), allow_tqdm=False,
-                                 prompt_overrides=dict(mode="grid", iou_threshold=GRID_IOU_THRESH))
-    predictor.initialize_from_trained_model_folder(resolve_model_folder(None, DATASET_ID), [0], "checkpoint_final.pth")
-    init_s = time.perf_counter() - t0
-    net = predictor.network  # PromptedDeSAM; the two modes differ only in its PromptSettings
-    cfg = predictor.configuration_manager.desam
-    settings = {"grid": net.prompts, "box": PromptSettings.from_plans(cfg, mode="box")}
-    parts: Dict[str, float] = defaultdict(float)
-
-    def timed(name, fn):
-        def wrapper(*args, **kwargs):
-            start = time.perf_counter()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                parts[name] += time.perf_counter() - start
-        return wrapper
-
-    desam = net.desam
-    desam.image_encoder.forward = timed("encoder", desam.image_encoder.forward)
-    desam.prim.forward = timed("prim", desam.prim.forward)
-    desam.pdmm.encode_context = timed("pdmm", desam.pdmm.encode_context)
-    desam.pdmm.decode = timed("pdmm", desam.pdmm.decode)
-    best_iou: List[float] = []
-    grid_candidates = desam.grid_candidates
-
-    def recording_grid_candidates(*args, **kwargs):
-        result = grid_candidates(*args, **kwargs)
-        best_iou.append(float(result.prompt_iou.max()))  # the tile's best prompt, any class
-        return result
-
-    desam.grid_candidates = recording_grid_candidates
-    predictor.predict_logits_from_preprocessed_data = timed("sliding_window",
-                                                            predictor.predict_logits_from_preprocessed_data)
-    P._preprocess = timed("preprocess", P._preprocess)
-    P.export_case_atomically = timed("export", P.export_case_atomically)
-    profiler = None
-    if profile:
-        import cProfile
-        profiler = cProfile.Profile()
-
-    with torch.no_grad():  # warm-up, one random tile per mode: the first call of each path allocates
-        tile = torch.rand(1, cfg.num_input_channels, *cfg.patch_size) * 255
-        for mode in MODES:
-            net.prompts = settings[mode]
-            net(tile)
-    best_iou.clear()
-    volumes = sorted(os.listdir(input_root))
-    runs = {m: {v: [] for v in volumes} for m in MODES}  # seconds, parts, tiles, peak RSS per run
-    for r in range(repeats):
-        for i, volume in enumerate(volumes):
-            for mode in (MODES if (i + r) % 2 == 0 else MODES[::-1]):
-                net.prompts = settings[mode]
-                parts.clear()
-                tiles = net.tile_calls
-                out = os.path.join(output_root, f"{mode}_{r}_{volume}")
-                _peak_rss_reset()
-                if profiler is not None and mode == "grid":
-                    profiler.enable()
-                load = os.getloadavg()[0]
-                start, cpu = time.perf_counter(), time.process_time()
-                report = predictor.predict_folder(os.path.join(input_root, volume), out,
-                                                  num_processes_preprocessing=0, num_processes_export=0)
-                seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
-                if profiler is not None and mode == "grid":
-                    profiler.disable()
-                if report.failures or len(report.written) != 1:
-                    raise RuntimeError(f"{mode} {volume}: prediction failed: {report.failures}")
-                shutil.rmtree(out, ignore_errors=True)
-                runs[mode][volume].append({"seconds": seconds, "cpu_s": cpu, "parts": dict(parts),
-                                           "tiles": net.tile_calls - tiles, "peak_rss_mib": _peak_rss_mib(),
-                                           "load_before": load})
-    out = {"backbone": backbone, "image_size": cfg.image_size, "patch_size": list(cfg.patch_size),
-           "volumes": volumes, "repeats": repeats, "init_s": init_s, "threads": torch.get_num_threads(),
-           "peak_rss_mib_process": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "modes": {}}
-    for mode in MODES:
-        best = [min(runs[mode][v], key=lambda x: x["seconds"]) for v in volumes]  # best of repeats per volume
-        n = len(volumes)
-        names = sorted({k for b in best for k in b["parts"]})
-        out["modes"][mode] = {
-            "sec_per_volume": sum(b["seconds"] for b in best) / n,
-            "cpu_s_per_volume": sum(b["cpu_s"] for b in best) / n,
-            "seconds_per_case": [b["seconds"] for b in best],
-            "parts_s_per_volume": {k: sum(b["parts"].get(k, 0.0) for b in best) / n for k in names},
-            "tiles_per_volume": sum(b["tiles"] for b in best) / n,
-            "peak_rss_mib": max(x["peak_rss_mib"] for v in volumes for x in runs[mode][v]),
-            "all_runs": runs[mode]}
-    out["modes"]["grid"].update(iou_thresh=GRID_IOU_THRESH, plans_iou_thresh=cfg.prompts.iou_threshold,
-                                best_prompt_iou_max=max(best_iou) if best_iou else None, grid_tiles=len(best_iou),
-                                tiles_passing_plans_thresh=sum(i >= cfg.prompts.iou_threshold for i in best_iou))
-    if profiler is not None:
-        out["profile_top"] = _profile_top(profiler, 25)
-    return out
-
-
-def _profile_top(profiler, k: int) -> List[dict]:
-    import pstats
-    stats = pstats.Stats(profiler).stats
-    rows = sorted(stats.items(), key=lambda kv: kv[1][2], reverse=True)[:k]
-    return [{"function": f"{os.path.basename(f)}:{line}({fn})" if f != "~" else fn, "calls": nc,
-             "tottime_s": round(tt, 3), "cumtime_s": round(ct, 3)} for (f, line, fn), (cc, nc, tt, ct, _) in rows]
-
-
-# ---------------------------------------------------------------------------------- setup
-THREADS = 0  # --threads: 0 leaves the commands' own thread counts (all cores)
-
-
-def _env(root: Path, raw: Path) -> dict:
-    env = dict(os.environ, nnUNet_compile="f", nnUNet_n_proc_DA="1", nnUNet_raw=str(raw),
-               nnUNet_preprocessed=str(root / "preprocessed"), nnUNet_results=str(root / "results"))
-    if THREADS:
-        # torch's intra-op threads: OMP_NUM_THREADS where nothing sets them (desam_predict, --one);
-        # nnUNetv2_predict sets all cores itself, and both predictors cap them at nnUNet_def_n_proc
-        # while predicting (nnUNetPredictor.predict_logits_from_preprocessed_data)
-        env.update(OMP_NUM_THREADS=str(THREADS), MKL_NUM_THREADS=str(THREADS), nnUNet_def_n_proc=str(THREADS))
-    for k in ("nnUNet_preprocessed", "nnUNet_results"):
-        os.makedirs(env[k], exist_ok=True)
-    return env
-
-
-def _check_run(cmd: List[str], env: dict, log: Path) -> None:
-    with open(log, "w") as f:
-        done = subprocess.run(cmd, env=env, stdout=f, stderr=subprocess.STDOUT)
-    if done.returncode:
-        sys.exit(f"error: {' '.join(cmd)} failed (exit {done.returncode}):\n{log.read_text()[-3000:]}")
-
-
-def write_desam_model(env: dict, dataset_name: str) -> dict:
-    """A random-weight model folder as desam_train leaves it; returns the plans' DeSAM settings."""
-    import torch
-    from batchgenerators.utilities.file_and_folder_operations import load_json
-    from desam_nnu.model import build_desam
-    from desam_nnu.planners.plans import DeSAMPlansManager
-
-    pre = Path(env["nnUNet_preprocessed"], dataset_name)
-    plans = load_json(str(pre / "DeSAMPlans.json"))
-    cfg = DeSAMPlansManager(plans).get_configuration("desam_2d").desam
-    folder = Path(env["nnUNet_results"], dataset_name, "DeSAMTrainer__DeSAMPlans__desam_2d")
-    (folder / "fold_0").mkdir(parents=True)
-    shutil.copy(pre / "DeSAMPlans.json", folder / "plans.json")
-    shutil.copy(pre / "dataset.json", folder / "dataset.json")
-    torch.manual_seed(0)
-    network = build_desam(cfg.backbone, image_size=cfg.image_size, num_classes=cfg.num_classes, pretrained=False)
-    torch.save({"network_weights": network.state_dict(), "trainer_name": "DeSAMTrainer",
-                "init_args": {"configuration": "desam_2d"}, "inference_allowed_mirroring_axes": (0, 1)},
-               folder / "fold_0" / "checkpoint_final.pth")
-    return {"backbone": cfg.backbone, "image_size": cfg.image_size, "patch_size": list(cfg.patch_size)}
-
-
-def write_nnunet_model(env: dict, dataset_name: str) -> dict:
-    """nnU-Net's 2d configuration with random weights, as nnUNetv2_train leaves the model folder."""
-    import torch
-    from batchgenerators.utilities.file_and_folder_operations import load_json
-    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-    from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
-    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-
-    pre = Path(env["nnUNet_preprocessed"], dataset_name)
-    dataset_json = load_json(str(pre / "dataset.json"))
-    plans_manager = PlansManager(load_json(str(pre / "nnUNetPlans.json")))
-    cm = plans_manager.get_configuration("2d")
-    torch.manual_seed(0)
-    network = nnUNetTrainer.build_network_architecture(
-        plans_manager, cm, determine_num_input_channels(plans_manager, cm, dataset_json),
-        plans_manager.get_label_manager(dataset_json).num_segmentation_heads, enable_deep_supervision=False)
-    folder = Path(env["nnUNet_results"], dataset_name, "nnUNetTrainer__nnUNetPlans__2d")
-    (folder / "fold_0").mkdir(parents=True)
-    shutil.copy(pre / "nnUNetPlans.json", folder / "plans.json")
-    shutil.copy(pre / "dataset.json", folder / "dataset.json")
-    torch.save({"network_weights": network.state_dict(), "trainer_name": "nnUNetTrainer",
-                "init_args": {"configuration": "2d"}, "inference_allowed_mirroring_axes": (0, 1)},
-               folder / "fold_0" / "checkpoint_final.pth")
-    return {"patch_size": list(cm.patch_size), "batch_size": cm.batch_size}
-
-
-def _input_folder(folder: Path, images: List[Path]) -> Path:
-    folder.mkdir(parents=True)
-    for image in images:
-        os.symlink(image, folder / image.name)
-    return folder
-
-
-def _predict_cmd(backbone_mode: str, inp: Path, out: Path, dataset: int = DATASET_ID) -> List[str]:
-    if backbone_mode == "nnunet":
-        return [str(BIN / "nnUNetv2_predict"), "-i", str(inp), "-o", str(out), "-d", str(dataset), "-c", "2d",
-                "-f", "0", "-device", "cpu", "--disable_tta", "-npp", "1", "-nps", "1"]
-    cmd = [str(BIN / "desam_predict"), "-i", str(inp), "-o", str(out), "-d", str(dataset), "-f", "0", "-device", "cpu",
-           "--disable-tta"]
-    return cmd + ([f"--iou-thresh={GRID_IOU_THRESH:g}"] if backbone_mode == "grid" else ["--prompt-mode", "box"])
-
-
-def _measured(cmd: List[str], env: dict, out: Path, log: Path, expect: int) -> dict:
-    shutil.rmtree(out, ignore_errors=True)
-    load = os.getloadavg()[0]
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    result = measure(cmd, env=env, log=str(log))
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    # CPU seconds of the command and its reaped workers: less sensitive to other processes than wall time
-    result["cpu_s"] = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
-    result["load_before"] = load
-    written = len([f for f in os.listdir(out) if f.endswith(".nii.gz")]) if out.is_dir() else 0
-    if result["returncode"] != 0 or written != expect:
-        sys.exit(f"error: {' '.join(cmd)} failed (exit {result['returncode']}, {written}/{expect} written):\n"
-                 f"{log.read_text()[-3000:]}")
-    shutil.rmtree(out, ignore_errors=True)
-    return result
 
 
 # ---------------------------------------------------------------------------------- parts A and B
@@ -457,91 +221,6 @@ def report_hippocampus(res: dict, args) -> dict:
     return {"grid_vs_box": summary, "vs_nnunet": rows, "counts": counts}
 
 
-# ---------------------------------------------------------------------------------- part C
-def _write_ct(path: Path, shape_zyx, rng, center_zyx):
-    """Write an int16 CT: air outside an elliptic body (soft tissue ~40 HU, noise) and a bright sphere
-    (~300 HU, radius 30 mm); returns the sphere's labels."""
-    import numpy as np
-    z, y, x = shape_zyx
-    yy, xx = np.meshgrid(np.arange(y) - y / 2, np.arange(x) - x / 2, indexing="ij")
-    body = (yy / (0.42 * y)) ** 2 + (xx / (0.46 * x)) ** 2 < 1
-    volume = np.empty(shape_zyx, np.int16)
-    labels = np.zeros(shape_zyx, np.uint8)
-    sx, sy, sz = CT_SPACING_XYZ
-    radius_mm = 30.0
-    for k in range(z):
-        dz = (k - center_zyx[0]) * sz
-        sl = np.where(body, 40 + 20 * rng.standard_normal((y, x)), -1000 + 5 * rng.standard_normal((y, x)))
-        if abs(dz) < radius_mm:
-            sphere = ((yy + y / 2 - center_zyx[1]) * sy) ** 2 + ((xx + x / 2 - center_zyx[2]) * sx) ** 2 < \
-                radius_mm ** 2 - dz ** 2
-            sl[sphere] = 300 + 20 * rng.standard_normal(int(sphere.sum()))
-            labels[k][sphere] = 1
-        volume[k] = np.clip(sl, -1024, 3071).astype(np.int16)
-    _write_nifti(volume, path)
-    return labels
-
-
-def _write_nifti(array, path: Path) -> None:
-    import SimpleITK as sitk
-    img = sitk.GetImageFromArray(array)
-    img.SetSpacing(CT_SPACING_XYZ)
-    img.SetOrigin((-200.0, -180.0, 0.0))
-    sitk.WriteImage(img, str(path))
-
-
-def synthetic_ct(args, tmp: Path, t_start: float) -> dict:
-    import numpy as np
-
-    def progress(msg: str) -> None:
-        print(f"[{time.perf_counter() - t_start:6.0f} s] {msg}", flush=True)
-
-    raw = tmp / "ct_raw"
-    ds = raw / f"Dataset{CT_ID:03d}_{CT_NAME}"
-    (ds / "imagesTr").mkdir(parents=True)
-    (ds / "labelsTr").mkdir()
-    rng = np.random.default_rng(0)
-    train_shape = (40, 512, 512)
-    for i in range(3):
-        center = (20 + rng.integers(-5, 6), 256 + rng.integers(-60, 61), 256 + rng.integers(-60, 61))
-        labels = _write_ct(ds / "imagesTr" / f"ct_{i:03d}_0000.nii.gz", train_shape, rng, center)
-        _write_nifti(labels, ds / "labelsTr" / f"ct_{i:03d}.nii.gz")
-    (ds / "dataset.json").write_text(json.dumps({
-        "channel_names": {"0": "CT"}, "labels": {"background": 0, "sphere": 1}, "numTraining": 3,
-        "file_ending": ".nii.gz", "name": CT_NAME}, indent=2))
-    env = _env(tmp / "ct", raw)
-    logs = tmp / "logs"
-    logs.mkdir(exist_ok=True)
-    start = time.perf_counter()
-    _check_run([str(BIN / "desam_plan_and_preprocess"), "-d", str(CT_ID), "-np", "2", "--backbone", "tiny"], env,
-               logs / "plan_ct.log")
-    plan_s = time.perf_counter() - start
-    model = write_desam_model(env, ds.name)
-    progress(f"synthetic CT: 3 training cases 512 x 512 x 40 planned in {plan_s:.0f} s (tiny: patch "
-             f"{model['patch_size']}, input {model['image_size']})")
-    depth = args.ct_depth
-    inp = tmp / "ct_in"
-    inp.mkdir()
-    _write_ct(inp / "ct_test_0000.nii.gz", (depth, 512, 512), rng, (depth // 2, 256, 256))
-    cmd = [str(BIN / "desam_predict"), "-i", str(inp), "-o", str(tmp / "ct_out"), "-d", str(CT_ID), "-f", "0",
-           "-device", "cpu", "--prompt-mode", "box", "--disable-tta", "--tile-step", "1.0"]
-    progress(f"synthetic CT 512 x 512 x {depth} written; predicting ({' '.join([Path(cmd[0]).name] + cmd[1:])})")
-    r = _measured(cmd, env, tmp / "ct_out", logs / "predict_ct.log", 1)
-    progress(f"synthetic CT predicted: {r['seconds']:.0f} s, peak tree RSS {r['peak_tree_rss'] / MIB:.0f} MiB")
-    met = r["peak_tree_rss"] <= CT_TARGET_BYTES
-    print("\nC. peak RSS of desam_predict on one synthetic CT, CPU, box mode, --disable-tta --tile-step 1.0, random "
-          "weights\n")
-    print("| volume (x y z) | backbone | patch | input | wall s | peak tree RSS | largest process | target |")
-    print("|---|---|---|---|---|---|---|---|")
-    single = r["peak_process_rss"]
-    print(f"| 512 x 512 x {depth} | tiny | {model['patch_size'][0]} | {model['image_size']} | {r['seconds']:.0f} | "
-          f"{r['peak_tree_rss'] / 1e9:.2f} GB ({r['peak_tree_rss'] / MIB:.0f} MiB) | "
-          f"{'-' if single is None else f'{single / 1e9:.2f} GB'} | <= 6 GB {'met' if met else 'MISSED'} |")
-    return {"shape_xyz": [512, 512, depth], "spacing_xyz": list(CT_SPACING_XYZ), "model": model, "plan_s": plan_s,
-            "seconds": r["seconds"], "peak_tree_rss": r["peak_tree_rss"], "peak_process_rss": single,
-            "target_bytes": CT_TARGET_BYTES, "met": met, "command": " ".join([Path(cmd[0]).name] + cmd[1:])}
-
-
 # ---------------------------------------------------------------------------------- main
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -565,8 +244,7 @@ def main() -> None:
         return
     if args.cases < 0 or args.repeats < 1 or args.threads < 0:
         sys.exit("error: --cases and --threads must be >= 0 and --repeats >= 1")
-    global THREADS
-    THREADS = args.threads
+    predict_setup.THREADS = args.threads
     t_start = time.perf_counter()
     command = f"python benchmarks/predict.py --backbones {' '.join(args.backbones)} --cases {args.cases}" + \
         (f" --repeats {args.repeats}" if args.repeats > 1 else "") + \
