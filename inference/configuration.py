@@ -8,15 +8,17 @@ keyword arguments), kept as names in JSON rather than a pickle, so a damaged or 
 reported instead of executed. A file that cannot be read, or that no longer fits the model (other
 plans, a prompt mode the folds were not trained for), stops prediction with one line naming it.
 """
-import hashlib
+import copy
 import json
 import os
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from nnunetv2.postprocessing.remove_connected_components import remove_all_but_largest_component_from_segmentation
+from nnunetv2.utilities.json_export import recursive_fix_for_json_export
 
 from desam_nnu.atomic import atomic_write_json
+from desam_nnu.cache import file_sha256
 from desam_nnu.config import DeSAMConfig, PromptDefaults
 from desam_nnu.errors import DeSAMInputError
 from desam_nnu.inference.prompted import PROMPT_MODES, PromptSettings
@@ -27,8 +29,7 @@ POSTPROCESSING = {f.__name__: f for f in (remove_all_but_largest_component_from_
 
 
 def plans_sha256(model_folder: str) -> str:
-    with open(os.path.join(model_folder, "plans.json"), "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
+    return file_sha256(os.path.join(model_folder, "plans.json"))
 
 
 def fold_training_prompts(model_folder: str, fold, default: str) -> str:
@@ -85,15 +86,10 @@ def _labels(kwargs: dict) -> str:
 
 
 def postprocessing_to_json(pp_fns: Sequence[Callable], pp_kwargs: Sequence[dict]) -> List[dict]:
-    return [{"function": fn.__name__, "kwargs": _jsonable(kw)} for fn, kw in zip(pp_fns, pp_kwargs)]
-
-
-def _jsonable(x):
-    if isinstance(x, dict):
-        return {k: _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    return int(x) if hasattr(x, "__int__") and not isinstance(x, (bool, float)) else x
+    steps = [{"function": fn.__name__, "kwargs": copy.deepcopy(kw)} for fn, kw in zip(pp_fns, pp_kwargs)]
+    for step in steps:
+        recursive_fix_for_json_export(step)  # nnU-Net's own: numpy ints in the label lists
+    return steps
 
 
 def write_configuration(model_folder: str, data: dict) -> str:

@@ -31,6 +31,7 @@ from desam_nnu.inference import candidates
 from desam_nnu.inference.configuration import plans_sha256, postprocessing_to_json, write_configuration
 from desam_nnu.inference.predictor import DeSAMPredictor, export_case_atomically
 from desam_nnu.inference.prompted import PROMPT_MODES, PromptSettings
+from desam_nnu.model import select_kept
 from desam_nnu.paths import env_dir, resolve_dataset_name
 from desam_nnu.planners.plans import DeSAMPlansManager
 
@@ -74,8 +75,8 @@ def _signature(prompts: PromptSettings, ious: List[np.ndarray]) -> str:
         return "box"
     h = hashlib.sha256()
     for iou in ious:  # [T, K, C]
-        rank = np.arange(iou.shape[1])[None, :, None]
-        h.update(((rank < prompts.top_k) & (iou >= prompts.iou_threshold)).sum(1).astype(np.int16).tobytes())
+        kept = select_kept(torch.from_numpy(iou).movedim(1, 0), prompts.iou_threshold, prompts.top_k)
+        h.update(kept.sum(0).to(torch.int16).numpy().tobytes())
     return h.hexdigest()
 
 

@@ -110,10 +110,11 @@ class GridCandidates(NamedTuple):
 
 
 def select_kept(iou: Tensor, iou_thresh: float, top_k: int) -> Tensor:
-    """kept [K, C] for a grid setting, from candidates kept unthresholded (iou [K, C] sorted best first per
-    class, K >= top_k): the first ``top_k`` rows whose IoU reaches ``iou_thresh``; the same prompts that
-    :meth:`DeSAM.grid_candidates` keeps at that threshold and top-k."""
-    rank = torch.arange(iou.shape[0], device=iou.device)[:, None]
+    """kept [K, ...] for a grid setting, from candidates kept unthresholded (iou [K, C] sorted best first per
+    class, K >= top_k; further trailing dims, e.g. [K, T, C] for T tiles, are fine): the first ``top_k``
+    rows whose IoU reaches ``iou_thresh``; the same prompts that :meth:`DeSAM.grid_candidates` keeps at
+    that threshold and top-k."""
+    rank = torch.arange(iou.shape[0], device=iou.device).view(-1, *[1] * (iou.ndim - 1))
     return (rank < top_k) & (iou >= iou_thresh)
 
 
