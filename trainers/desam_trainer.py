@@ -26,6 +26,7 @@ from typing import Dict, List, Optional
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch._dynamo import OptimizedModule
 from tqdm import tqdm
 from batchgenerators.utilities.file_and_folder_operations import join, maybe_mkdir_p
 from nnunetv2.evaluation.evaluate_predictions import compute_metrics_on_folder
@@ -36,7 +37,7 @@ from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 from desam_nnu.cache import CacheCorruptError, EmbeddingCache, feature_bytes_per_item, file_sha256
 from desam_nnu.config import DeSAMConfig
 from desam_nnu.errors import DeSAMInputError
-from desam_nnu.model import BACKBONES, CheckpointError, build_desam, load_sam_checkpoint
+from desam_nnu.model import BACKBONES, CheckpointError, DeSAM, build_desam, load_sam_checkpoint
 from desam_nnu.planners.plans import DeSAMPlansManager
 from desam_nnu.prompts import sample_training_points, whole_boxes
 from desam_nnu.rgb import to_network_input
@@ -87,6 +88,20 @@ class DeSAMTrainer(TimeBudgetMixin, nnUNetTrainer):
         desam = DeSAMConfig.from_configuration(configuration_manager.configuration)
         return build_desam(desam.backbone, image_size=desam.image_size, num_classes=desam.num_classes)
 
+    def _do_i_compile(self) -> bool:
+        """Never: nnU-Net compiles ``self.network.forward``, which this trainer never calls (it calls
+        ``encode``/``decode``), and the wrapper renames every state-dict key to ``_orig_mod.*``."""
+        if os.environ.get("nnUNet_compile", "").lower() in ("true", "1", "t"):
+            self.print_to_log_file("INFO: torch.compile stays off: DeSAM's trainer calls encode/decode, not forward")
+        return False
+
+    @property
+    def bare_network(self) -> DeSAM:
+        """``self.network`` without nnU-Net's DDP or torch.compile wrappers: the module whose state-dict keys
+        are SAM's, into which SAM checkpoints load (nnU-Net's own checkpoints unwrap it the same way)."""
+        net = self.network.module if self.is_ddp else self.network
+        return net._orig_mod if isinstance(net, OptimizedModule) else net
+
     def initialize(self) -> None:
         if self.was_initialized:
             raise RuntimeError("DeSAMTrainer.initialize called twice")
@@ -96,15 +111,15 @@ class DeSAMTrainer(TimeBudgetMixin, nnUNetTrainer):
         super().initialize()
         if self.sam_checkpoint:
             try:
-                load_sam_checkpoint(self.sam_checkpoint, self.network)
+                load_sam_checkpoint(self.sam_checkpoint, self.bare_network)
             except (CheckpointError, FileNotFoundError) as e:
                 raise DeSAMInputError(str(e)) from e
-        self.network.set_trainable(image_encoder=self.train_encoder)
+        self.bare_network.set_trainable(image_encoder=self.train_encoder)
         self.use_cache = self.use_cache and not self.train_encoder
         # the optimiser must see the final set of trainable parameters
         self.optimizer, self.lr_scheduler = self.configure_optimizers()
         self.print_to_log_file(f"DeSAM {self.desam.backbone} at {self.desam.image_size}px, "
-                               f"{self.network.trainable_parameter_count() / 1e6:.2f}M trainable parameters, "
+                               f"{self.bare_network.trainable_parameter_count() / 1e6:.2f}M trainable parameters, "
                                f"prompts: {self.prompt_mode}, features: "
                                f"{'cache (' + self.cache_dtype + ')' if self.use_cache else 'online'}")
 
@@ -126,7 +141,7 @@ class DeSAMTrainer(TimeBudgetMixin, nnUNetTrainer):
         return DeSAMLoss()
 
     def set_deep_supervision_enabled(self, enabled: bool) -> None:
-        self.network.deep_supervision = False  # one output resolution; the loss is taken at the patch's
+        self.bare_network.deep_supervision = False  # one output resolution; the loss is taken at the patch's
 
     def plot_network_architecture(self) -> None:
         pass  # nnU-Net's plot traces a U-Net with hiddenlayer; not meaningful for a ViT
@@ -157,7 +172,7 @@ class DeSAMTrainer(TimeBudgetMixin, nnUNetTrainer):
                    patch_size=list(self.desam.patch_size), layout=CACHE_LAYOUT_VERSION)
         if checkpoint_hash == "random-init":
             # a random encoder differs per run: key it by the weights actually in this network
-            key["checkpoint_sha256"] = _state_hash(self.network.image_encoder)
+            key["checkpoint_sha256"] = _state_hash(self.bare_network.image_encoder)
         return EmbeddingCache(join(self.preprocessed_dataset_folder_base, "desam_cache"), key, self.cache_dtype)
 
     def cached_case(self, dataset, case: str):
@@ -309,7 +324,7 @@ class DeSAMTrainer(TimeBudgetMixin, nnUNetTrainer):
         record = CandidateRecord(modes=modes, top_k=top_k)
         use_mirroring = self.device.type == "cuda"
         predictor = DeSAMPredictor(use_mirroring=use_mirroring, device=self.device, allow_tqdm=False)
-        network = PromptedDeSAM(self.network, self.desam, prompts, record=record)
+        network = PromptedDeSAM(self.bare_network, self.desam, prompts, record=record)
         predictor.manual_initialization(network, self.plans_manager, self.configuration_manager, None,
                                         self.dataset_json, self.__class__.__name__,
                                         self.inference_allowed_mirroring_axes)
