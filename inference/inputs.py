@@ -24,6 +24,13 @@ class InputCases:
     cases: Dict[str, List[str]] = field(default_factory=dict)
     failures: Dict[str, str] = field(default_factory=dict)
 
+    def part(self, num_parts: int, part_id: int) -> "InputCases":
+        """Every ``num_parts``-th case from ``part_id`` on, over all cases (good and bad) in sorted order: the
+        rule of ``nnUNetv2_predict -num_parts -part_id``, so parts are disjoint and together all cases."""
+        names = sorted(set(self.cases) | set(self.failures))[part_id::num_parts]
+        return InputCases({c: self.cases[c] for c in names if c in self.cases},
+                          {c: self.failures[c] for c in names if c in self.failures})
+
 
 def _image_problem(path: str, needs_3d: bool) -> Optional[str]:
     """Why an image file cannot be predicted (unreadable, truncated, 2D for a 3D model), or None."""

@@ -22,7 +22,7 @@ import re
 from collections import deque
 from dataclasses import dataclass, field, replace
 from multiprocessing import get_context
-from typing import Callable, Deque, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Collection, Deque, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -84,11 +84,14 @@ def export_case_atomically(logits: torch.Tensor, properties: dict, configuration
     return join(output_folder, case + ending)
 
 
-def remove_partials(folder: str) -> None:
-    """Remove the temporary outputs of processes that no longer run (killed runs, terminated workers)."""
+def remove_partials(folder: str, cases: Optional[Collection[str]] = None) -> None:
+    """Remove the temporary outputs of processes that no longer run (killed runs, terminated workers).
+
+    With ``cases``, only theirs: other parts of a split prediction (``-num_parts``) may be writing into
+    the same folder from other machines, whose process ids mean nothing here."""
     for name in os.listdir(folder) if os.path.isdir(folder) else []:
         m = PARTIAL.match(name)
-        if m and not pid_alive(int(m.group("pid"))):
+        if m and (cases is None or m.group("case") in cases) and not pid_alive(int(m.group("pid"))):
             os.remove(join(folder, name))
 
 
@@ -225,15 +228,17 @@ class DeSAMPredictor(nnUNetPredictor):
 
     def predict_folder(self, input_folder: str, output_folder: str, save_probabilities: bool = False,
                        continue_prediction: bool = False, preview: bool = False, num_processes_preprocessing: int = 1,
-                       num_processes_export: int = 1) -> PredictionReport:
-        """Predict every case of ``input_folder`` into ``output_folder`` (see the module docstring)."""
+                       num_processes_export: int = 1, num_parts: int = 1, part_id: int = 0) -> PredictionReport:
+        """Predict every case of ``input_folder`` (or part ``part_id`` of ``num_parts``) into ``output_folder``
+        (see the module docstring)."""
         plans = self.plans_manager.plans
         needs_3d = int(plans.get("original_median_shape_after_transp", [2])[0]) > 1
         inputs = collect_cases(input_folder, self.dataset_json["file_ending"],
-                               self.dataset_json.get("channel_names", self.dataset_json.get("modality", {})), needs_3d)
+                               self.dataset_json.get("channel_names", self.dataset_json.get("modality", {})),
+                               needs_3d).part(num_parts, part_id)
         report = PredictionReport(failures=dict(inputs.failures))
         os.makedirs(output_folder, exist_ok=True)
-        remove_partials(output_folder)
+        remove_partials(output_folder, inputs.cases)
         atomic_write_json(self.dataset_json, join(output_folder, "dataset.json"))
         atomic_write_json(plans, join(output_folder, "plans.json"))
         prompts = self.network.prompts
@@ -288,7 +293,7 @@ class DeSAMPredictor(nnUNetPredictor):
                 while exports:
                     _finish_export(*exports.popleft(), report)
         finally:
-            remove_partials(output_folder)
+            remove_partials(output_folder, inputs.cases)
         if preview:
             report.previews = self._previews(input_folder, output_folder, inputs.cases, report)
         return report

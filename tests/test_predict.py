@@ -238,3 +238,34 @@ def test_a_model_folder_without_checkpoints_is_refused(trained, tmp_path, capsys
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert str(model) in err and "checkpoint_final.pth" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_parts_are_disjoint_complete_and_predict_as_one_run(trained, tmp_path, capsys):
+    """-num_parts 3 -part_id I, one after the other into one folder: the same files as one run, each case once;
+    a part leaves other parts' temporary files alone (their process ids may belong to other machines)."""
+    inp = tmp_path / "in"
+    for i in range(5):
+        _write_case(inp, f"c{i}", shape_zyx=(2, 40, 48), seed=i)
+    (inp / "c5_0000.nii.gz").write_bytes(b"\x1f\x8b truncated")
+    common = ["-i", str(inp), "-d", "7", "-f", "0", "--disable-tta", "-npp", "0", "-nps", "0"]
+    assert main(common + ["-o", str(tmp_path / "whole")]) == 1  # c5 fails alone
+    out = tmp_path / "parts"
+    out.mkdir()
+    foreign = out / ".c0.partial-999999.nii.gz"  # part 0's case, written from another machine
+    foreign.write_bytes(b"in progress")
+    from desam_nnu.cli.predict import predict
+    reports = []
+    for part in (1, 2, 0):
+        assert foreign.exists()  # parts 1 and 2 leave it alone
+        reports.append(predict(str(inp), str(out), dataset=7, folds=["0"], disable_tta=True, npp=0, nps=0,
+                               num_parts=3, part_id=part))
+    assert not foreign.exists()  # part 0 removed its own case's dead leftover
+    assert [sorted(r.written) for r in reports] == [["c1", "c4"], ["c2"], ["c0", "c3"]]
+    assert list(reports[1].failures) == ["c5"] and not reports[0].failures and not reports[2].failures
+    for i in range(5):
+        a = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "whole" / f"c{i}.nii.gz")))
+        b = sitk.GetArrayFromImage(sitk.ReadImage(str(out / f"c{i}.nii.gz")))
+        assert np.array_equal(a, b), f"c{i}"
+    capsys.readouterr()
+    assert main(common + ["-o", str(out), "-num_parts", "2", "-part_id", "2"]) == 2
+    assert "-part_id 2" in capsys.readouterr().err.strip().splitlines()[-1]

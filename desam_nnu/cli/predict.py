@@ -16,14 +16,17 @@ def predict(input_folder: str, output_folder: str, dataset: Optional[Union[int, 
             grid: Optional[int] = None, iou_thresh: Optional[float] = None, top_k: Optional[int] = None,
             tile_step: float = 0.5, disable_tta: bool = False, save_probabilities: bool = False,
             preview: bool = False, device: Optional[str] = None, npp: int = 1, nps: int = 1,
-            continue_prediction: bool = False):
-    """Resolve the model, predict every case of ``input_folder``; returns the PredictionReport."""
+            continue_prediction: bool = False, num_parts: int = 1, part_id: int = 0):
+    """Resolve the model, predict every case of ``input_folder`` (or part ``part_id`` of ``num_parts``);
+    returns the PredictionReport."""
     import torch
     from desam_nnu.inference.model_folder import resolve_model_folder
     from desam_nnu.inference.predictor import DeSAMPredictor
 
     if not 0 < tile_step <= 1:
         raise DeSAMInputError(f"--tile-step {tile_step}: use a value in (0, 1]")
+    if num_parts < 1 or not 0 <= part_id < num_parts:
+        raise DeSAMInputError(f"-num_parts {num_parts} -part_id {part_id}: use a part_id from 0 to num_parts - 1")
     folder = resolve_model_folder(model_dir, dataset, trainer, plans)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     predictor = DeSAMPredictor(tile_step_size=tile_step, use_mirroring=not disable_tta, device=dev,
@@ -33,7 +36,8 @@ def predict(input_folder: str, output_folder: str, dataset: Optional[Union[int, 
     print(predictor.configuration_note)
     report = predictor.predict_folder(input_folder, output_folder, save_probabilities=save_probabilities,
                                       continue_prediction=continue_prediction, preview=preview,
-                                      num_processes_preprocessing=npp, num_processes_export=nps)
+                                      num_processes_preprocessing=npp, num_processes_export=nps,
+                                      num_parts=num_parts, part_id=part_id)
     print(f"{len(report.written)} case(s) written to {output_folder}"
           + (f", {len(report.skipped)} already done" if report.skipped else "")
           + (f"; previews in {output_folder}/previews" if report.previews else ""))
@@ -73,6 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-npp", type=int, default=1, help="preprocessing worker processes (0: in this process)")
     p.add_argument("-nps", type=int, default=1, help="export worker processes (0: in this process)")
     p.add_argument("--continue-prediction", action="store_true", help="skip cases already in the output folder")
+    p.add_argument("-num_parts", type=int, default=1,
+                   help="split the cases into this many parts, e.g. one per GPU or machine (nnU-Net's option)")
+    p.add_argument("-part_id", type=int, default=0,
+                   help="which part this run predicts, 0 to num_parts - 1; parts can write into one output folder "
+                        "at the same time")
     return p
 
 
