@@ -77,7 +77,7 @@ def main() -> None:
                                                                                         args.repeats)}
     print(f"\nplan + preprocess, {name} ({result['cases']} cases), -np {args.num_processes}, best of "
           f"{args.repeats}")
-    print(f"| measure | ours | nnU-Net 2d | ratio | target |\n|---|---|---|---|---|")
+    print("| measure | ours | nnU-Net 2d | ratio | target |\n|---|---|---|---|---|")
     for row in rows:
         print(f"| {row['measure']} ({row['unit']}) | {row['ours']} | {row['nnunet']} | {row['ratio']} | "
               f"{row['target']} {'met' if row['met'] else 'MISSED'} |")

@@ -57,9 +57,11 @@ BENCHMARKS: List[Benchmark] = [
               more=(("--cases", "100", "--sizes", "256", "--volumes", "8"),)),
     Benchmark("dice_budget", "dice_budget.py",
               ("--cases", "100", "--minutes", "20", "--runs", "desam", "--backbone", "medsam_lite", "--frozen-encoder",
-               "--no-cache", "--also-default-predict", "--also-box-prompt"),
+               "--no-cache", "--prompt-mode", "mixed", "--also-default-predict"),
               ("--cases", "10", "--minutes", "0.1", "--iterations", "3"), "dice_budget.json",
               more=(("--cases", "100", "--minutes", "20", "--runs", "desam", "--backbone", "medsam_lite",
+                     "--frozen-encoder", "--no-cache", "--also-default-predict", "--also-box-prompt"),
+                    ("--cases", "100", "--minutes", "20", "--runs", "desam", "--backbone", "medsam_lite",
                      "--frozen-encoder", "--no-cache", "--prompt-mode", "box"),
                     ("--cases", "100", "--minutes", "20", "--runs", "desam", "nnunet", "--backbone", "tiny"))),
 ]

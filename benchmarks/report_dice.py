@@ -209,9 +209,10 @@ is a random 0.5 M-parameter ViT trained end to end (online encoding, points prom
 validation in the plans' grid mode (PRIM's predicted IoU >= 0.5, best prompt); "best prompt always"
 predicts the same volumes with `--iou-thresh -1`, which separates the masks' quality from the
 calibration of PRIM's predicted IoU. DeSAM `medsam_lite` starts from LiteMedSAM's pretrained encoder,
-prompt encoder and decoder (frozen encoder, online encoding), trained with points or with one
-whole-tile box per slice (the name's "points" or "box"); its final validation also runs in the plans'
-grid mode, and "one whole-tile box" predicts the same volumes with `--prompt-mode box` (what a
+prompt encoder and decoder (frozen encoder, online encoding), trained with points, with one
+whole-tile box per slice, or with each slice one or the other (the name's "points", "box" or "mixed",
+the plans' default); its final validation runs in the plans' grid mode when the model was trained for
+it, and "one whole-tile box" predicts the same volumes with `--prompt-mode box` (what a
 box-trained PRIM was trained for; in grid mode a box-trained IoU head is asked about points, which it
 never saw). "Last pseudo Dice" is the training log's last per-epoch
 validation Dice per class (nnU-Net's green curve; for DeSAM, validation slices prompted as in

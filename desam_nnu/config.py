@@ -14,7 +14,7 @@ CONFIGURATION = "desam_2d"
 class PromptDefaults:
     """DeSAM's prompt settings: training points, and the automatic grid / whole-box modes at inference."""
 
-    train_mode: str  # 'points': one random point per slice (the paper), or 'box'
+    train_mode: str  # 'mixed' (default: point or whole box per slice), 'points' (the paper) or 'box'
     predict_mode: str  # 'grid' (DeSAM's automatic mode) or 'box'
     grid_points_per_side: int  # 9 -> 81 prompts per tile
     iou_threshold: float  # keep grid prompts whose predicted IoU is at least this

@@ -16,6 +16,7 @@ and every other case with it, and exports are written in place, so an interrupt 
 files). :meth:`predict_folder` checks each case first, predicts the others when one fails, writes
 every output under a temporary name and renames it, and can skip finished cases.
 """
+import copy
 import glob
 import os
 import re
@@ -131,6 +132,14 @@ class _Workers:
             self.pool.join()
 
 
+def _same_encoder(parameters: List[dict]) -> bool:
+    """More than one fold, and all with the same image encoder weights (the encoder was frozen)."""
+    keys = [k for k in parameters[0] if k.startswith("image_encoder.")]
+    return len(parameters) > 1 and all(keys == [k for k in p if k.startswith("image_encoder.")] and
+                                       all(torch.equal(parameters[0][k], p[k]) for k in keys)
+                                       for p in parameters[1:])
+
+
 def _one_line(e: BaseException) -> str:
     return " ".join(str(e).split()) or type(e).__name__
 
@@ -161,11 +170,11 @@ class DeSAMPredictor(nnUNetPredictor):
     def desam(self) -> DeSAMConfig:
         return self.configuration_manager.desam
 
-    def wrap(self, network: DeSAM, cfg: DeSAMConfig) -> PromptedDeSAM:
+    def wrap(self, network: DeSAM, cfg: DeSAMConfig, ensemble: Sequence[DeSAM] = ()) -> PromptedDeSAM:
         """DeSAM -> the tile network nnU-Net's sliding window calls, with this predictor's prompts
         (the plans' defaults with the overrides, when no model folder chose them)."""
         prompts = self.prompts or PromptSettings.from_plans(cfg, **self.prompt_overrides)
-        return PromptedDeSAM(network, cfg, prompts)
+        return PromptedDeSAM(network, cfg, prompts, ensemble=ensemble)
 
     def choose_prompts(self, folder: str, folds: Sequence[FoldSpec], cfg: DeSAMConfig, labels: Sequence[int]) -> None:
         """Settle prompts and postprocessing for ``folds`` of ``folder`` (see the class docstring)."""
@@ -211,15 +220,26 @@ class DeSAMPredictor(nnUNetPredictor):
         cfg = configuration_manager.desam
         self.choose_prompts(folder, folds, cfg, plans_manager.get_label_manager(dataset_json).foreground_labels)
         network = build_desam(cfg.backbone, image_size=cfg.image_size, num_classes=cfg.num_classes, pretrained=False)
-        self.manual_initialization(self.wrap(network, cfg), plans_manager, configuration_manager, parameters,
-                                   dataset_json, first["trainer_name"], first.get("inference_allowed_mirroring_axes"))
-        for f, params in zip(folds, parameters):  # strict keys: a checkpoint of another model is refused up front
-            try:
-                network.load_state_dict(params)
+        # folds that froze the same encoder hold it once and encode each tile once (see PromptedDeSAM)
+        ensemble = [network] + [copy.deepcopy(network, {id(network.image_encoder): network.image_encoder})
+                                for _ in parameters[1:]] if _same_encoder(parameters) else []
+        self.manual_initialization(self.wrap(network, cfg, ensemble), plans_manager, configuration_manager,
+                                   parameters, dataset_json, first["trainer_name"],
+                                   first.get("inference_allowed_mirroring_axes"))
+        for f, params, net in zip(folds, parameters, ensemble or [network] * len(parameters)):
+            try:  # strict keys: a checkpoint of another model is refused up front
+                net.load_state_dict(params)
             except RuntimeError as e:
                 raise DeSAMInputError(f"{join(folder, f'fold_{f}', checkpoint_name)}: does not fit the plans' "
                                       f"{cfg.backbone} model ({_one_line(e)[:200]})") from e
         self.model_folder = folder
+
+    def predict_logits_from_preprocessed_data(self, data: torch.Tensor) -> torch.Tensor:
+        """One sliding window for a fold ensemble that shares its encoder (its tile network averages the
+        folds); otherwise nnU-Net's: each fold's weights loaded in turn, one sliding window each."""
+        if not len(self.network.ensemble):
+            return super().predict_logits_from_preprocessed_data(data)
+        return self.predict_sliding_window_return_logits(data).to("cpu")
 
     # ------------------------------------------------------------------ whole folders
     def _done(self, output_folder: str, case: str, save_probabilities: bool) -> bool:

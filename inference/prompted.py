@@ -9,7 +9,7 @@ over every grid point, PDMM only for the kept prompts, fused at the patch; or on
 Averaging probabilities, not logits, is what DeSAM's IoU-weighted fusion does too.
 """
 from dataclasses import dataclass, field
-from typing import List, Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -109,12 +109,19 @@ class PromptedDeSAM(TileNetwork):
 
     The state dict is the wrapped DeSAM's own (no prefix), so nnU-Net's per-fold
     ``network.load_state_dict(checkpoint['network_weights'])`` loads trainer checkpoints as they are.
+    With ``ensemble`` (every fold's DeSAM, all holding ``desam``'s image encoder: folds that froze the
+    same encoder), each tile is encoded once and decoded by every fold, and the folds' probabilities
+    are averaged here instead of over nnU-Net's one sliding window per fold (the same mean: the
+    sliding window's weighting is linear).
     """
 
     def __init__(self, desam: DeSAM, cfg: DeSAMConfig, prompts: PromptSettings,
-                 record: Optional["CandidateRecord"] = None) -> None:
+                 record: Optional["CandidateRecord"] = None, ensemble: Sequence[DeSAM] = ()) -> None:
         super().__init__(desam.num_classes)
         self.desam, self.cfg, self.prompts, self.record = desam, cfg, prompts, record
+        if any(net.image_encoder is not desam.image_encoder for net in ensemble):
+            raise ValueError("an ensemble's folds must share the wrapped DeSAM's image encoder")
+        self.ensemble = nn.ModuleList(ensemble)
         self.register_buffer("grid", make_point_grid(prompts.grid_points_per_side, cfg.image_size), persistent=False)
         self.tile_calls = 0  # tiles encoded, for benchmarks and tests
 
@@ -134,21 +141,27 @@ class PromptedDeSAM(TileNetwork):
         features = self.desam.encode(to_network_input(tiles.float(), self.cfg.channel_to_rgb, self.cfg.image_size))
         if self.record is not None:
             return self._recorded(tiles, features)
+        if not len(self.ensemble):
+            return self._decoded(self.desam, features, size)
+        return torch.stack([self._decoded(net, features, size) for net in self.ensemble]).mean(0)
+
+    def _decoded(self, desam: DeSAM, features, size) -> Tensor:
+        """One network's probabilities [B, C, p, p] for the encoded tiles, prompted as ``prompts`` say."""
         if self.prompts.mode == "box":
-            return torch.sigmoid(self._to_patch(self._box_logits(features), size))
-        out = torch.zeros((len(tiles), self.num_classes, *size), device=tiles.device)
-        for i in range(len(tiles)):
-            cand = self.desam.grid_candidates([f[i:i + 1] for f in features], self.grid, top_k=self.prompts.top_k,
-                                              iou_thresh=self.prompts.iou_threshold)
+            return torch.sigmoid(self._to_patch(self._box_logits(features, desam), size))
+        out = torch.zeros((len(features[-1]), self.num_classes, *size), device=features[-1].device)
+        for i in range(len(out)):
+            cand = desam.grid_candidates([f[i:i + 1] for f in features], self.grid, top_k=self.prompts.top_k,
+                                         iou_thresh=self.prompts.iou_threshold)
             self._count_grid(cand.kept)
             if not cand.empty:
                 out[i] = fuse_candidates(self._to_patch(cand.logits, size), cand.iou, cand.kept)
         return out
 
-    def _box_logits(self, features) -> Tensor:
+    def _box_logits(self, features, desam: Optional[DeSAM] = None) -> Tensor:
         n = features[-1].shape[0]
         boxes = whole_boxes(n, self.cfg.image_size).to(features[-1].device)
-        return self.desam.decode(features, boxes=boxes, image_index=torch.arange(n))[0]
+        return (desam or self.desam).decode(features, boxes=boxes, image_index=torch.arange(n))[0]
 
     def _recorded(self, tiles: Tensor, features) -> Tensor:
         """Record every tile's candidates, then compose this setting's output from the record."""

@@ -39,7 +39,11 @@ MIN_IMAGE_SIZE = 256
 OFFICIAL_BATCH_SIZE = 8  # desam_train_gridpoints.py default
 MIN_BATCH_SIZE = 2
 DEFAULT_PROMPTS = {
-    "train_mode": "points",
+    # each slice one random point (the paper) or the whole box, half each: both prediction modes are
+    # trained, so desam_find_best_configuration chooses among both. Hippocampus, medsam_lite, 20 CPU-min
+    # (BENCHMARKS.md): chosen mean Dice 0.704 (box) against 0.694 for points (grid only), and mixed's
+    # grid candidates scored no worse (0.656 against 0.642, top-3, before postprocessing).
+    "train_mode": "mixed",
     "predict_mode": "grid",
     "grid_points_per_side": 9,
     "iou_threshold": 0.5,

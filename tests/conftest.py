@@ -26,9 +26,9 @@ def nnunet_dirs(tmp_path, monkeypatch):
     return dirs
 
 
-def trained_tiny_model(tmp_path_factory, dataset_id: int, num_cases: int, shape_zyx, folds, **train_kw):
-    """A module's synthetic dataset planned for the tiny backbone (64 px) and ``folds`` trained a few
-    iterations, in nnU-Net folders of its own; yields the root folder (for module-scoped fixtures)."""
+def planned_tiny_dataset(tmp_path_factory, dataset_id: int, num_cases: int, shape_zyx):
+    """A module's synthetic dataset planned and preprocessed for the tiny backbone (64 px), in nnU-Net
+    folders of its own; yields the root folder (for module-scoped fixtures)."""
     root = tmp_path_factory.mktemp(f"tiny{dataset_id}")
     mp = pytest.MonkeyPatch()
     for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
@@ -37,16 +37,22 @@ def trained_tiny_model(tmp_path_factory, dataset_id: int, num_cases: int, shape_
     mp.delenv("DESAM_SAM_CHECKPOINT", raising=False)
     from synthetic import make_dataset
 
-    from desam_nnu.cli.train import train
     from desam_nnu.planners.plan_and_preprocess import plan_and_preprocess
     make_dataset(str(root / "nnUNet_raw"), dataset_id, num_cases=num_cases, shape_zyx=shape_zyx)
     plan_and_preprocess(dataset_id, num_processes=1, backbone="tiny", image_size=64)
-    for fold in folds:
-        train(dataset_id, fold, device="cpu", epochs=1, iterations_per_epoch=3, val_iterations=1, **train_kw)
     try:
         yield root
     finally:
         mp.undo()
+
+
+def trained_tiny_model(tmp_path_factory, dataset_id: int, num_cases: int, shape_zyx, folds, **train_kw):
+    """:func:`planned_tiny_dataset` with ``folds`` trained a few iterations; yields the root folder."""
+    from desam_nnu.cli.train import train
+    for root in planned_tiny_dataset(tmp_path_factory, dataset_id, num_cases, shape_zyx):
+        for fold in folds:
+            train(dataset_id, fold, device="cpu", epochs=1, iterations_per_epoch=3, val_iterations=1, **train_kw)
+        yield root
 
 
 def hippocampus_subset(raw_root: Path, num_cases: int) -> Path:

@@ -6,7 +6,6 @@ through a .pth file (no downloads), and is imported from outside the repository.
 import os
 import site
 import subprocess
-import sys
 import venv
 from pathlib import Path
 

@@ -139,13 +139,18 @@ def test_probabilities_folds_and_the_desam_rule(trained, tmp_path):
     """--save-probabilities as nnU-Net; two folds average their probabilities; labels follow DeSAM's 0.5 rule."""
     _write_case(tmp_path / "in", "c", shape_zyx=(4, 40, 48))
     data, _, props = None, None, None
-    outputs = []
+    outputs, encoded = [], []
     for folds in ((0,), (1,), (0, 1)):
         p = _predictor(trained, folds=folds, use_mirroring=False, prompt_overrides={"iou_threshold": 0.0})
         data, _, props = p.configuration_manager.preprocessor_class().run_case(
             [str(tmp_path / "in" / "c_0000.nii.gz")], None, p.plans_manager, p.configuration_manager, p.dataset_json)
         outputs.append(p.predict_logits_from_preprocessed_data(torch.from_numpy(data)).float())
+        encoded.append(p.network.tile_calls)
+    assert not torch.allclose(outputs[0], outputs[1], atol=1e-2)  # the folds were trained apart and differ
     assert torch.allclose(outputs[2], (outputs[0] + outputs[1]) / 2, atol=2e-3)  # fp16 accumulation, as nnU-Net
+    # the folds froze the same encoder: the ensemble holds it once and encodes each tile once, not once a fold
+    assert len(p.network.ensemble) == 2 and p.network.ensemble[1].image_encoder is p.network.desam.image_encoder
+    assert encoded[2] == encoded[0] > 0
     assert torch.allclose(outputs[2][0], torch.tensor(0.5), atol=2e-3)  # the constant background channel
     out = tmp_path / "out"
     report = p.predict_folder(str(tmp_path / "in"), str(out), save_probabilities=True, num_processes_preprocessing=0,
@@ -269,3 +274,25 @@ def test_parts_are_disjoint_complete_and_predict_as_one_run(trained, tmp_path, c
     capsys.readouterr()
     assert main(common + ["-o", str(out), "-num_parts", "2", "-part_id", "2"]) == 2
     assert "-part_id 2" in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_folds_with_trained_encoders_predict_one_after_the_other(trained, tmp_path):
+    """--train-encoder folds differ in their encoders: nnU-Net's loop (weights loaded per fold), same mean."""
+    model = tmp_path / "model"
+    shutil.copytree(_model(trained), model)
+    path = model / "fold_1" / "checkpoint_final.pth"
+    checkpoint = torch.load(path, weights_only=False)
+    key = "image_encoder.patch_embed.proj.weight"
+    checkpoint["network_weights"][key] = checkpoint["network_weights"][key] * 1.5
+    torch.save(checkpoint, path)
+    _write_case(tmp_path / "in", "c", shape_zyx=(2, 40, 48))
+    outputs = []
+    for folds in ((0,), (1,), (0, 1)):
+        p = DeSAMPredictor(device=torch.device("cpu"), allow_tqdm=False, use_mirroring=False,
+                           prompt_overrides={"mode": "box"})
+        p.initialize_from_trained_model_folder(str(model), list(folds), "checkpoint_final.pth")
+        data, _, _ = p.configuration_manager.preprocessor_class().run_case(
+            [str(tmp_path / "in" / "c_0000.nii.gz")], None, p.plans_manager, p.configuration_manager, p.dataset_json)
+        outputs.append(p.predict_logits_from_preprocessed_data(torch.from_numpy(data)).float())
+    assert not len(p.network.ensemble) and p.network.tile_calls == 2 * 2  # 2 slices, encoded once per fold
+    assert torch.allclose(outputs[2], (outputs[0] + outputs[1]) / 2, atol=2e-3)

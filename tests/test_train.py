@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import planned_tiny_dataset
 from synthetic import make_dataset
 
 from desam_nnu.cli.train import main, train
-from desam_nnu.errors import DeSAMInputError
 
 RESULT = "DeSAMTrainer__DeSAMPlans__desam_2d"
 
@@ -23,16 +23,7 @@ RESULT = "DeSAMTrainer__DeSAMPlans__desam_2d"
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
     """Dataset005 planned and preprocessed once for the module (tiny backbone, 64 px input)."""
-    root = tmp_path_factory.mktemp("train")
-    mp = pytest.MonkeyPatch()
-    for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-        (root / k).mkdir()
-        mp.setenv(k, str(root / k))
-    make_dataset(str(root / "nnUNet_raw"), 5, num_cases=5, shape_zyx=(8, 40, 48))
-    from desam_nnu.planners.plan_and_preprocess import plan_and_preprocess
-    plan_and_preprocess(5, num_processes=1, backbone="tiny", image_size=64)
-    yield root
-    mp.undo()
+    yield from planned_tiny_dataset(tmp_path_factory, 5, 5, (8, 40, 48))
 
 
 def _fresh_results(root: Path) -> Path:

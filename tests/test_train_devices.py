@@ -6,7 +6,7 @@ CUDA test runs a real training step and the final validation (a prediction) wher
 """
 import pytest
 import torch
-from synthetic import make_dataset
+from conftest import planned_tiny_dataset
 from test_model_checkpoints import sam_state_dict
 from torch._dynamo import OptimizedModule
 
@@ -31,19 +31,10 @@ class CompilingTrainer(DeSAMTrainer):
 @pytest.fixture(scope="module")
 def planned(tmp_path_factory):
     """Dataset007 planned for the tiny backbone, and a SAM checkpoint of its shape (random weights)."""
-    root = tmp_path_factory.mktemp("devices")
-    mp = pytest.MonkeyPatch()
-    for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-        (root / k).mkdir()
-        mp.setenv(k, str(root / k))
-    mp.delenv("DESAM_SAM_CHECKPOINT", raising=False)
-    make_dataset(str(root / "nnUNet_raw"), 7, num_cases=5, shape_zyx=(4, 32, 40))
-    from desam_nnu.planners.plan_and_preprocess import plan_and_preprocess
-    plan_and_preprocess(7, num_processes=1, backbone="tiny", image_size=64)
-    sam = sam_state_dict(64, TINY_SAM, seed=3)
-    torch.save(sam, root / "sam_tiny.pth")
-    yield root, sam
-    mp.undo()
+    for root in planned_tiny_dataset(tmp_path_factory, 7, 5, (4, 32, 40)):
+        sam = sam_state_dict(64, TINY_SAM, seed=3)
+        torch.save(sam, root / "sam_tiny.pth")
+        yield root, sam
 
 
 def _assert_sam_weights_and_plain_keys(trainer: DeSAMTrainer, sam: dict, checkpoint) -> None:

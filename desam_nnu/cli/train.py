@@ -103,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="SAM weights (sam_vit_*.pth); default $DESAM_SAM_CHECKPOINT; not needed for tiny")
     p.add_argument("--prompt-mode", choices=["points", "box", "mixed"], default=None,
                    help="points (the paper), box (whole-slice box) or mixed (each slice one or the other: trains "
-                        "both prediction modes); default: the plans' (points)")
+                        "both prediction modes); default: the plans' (mixed)")
     p.add_argument("--c", action="store_true", dest="continue_training", help="continue from the last checkpoint")
     p.add_argument("--val", action="store_true", dest="validation_only", help="only run the final validation")
     p.add_argument("--npz", action="store_true", help="also save validation probabilities")
