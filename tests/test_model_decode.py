@@ -137,7 +137,8 @@ def test_grid_threshold_topk_and_fusion(model, feats):
     logits, iou = model.decode(img, points=grid)
     iou = iou[:, 0]
     order = torch.argsort(iou, descending=True)
-    thresh = float(iou[order[2]])  # exactly three prompts are at or above it ('>=')
+    # exactly three prompts are above it, with a margin that chunked PRIM's rounding cannot cross
+    thresh = float(iou[order[2]] + iou[order[3]]) / 2
     fused = []
     hook = model.pdmm.mask_embedding_fusion.register_forward_hook(lambda m, i, o: fused.append(o.shape[0]))
     try:

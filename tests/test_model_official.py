@@ -4,6 +4,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import require_shared
+
 from desam_nnu import build_desam, load_official_desam
 from desam_nnu.model import CheckpointError, load_checkpoint
 
@@ -31,8 +33,7 @@ def _overrides(cfg):
 
 @pytest.fixture(scope="module")
 def fx():
-    if not FIXTURE.is_file():
-        pytest.skip(f"fixture not found: {FIXTURE}")
+    require_shared(FIXTURE, "the official DeSAM fixture")
     return torch.load(FIXTURE, map_location="cpu", weights_only=False)
 
 

@@ -40,6 +40,7 @@ from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn.functional as F
 from segment_anything.modeling.prompt_encoder import PromptEncoder
+from segment_anything.utils.amg import build_point_grid
 from torch import Tensor, nn
 
 from .pdmm import PDMM
@@ -54,12 +55,10 @@ _EMPTY_EPS = 1e-6  # probabilities are clamped to [eps, 1 - eps] before logit() 
 
 
 def make_point_grid(points_per_side: int, image_size: int, device: Optional[torch.device] = None) -> Tensor:
-    """DeSAM's automatic-mode prompts (SAM's build_point_grid): an n x n grid of cell centres,
-    returned as input-pixel coords [n*n, 2] in (x, y) order, x fastest. The official uses n = 9."""
-    offset = 1.0 / (2 * points_per_side)
-    ticks = torch.linspace(offset, 1 - offset, points_per_side, device=device) * image_size
-    ys, xs = torch.meshgrid(ticks, ticks, indexing="ij")
-    return torch.stack([xs.reshape(-1), ys.reshape(-1)], dim=-1)
+    """DeSAM's automatic-mode prompts: SAM's ``build_point_grid`` (an n x n grid of cell centres in
+    [0, 1], x fastest) scaled to input pixels, coords [n*n, 2] in (x, y) order. The official uses n = 9."""
+    grid = build_point_grid(points_per_side) * image_size
+    return torch.as_tensor(grid, dtype=torch.float32, device=device)
 
 
 class GridDecodeResult(NamedTuple):
