@@ -41,6 +41,8 @@ setup(
         "scikit-image>=0.21",
         "tqdm>=4.60",
         "numpy>=1.24",
+        # process-tree memory in the benchmarks (benchmarks/proc_tree.py) instead of reading /proc by hand
+        "psutil>=5.9",
     ],
     extras_require={"test": ["pytest>=7"]},
     entry_points={

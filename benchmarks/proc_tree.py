@@ -1,44 +1,31 @@
 """Run a command and measure its wall time and the peak resident memory of its whole process tree.
 
 nnU-Net and desam-nnu both work in spawned worker processes, so the peak of the summed RSS of the
-command and all its descendants (sampled from /proc every 0.1 s) is the honest figure; the largest
-single process's peak (getrusage of children) is reported beside it. Linux only; no psutil needed.
+command and all its descendants (psutil, sampled every 0.1 s) is the honest figure; the largest
+single process's peak (getrusage of children) is reported beside it.
 """
-import os
 import resource
 import subprocess
 import threading
 import time
-from typing import Dict, List, Optional
+from typing import List, Optional
 
-
-def _rss_and_parents() -> Dict[int, tuple]:
-    out = {}
-    page = os.sysconf("SC_PAGE_SIZE")
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                stat = f.read()
-            fields = stat[stat.rindex(")") + 2:].split()
-            out[int(entry)] = (int(fields[1]), int(fields[21]) * page)  # ppid, rss pages -> bytes
-        except (OSError, ValueError, IndexError):
-            continue
-    return out
+import psutil
 
 
 def tree_rss(root: int) -> int:
-    procs = _rss_and_parents()
-    children: Dict[int, List[int]] = {}
-    for pid, (ppid, _) in procs.items():
-        children.setdefault(ppid, []).append(pid)
-    total, stack = 0, [root]
-    while stack:
-        pid = stack.pop()
-        if pid in procs:
-            total += procs[pid][1]
-        stack.extend(children.get(pid, []))
+    """Summed resident memory (bytes) of process ``root`` and all its descendants; 0 once it has exited."""
+    try:
+        procs = [psutil.Process(root)]
+        procs += procs[0].children(recursive=True)
+    except psutil.NoSuchProcess:
+        return 0
+    total = 0
+    for p in procs:
+        try:
+            total += p.memory_info().rss
+        except psutil.NoSuchProcess:  # a worker that ended between listing and reading
+            pass
     return total
 
 

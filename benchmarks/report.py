@@ -26,6 +26,7 @@ class Benchmark:
     quick: Tuple[str, ...]
     json: str
     more: Tuple[Tuple[str, ...], ...] = ()  # further full-mode invocations, merged into the same JSON by the script
+    needs_gpu: bool = False  # its full run needs a CUDA device (skipped, and said so, on a machine without one)
 
     def argv(self, quick: bool = False) -> List[str]:
         return [f"benchmarks/{self.script}", *(self.quick if quick else self.args)]
@@ -64,6 +65,8 @@ BENCHMARKS: List[Benchmark] = [
                     ("--cases", "100", "--minutes", "20", "--runs", "desam", "--backbone", "medsam_lite",
                      "--frozen-encoder", "--no-cache", "--prompt-mode", "box"),
                     ("--cases", "100", "--minutes", "20", "--runs", "desam", "nnunet", "--backbone", "tiny"))),
+    Benchmark("gpu_check", "gpu_check.py", (), ("--device", "cpu", "--backbones", "tiny", "--iterations", "2"),
+              "gpu_check.json", needs_gpu=True),
 ]
 BY_NAME: Dict[str, Benchmark] = {b.name: b for b in BENCHMARKS}
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import shutil
 import subprocess
 import sys
 import time
@@ -28,6 +29,7 @@ from report_speed import (section_cache_bytes, section_cache_dice, section_decod
                           section_encoder, section_preprocess, section_prim_attention, section_train)
 from report_predict import predict_runs, section_memory, section_predict  # noqa: E402
 from report_dice import dice_rows, section_dice, section_lite  # noqa: E402
+from report_gpu import section_gpu  # noqa: E402
 
 sys.path.insert(0, str(REPO))
 from desam_nnu.atomic import atomic_path  # noqa: E402  (a plain-Python module: no torch import)
@@ -51,6 +53,7 @@ SECTIONS: List[Tuple[str, str, Tuple[str, ...], Callable[[Results], str]]] = [
      section_lite),
     ("Hippocampus fold-0 validation Dice after the same CPU budget: DeSAM against nnU-Net's 2D U-Net",
      "dice_budget.py", ("dice_budget",), section_dice),
+    ("GPU: the CUDA path, timed", "gpu_check.py", ("gpu_check",), section_gpu),
 ]
 
 
@@ -136,6 +139,9 @@ def run_benchmarks(names: List[str], quick: bool, results: Path) -> Dict[str, Tu
     results.mkdir(parents=True, exist_ok=True)
     for k, name in enumerate(names, 1):
         b = BY_NAME[name]
+        if b.needs_gpu and not quick and shutil.which("nvidia-smi") is None:
+            print(f"[{k}/{len(names)}] {name}: skipped, it needs a CUDA device (no nvidia-smi here)", flush=True)
+            continue
         print(f"[{k}/{len(names)}] {name}: {b.command(quick)}", flush=True)
         start, rc = time.perf_counter(), 0
         for args in b.all_argv(quick):

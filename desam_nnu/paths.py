@@ -36,6 +36,8 @@ def datasets_in(folder: str) -> Dict[int, str]:
 
 def resolve_dataset_name(dataset: Union[int, str], folder: str) -> str:
     """``4``, ``'4'``, ``'004'`` or ``'Dataset004_Hippocampus'`` -> the folder name in ``folder``."""
+    # not nnU-Net's maybe_convert_to_dataset_name: that searches all three nnU-Net folders and raises a
+    # RuntimeError; a command needs the dataset in its own folder, and a one-line error listing what is there
     available = datasets_in(folder)
     text = str(dataset).strip()
     m = DATASET_DIR.match(text)

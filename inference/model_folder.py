@@ -6,6 +6,8 @@ A trained model is nnU-Net's results folder ``DatasetXXX/<trainer>__<plans>__des
 import os
 from typing import List, Optional, Sequence, Union
 
+from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
 from desam_nnu.config import CONFIGURATION, PLANS_NAME
 from desam_nnu.errors import DeSAMInputError
 from desam_nnu.paths import env_dir, resolve_dataset_name
@@ -58,11 +60,11 @@ def resolve_folds(model_folder: str, folds: Optional[Sequence[FoldSpec]], checkp
     """The folds to ensemble: those asked for, or every ``fold_N`` holding ``checkpoint`` (fold_all if
     that is the only one). Each must have the checkpoint."""
     if not folds:
-        present = sorted(f for f in os.listdir(model_folder) if f.startswith("fold_"))
-        with_checkpoint = [f[len("fold_"):] for f in present if os.path.isfile(os.path.join(model_folder, f, checkpoint))]
-        numbered = [int(f) for f in with_checkpoint if f.isdigit()]
-        folds = numbered or [f for f in with_checkpoint if f == "all"]
+        folds = sorted(nnUNetPredictor.auto_detect_available_folds(model_folder, checkpoint))  # nnU-Net's rule: fold_all left out
+        if not folds and os.path.isfile(os.path.join(model_folder, "fold_all", checkpoint)):
+            folds = ["all"]
         if not folds:
+            present = sorted(f for f in os.listdir(model_folder) if f.startswith("fold_"))
             raise DeSAMInputError(f"{model_folder}: no fold folder holds {checkpoint} "
                                   f"({', '.join(present) or 'no fold folders'}); finish training or pick -chk")
     resolved: List[FoldSpec] = []

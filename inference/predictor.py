@@ -115,7 +115,8 @@ class _Workers:
     """``n`` worker processes, or in-process jobs when ``n`` is 0; always terminated.
 
     Spawned, as nnU-Net's export pool: a forked child deadlocks in its first torch op once the
-    parent's OpenMP threads exist (seen here with --save-probabilities)."""
+    parent's OpenMP threads exist (seen here with --save-probabilities). A multiprocessing Pool, not
+    concurrent.futures: on an interrupt ``terminate`` stops running jobs, an executor waits for them."""
 
     def __init__(self, n: int) -> None:
         self.pool = get_context("spawn").Pool(n) if n > 0 else None

@@ -96,6 +96,11 @@ FABRICATED = {
         "desam_tiny_256_points_train_encoder": _dice_row(0.3, backbone="tiny", prompt_mode="points", image_size=256,
                                                          train_encoder=True, features="online"),
         "nnunet_2d": _dice_row(0.6)}},
+    "gpu_check.json": {"machine": "x86_64", "cpus": 16, "rows": [
+        {"backbone": "vit_b", "image_size": 1024, "device": "Fake GPU 9000", "batch_size": 8, "cache_s_per_slice": 0.05,
+         "train_s_per_iter": 0.25, "predict_box_s_per_slice": 0.06, "predict_grid_s_per_slice": 0.2,
+         "cache_peak_gpu_mib": 3000.0, "train_peak_gpu_mib": 9000.0, "predict_box_peak_gpu_mib": 2500.0,
+         "predict_grid_peak_gpu_mib": 4000.0, "command": "python benchmarks/gpu_check.py --out /tmp/g.json"}]},
 }
 
 
@@ -162,6 +167,9 @@ def test_every_area_rendered_with_ratios_from_the_numbers(tmp_path):
     assert "| measure | ours | reference | ratio | target | command | GPU (Fake GPU 9000) |" in text
     assert _row(text, "decoder, grid of 81 prompts vs 1 prompt, vit_h dims")[6] == "30 ms vs 10 ms (1 prompt) (3x)"
     assert "GPU columns: Fake GPU 9000 (decoder)" in text
+    assert _row(text, "vit_b | 1024 | Fake GPU 9000")[3:] == [
+        "0.0500 s", "0.250 s (batch 8)", "0.0600 s", "0.2000 s", "3000 MiB / 9000 MiB / 2500 MiB / 4000 MiB",
+        "`python benchmarks/gpu_check.py`"]
 
 
 def test_missing_results_render_as_not_measured_yet(tmp_path):
@@ -284,3 +292,13 @@ def test_dice_rows_show_the_chosen_configuration_and_its_cost(tmp_path):
     assert "whole-tile box (replayed" not in text  # not trained for boxes: no such candidate
     timing = _row(text, name)
     assert timing[1:] == ["60 s", "600 s", "-", "0.1x"]
+
+
+def test_the_gpu_check_is_skipped_without_a_gpu_and_says_why(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(run_all.shutil, "which", lambda name: None)
+    monkeypatch.setattr(run_all.subprocess, "run", lambda *a, **k: pytest.fail("nothing may run"))
+    out = tmp_path / "B.md"
+    assert run_all.main(["--only", "gpu_check", "--results", str(tmp_path / "r"), "--out", str(out)]) == 0
+    assert "gpu_check: skipped, it needs a CUDA device" in capsys.readouterr().out
+    assert f"not measured yet: `{run_all.BY_NAME['gpu_check'].command()}`" in out.read_text()
+    assert "No GPU machine has been lent" in out.read_text()

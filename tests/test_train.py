@@ -242,3 +242,17 @@ def test_mixed_prompts_decode_points_and_boxes_per_slice():
             stub.prompt_mode = mode
             logits, iou, _ = DeSAMTrainer._decode_training_prompts(stub, features, seg, torch.Generator().manual_seed(3))
             assert logits.shape[0] == 8 and (iou is None if n_iou is None else iou.shape[0] == n_iou)
+
+
+def test_validation_counts_per_class_leave_out_padding():
+    """The green curve's TP / FP / FN: one sigmoid channel per class, voxels labelled < 0 not counted."""
+    from types import SimpleNamespace
+
+    from desam_nnu.trainers.desam_trainer import DeSAMTrainer
+
+    seg = torch.tensor([[[1, 2], [0, -1]]])
+    logits = torch.tensor([[[[5.0, 5.0], [-5.0, 5.0]], [[-5.0, -5.0], [5.0, 5.0]]]])  # [1, 2 classes, 2, 2]
+    stub = SimpleNamespace(device=torch.device("cpu"), _forward=lambda batch: (torch.tensor(0.5), logits, seg))
+    out = DeSAMTrainer.validation_step(stub, {})
+    assert out["tp_hard"].tolist() == [1, 0] and out["fp_hard"].tolist() == [1, 1] and out["fn_hard"].tolist() == [0, 1]
+    assert float(out["loss"]) == 0.5

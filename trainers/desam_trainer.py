@@ -30,6 +30,7 @@ from torch._dynamo import OptimizedModule
 from tqdm import tqdm
 from batchgenerators.utilities.file_and_folder_operations import join, maybe_mkdir_p
 from nnunetv2.evaluation.evaluate_predictions import compute_metrics_on_folder
+from nnunetv2.training.loss.dice import get_tp_fp_fn_tn
 from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
@@ -195,11 +196,13 @@ class DeSAMTrainer(TimeBudgetMixin, nnUNetTrainer):
 
     @torch.no_grad()
     def _encode(self, images: np.ndarray) -> List[torch.Tensor]:
-        """Patches [n, C, p, p] (0..255) -> encoder features, in mini-batches."""
+        """Patches [n, C, p, p] (0..255) -> encoder features, in mini-batches (AMP on CUDA, as the steps)."""
         outs: List[List[torch.Tensor]] = []
         for i in range(0, len(images), ENCODE_BATCH):
             x = torch.from_numpy(images[i:i + ENCODE_BATCH]).to(self.device)
-            outs.append(self.network.encode(to_network_input(x, self.desam.channel_to_rgb, self.desam.image_size)))
+            with torch.autocast(self.device.type, enabled=self.device.type == "cuda"):
+                outs.append(self.bare_network.encode(to_network_input(x, self.desam.channel_to_rgb,
+                                                                      self.desam.image_size)))
         return [torch.cat([o[level] for o in outs]) for level in range(len(outs[0]))]
 
     def _encode_case(self, dataset, case: str):
@@ -259,6 +262,8 @@ class DeSAMTrainer(TimeBudgetMixin, nnUNetTrainer):
         return logits, iou, iou_target
 
     def train_step(self, batch: dict) -> dict:
+        # nnU-Net's step (AMP + grad scaler on CUDA, clip at 12) around our forward: its own train_step calls
+        # network(data) and its loss on deep-supervision targets, which DeSAM's prompted decode cannot go through
         self.optimizer.zero_grad(set_to_none=True)
         with torch.autocast(self.device.type, enabled=self.device.type == "cuda"):
             loss, _, _ = self._forward(batch)
@@ -279,11 +284,9 @@ class DeSAMTrainer(TimeBudgetMixin, nnUNetTrainer):
         with torch.autocast(self.device.type, enabled=self.device.type == "cuda"):
             loss, logits, seg = self._forward(batch)
         pred = (logits > 0).float()
-        target = one_hot_classes(seg, pred.shape[1])
-        valid = (seg >= 0).float()[:, None]
-        tp = (pred * target * valid).sum((0, 2, 3))
-        fp = (pred * (1 - target) * valid).sum((0, 2, 3))
-        fn = ((1 - pred) * target * valid).sum((0, 2, 3))
+        # nnU-Net's own counts; one sigmoid channel per class (multi-label), so the target is one-hot per class
+        tp, fp, fn, _ = get_tp_fp_fn_tn(pred, one_hot_classes(seg, pred.shape[1]), axes=(0, 2, 3),
+                                        mask=(seg >= 0).float()[:, None])
         return {"loss": loss.detach().cpu().numpy(), "tp_hard": tp.cpu().numpy(), "fp_hard": fp.cpu().numpy(),
                 "fn_hard": fn.cpu().numpy()}
 
