@@ -1,11 +1,7 @@
 """The GPU section of BENCHMARKS.md: ``benchmarks/gpu_check.py``'s CUDA-path timings, or why there are none."""
 from __future__ import annotations
 
-from report import Results, clean_command, code, md_table, not_measured, num
-
-
-def _mib(v) -> str:
-    return "-" if num(v) is None else f"{num(v):.0f} MiB"
+from report import Results, clean_command, code, fmt_mib, md_table, not_measured, num
 
 
 def _s(v, digits: int = 3) -> str:
@@ -20,7 +16,7 @@ def section_gpu(res: Results) -> str:
     rows = [[r.get("backbone"), r.get("image_size"), r.get("device"), _s(r.get("cache_s_per_slice"), 4),
              f"{_s(r.get('train_s_per_iter'))} (batch {r.get('batch_size')})", _s(r.get("predict_box_s_per_slice"), 4),
              _s(r.get("predict_grid_s_per_slice"), 4),
-             " / ".join(_mib(r.get(k)) for k in ("cache_peak_gpu_mib", "train_peak_gpu_mib",
+             " / ".join(fmt_mib(r.get(k)) for k in ("cache_peak_gpu_mib", "train_peak_gpu_mib",
                                                  "predict_box_peak_gpu_mib", "predict_grid_peak_gpu_mib")),
              code(clean_command(r.get("command")))] for r in d.get("rows", [])]
     return ("The CUDA path end to end on a hippocampus subset, random weights: the embedding cache build (frozen "
