@@ -52,7 +52,7 @@ def write_desam_model(env: dict, dataset_name: str) -> dict:
     shutil.copy(pre / "DeSAMPlans.json", folder / "plans.json")
     shutil.copy(pre / "dataset.json", folder / "dataset.json")
     torch.manual_seed(0)
-    network = build_desam(cfg.backbone, image_size=cfg.image_size, num_classes=cfg.num_classes, pretrained=False)
+    network = build_desam(cfg.backbone, pretrained=False, **cfg.network_kwargs())
     torch.save({"network_weights": network.state_dict(), "trainer_name": "DeSAMTrainer",
                 "init_args": {"configuration": "desam_2d"}, "inference_allowed_mirroring_axes": (0, 1)},
                folder / "fold_0" / "checkpoint_final.pth")

@@ -79,6 +79,8 @@ class DeSAMConfig:
     batch_size: int
     prompts: PromptDefaults
     cache: CacheEstimate
+    # build_desam(**network_overrides): sizes the planner chose (plans written before the key: none)
+    network_overrides: Tuple[Tuple[str, Any], ...] = ()
 
     @classmethod
     def from_configuration(cls, configuration: Dict[str, Any]) -> "DeSAMConfig":
@@ -109,7 +111,12 @@ class DeSAMConfig:
                 num_slices=int(cache["num_slices"]),
                 total_bytes=int(cache["total_bytes"]),
             ),
+            network_overrides=tuple(sorted(d.get("network_overrides", {}).items())),
         )
+
+    def network_kwargs(self) -> Dict[str, Any]:
+        """``build_desam(backbone, **network_kwargs())``: the network the plans describe."""
+        return dict(image_size=self.image_size, num_classes=self.num_classes, **dict(self.network_overrides))
 
     @property
     def num_input_channels(self) -> int:

@@ -220,7 +220,7 @@ class DeSAMPredictor(nnUNetPredictor):
         configuration_manager = plans_manager.get_configuration(configuration)
         cfg = configuration_manager.desam
         self.choose_prompts(folder, folds, cfg, plans_manager.get_label_manager(dataset_json).foreground_labels)
-        network = build_desam(cfg.backbone, image_size=cfg.image_size, num_classes=cfg.num_classes, pretrained=False)
+        network = build_desam(cfg.backbone, pretrained=False, **cfg.network_kwargs())
         # folds that froze the same encoder hold it once and encode each tile once (see PromptedDeSAM)
         ensemble = [network] + [copy.deepcopy(network, {id(network.image_encoder): network.image_encoder})
                                 for _ in parameters[1:]] if _same_encoder(parameters) else []

@@ -141,7 +141,8 @@ class DeSAMPlanner(ExperimentPlanner):
         median_shape = np.median(new_shapes, 0)[transpose_forward]
 
         native = self.backbone.native_image_size
-        layout = self.backbone.feature_layout(self.backbone.defaults)
+        overrides = dict(self.backbone.planned_overrides)
+        layout = self.backbone.feature_layout({**self.backbone.defaults, **overrides})
         per_voxel = self.backbone.input_pixels_per_voxel or native // layout.mask_size(native)
         minimum = self.backbone.min_image_size
         patch_edge = choose_patch_edge(tuple(median_shape[1:]), native)
@@ -175,7 +176,7 @@ class DeSAMPlanner(ExperimentPlanner):
             "architecture": {
                 "network_class_name": "desam_nnu.model.DeSAM",
                 "arch_kwargs": {"backbone": self.backbone.name, "image_size": image_size,
-                                "num_classes": num_classes},
+                                "num_classes": num_classes, **overrides},
                 "_kw_requires_import": [],
             },
             "batch_dice": True,
@@ -185,6 +186,8 @@ class DeSAMPlanner(ExperimentPlanner):
                 "image_size_rule": "override" if self.image_size_override else
                 f"clip(ceil64({per_voxel} * patch {patch_edge}), {minimum}, native {native})",
                 "native_image_size": native,
+                # build_desam size overrides the backbone table plans (medsam_lite: PDMM at half resolution)
+                "network_overrides": overrides,
                 "slicing": {"axis": int(transpose_forward[0]),
                             "transpose_forward": [int(i) for i in transpose_forward]},
                 "resize": {"patch_to_input_scale": image_size / patch_edge,

@@ -3,12 +3,14 @@ import json
 import os
 
 import pytest
+import torch
 from synthetic import make_dataset
 
 from desam_nnu.config import CONFIGURATION, DeSAMConfig
 from desam_nnu.errors import DeSAMInputError
 from desam_nnu.planners.plan_and_preprocess import plan_and_preprocess
 from desam_nnu.planners.planner import DeSAMPlanner, choose_image_size, choose_patch_edge
+from desam_nnu.model import build_desam
 from desam_nnu.model.backbones import BACKBONES
 
 
@@ -116,11 +118,26 @@ def test_default_backbone_is_medsam_lite_or_the_checkpoints_vit(tmp_path, monkey
         default_backbone(str(junk))
 
 
-def test_medsam_lite_plans_logits_at_the_full_input(nnunet_dirs):
+def test_medsam_lite_plans_pdmm_at_half_resolution(nnunet_dirs):
+    """PDMM's logits at half the input (64 px for a 56-voxel patch): still finer than the patch."""
     planner = _planner_for(nnunet_dirs, [[20, 50, 36]], [[1.0, 1.0, 1.0]], backbone="medsam_lite")
     plans = planner.plan_experiment()
     cfg = DeSAMConfig.from_configuration(plans["configurations"][CONFIGURATION])
-    assert cfg.patch_size == (56, 56) and cfg.image_size == 128 and cfg.mask_logits_size == (128, 128)
+    assert cfg.patch_size == (56, 56) and cfg.image_size == 128 and cfg.mask_logits_size == (64, 64)
+    assert dict(cfg.network_overrides) == {"pdmm_levels": 2}
+    assert plans["configurations"][CONFIGURATION]["architecture"]["arch_kwargs"]["pdmm_levels"] == 2
+    # the network built from the plans gives logits of the planned size, from the (unchanged) encoder outputs
+    net = build_desam(cfg.backbone, pretrained=False, **cfg.network_kwargs()).eval()
+    assert len(net.pdmm.conv_blocks_context) == 2
+    with torch.no_grad():
+        features = net.encode(torch.rand(1, 3, 128, 128) * 255)
+        logits, iou = net.decode(features, boxes=torch.tensor([[0.0, 0.0, 127.0, 127.0]]))
+    assert [tuple(f.shape[1:]) for f in features] == [tuple(s) for s in cfg.cache.feature_shapes]
+    assert tuple(logits.shape) == (1, 2, *cfg.mask_logits_size) and tuple(iou.shape) == (1, 2)
+    # plans written before the decision (no network_overrides) build the full-resolution layout, as their checkpoints
+    del plans["configurations"][CONFIGURATION]["desam"]["network_overrides"]
+    old = DeSAMConfig.from_configuration(plans["configurations"][CONFIGURATION])
+    assert build_desam(old.backbone, pretrained=False, **old.network_kwargs()).mask_size() == (128, 128)
     assert plans["configurations"][CONFIGURATION]["desam"]["image_size_rule"] == "clip(ceil64(2 * patch 56), 128, native 256)"
     assert cfg.pixel_mean == (0.0, 0.0, 0.0) and cfg.pixel_std == (255.0, 255.0, 255.0)
     # TinyViT stage 0 at S/2, stage 3 and the neck at S/4, float16; the cache by default (measured faster)
@@ -132,3 +149,4 @@ def test_vit_plans_use_the_cache_by_default(nnunet_dirs):
     planner = _planner_for(nnunet_dirs, [[20, 50, 36]], [[1.0, 1.0, 1.0]], backbone="tiny")
     cfg = DeSAMConfig.from_configuration(planner.plan_experiment()["configurations"][CONFIGURATION])
     assert cfg.cache.default == "cache" and cfg.image_size == 256
+    assert cfg.network_overrides == () and cfg.mask_logits_size == (64, 64)  # the official layout: S/4

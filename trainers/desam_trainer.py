@@ -87,7 +87,7 @@ class DeSAMTrainer(TimeBudgetMixin, nnUNetTrainer):
         sigmoid channel per foreground class instead, recorded in the plans.
         """
         desam = DeSAMConfig.from_configuration(configuration_manager.configuration)
-        return build_desam(desam.backbone, image_size=desam.image_size, num_classes=desam.num_classes)
+        return build_desam(desam.backbone, **desam.network_kwargs())
 
     def _do_i_compile(self) -> bool:
         """Never: nnU-Net compiles ``self.network.forward``, which this trainer never calls (it calls

