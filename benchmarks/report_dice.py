@@ -1,8 +1,8 @@
-"""BENCHMARKS.md sections on accuracy: the LiteMedSAM box reference and Dice after a CPU budget, with the
-configuration chosen from cross-validation."""
+"""BENCHMARKS.md sections on accuracy: the LiteMedSAM box reference, and Dice after the same wall-clock
+training budget for nnU-Net's 2D U-Net and DeSAM, each as its users run it (``dice_budget.py``)."""
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from report import (BY_NAME, Results, Row, clean_command, code, fmt_dice, fmt_ratio, fmt_s, md_table,
                     not_measured, num, ratio, standard_table)
@@ -93,178 +93,185 @@ no automatic model does. 256 px is LiteMedSAM's native size; 128 px shows what a
 {md_table(["input", "volumes", "Dice anterior", "Dice posterior", "mean Dice", "s / volume"], detail)}""" + _lite_quick(d)
 
 
-# ------------------------------------------------------------------------------------------ Dice after a CPU budget
-def dice_rows(d: dict) -> Tuple[Dict[str, dict], bool]:
-    """The rows of dice_budget.json by key, and whether the file has the old (single-invocation) layout."""
-    rows = d.get("rows", {}) if isinstance(d.get("rows"), dict) else {}
-    if rows and all(k in ("desam", "nnunet") for k in rows) and not any("clock" in r for r in rows.values()):
-        shared = {"minutes": d.get("minutes"), "clock": "wall", "iterations_per_epoch": d.get("iterations_per_epoch"),
-                  "command": d.get("command")}
-        out = {}
-        if "desam" in rows:
-            enc = "train_encoder" if d.get("train_encoder", True) else "frozen"
-            out[f"desam_{d.get('backbone', 'tiny')}_{d.get('prompt_mode', 'points')}_{enc}"] = dict(
-                shared, **rows["desam"], backbone=d.get("backbone", "tiny"), prompt_mode=d.get("prompt_mode", "points"),
-                train_encoder=d.get("train_encoder", True))
-        if "nnunet" in rows:
-            out["nnunet_2d"] = dict(shared, **rows["nnunet"])
-        return out, True
-    return {k: v for k, v in rows.items() if isinstance(v, dict)}, False
+# ------------------------------------------------------------------------------------------ Dice, same wall budget
+RACE_CLOCK = "wall"  # dice_budget.py's marker of its equal-wall-budget rows ("budget_clock")
+TOOLS = ("nnunet", "desam")
 
 
-def _dice_label(key: str, row: dict) -> str:
-    if key.startswith("nnunet"):
-        return "nnU-Net 2D U-Net (nnUNetTrainer), mirroring"
-    enc = "train-encoder" if row.get("train_encoder", True) else "frozen encoder"
-    feats = ", cache" if row.get("features") == "cache" else ""
-    px = f" {row['image_size']} px" if row.get("image_size") else ""
-    return f"DeSAM {row.get('backbone', '?')}{px} ({row.get('prompt_mode', '?')}, {enc}{feats})"
+def dice_rows(d: dict) -> Tuple[Dict[str, dict], int]:
+    """The equal-wall-budget rows of dice_budget.json by key, and how many rows of earlier formats it holds.
+
+    Rows of earlier formats (a CPU-time budget, nnU-Net in 5-iteration epochs with its augmentation
+    in-process, DeSAM with non-default flags) are not shown: they did not race each tool as its users run it."""
+    rows = d.get("rows") if isinstance(d.get("rows"), dict) else {}
+    race = {k: v for k, v in rows.items() if isinstance(v, dict) and v.get("budget_clock") == RACE_CLOCK}
+    return race, len(rows) - len(race) + len(d.get("earlier") or {})
 
 
-def _budget(row: dict) -> str:
-    m = num(row.get("minutes"))
-    clock = {"cpu": "CPU", "wall": "wall"}.get(row.get("clock"), row.get("clock") or "?")
-    return f"{m:g} min {clock}" if m is not None else "-"
+def _tool(key: str, row: dict) -> str:
+    return row.get("tool") or ("nnunet" if key.startswith("nnunet") else "desam")
+
+
+def _dice_cell(row: Optional[dict], key: str = "dice") -> str:
+    d = (row or {}).get(key)
+    return " / ".join(fmt_dice(d.get(c)) for c in ("1", "2", "mean")) if isinstance(d, dict) else "-"
+
+
+def _iterations(row: Optional[dict]) -> str:
+    if not row or row.get("iterations") is None:
+        return "-"
+    return f"{row['iterations']} ({row.get('epochs', '?')} x {row.get('iterations_per_epoch', '?')})"
+
+
+def _minutes(seconds) -> str:
+    s = num(seconds)
+    return "-" if s is None else f"{s / 60:.1f} min"
+
+
+def _pair(a: Optional[dict], b: Optional[dict], key: str, fmt: Callable) -> str:
+    return " / ".join(fmt(r.get(key)) if r else "-" for r in (a, b))
+
+
+def _desam_config(row: Optional[dict]) -> str:
+    if not row:
+        return "-"
+    size = f" {row['image_size']} px" if row.get("image_size") else ""
+    which = "default" if row.get("backbone_flag") is None else f"--backbone {row['backbone_flag']}"
+    return f"{which} ({row.get('backbone', '?')}{size})"
+
+
+def _mean(row: Optional[dict]) -> Optional[float]:
+    return num(((row or {}).get("dice") or {}).get("mean"))
+
+
+def budget_table(rows: Dict[str, dict]) -> Tuple[List[str], List[List[str]]]:
+    """Header and lines: one line per budget and case count (and DeSAM configuration), nnU-Net 2D and DeSAM
+    side by side: Dice per class and mean (after each tool's own choice), iterations, seconds per iteration,
+    training wall, planning and final validation seconds."""
+    groups: Dict[Tuple[float, int], Dict[str, List[dict]]] = {}
+    for key, row in rows.items():
+        g = groups.setdefault((num(row.get("minutes")) or 0.0, row.get("cases") or 0), {t: [] for t in TOOLS})
+        g.setdefault(_tool(key, row), []).append(row)
+    header = ["budget (wall)", "cases", "nnU-Net 2D Dice 1 / 2 / mean", "nnU-Net iterations", "nnU-Net s / it",
+              "DeSAM", "DeSAM Dice 1 / 2 / mean", "DeSAM iterations", "DeSAM s / it", "DeSAM / nnU-Net mean Dice",
+              "training wall nnU-Net / DeSAM", "planning nnU-Net / DeSAM", "final validation nnU-Net / DeSAM"]
+    body = []
+    for (minutes, cases), g in sorted(groups.items()):
+        nn = g["nnunet"][0] if g["nnunet"] else None
+        desams = sorted(g["desam"], key=lambda r: (r.get("backbone_flag") is not None, str(r.get("backbone_flag"))))
+        for ds in desams or [None]:
+            volumes = ((nn or ds or {}).get("dice") or {}).get("cases")
+            body.append([f"{minutes:g} min", f"{cases}" + (f" ({volumes} val.)" if volumes else ""), _dice_cell(nn),
+                         _iterations(nn), fmt_s((nn or {}).get("s_per_iteration")), _desam_config(ds), _dice_cell(ds),
+                         _iterations(ds), fmt_s((ds or {}).get("s_per_iteration")),
+                         fmt_ratio(ratio(_mean(ds), _mean(nn))), _pair(nn, ds, "train_wall_s", _minutes),
+                         _pair(nn, ds, "planning_s", fmt_s), _pair(nn, ds, "validation_s", fmt_s)])
+    return header, body
+
+
+def _schedule(row: dict) -> str:
+    batch = f", batch {row['batch_size']}" if row.get("batch_size") else ""
+    if row.get("tool") == "nnunet":
+        return (f"`{row.get('trainer', '?')}`: {row.get('planned_epochs', '?')} epoch(s) x "
+                f"{row.get('iterations_per_epoch', '?')} it{batch}")
+    o = row.get("options") if isinstance(row.get("options"), dict) else {}
+    feats = "train encoder" if o.get("train_encoder") else ("cache" if o.get("use_cache") else "online encoding")
+    epochs = "epochs until the budget" if o.get("time_budget") else f"{o.get('num_epochs', '?')} epochs"
+    return (f"{epochs}, {o.get('num_iterations_per_epoch', '?')} it each{batch}, {o.get('prompt_mode', '?')} "
+            f"prompts, {feats}")
+
+
+def _choice(row: dict) -> str:
+    pp = ", largest component" if row.get("postprocessing") else ", no postprocessing"
+    fb = row.get("find_best") if isinstance(row.get("find_best"), dict) else {}
+    what = f"prompts {fb['label']}" if fb.get("label") else ""
+    return (what + pp).lstrip(", ") + f" ({fmt_s(row.get('find_best_s'))})"
+
+
+def _details(rows: Dict[str, dict]) -> str:
+    table = []
+    for key in sorted(rows, key=lambda k: (num(rows[k].get("minutes")) or 0.0, rows[k].get("cases") or 0,
+                                           _tool(k, rows[k]) != "nnunet", k)):
+        r = dict(rows[key], tool=_tool(key, rows[key]))
+        name = "nnU-Net 2D" if r["tool"] == "nnunet" else f"DeSAM {_desam_config(r)}"
+        budget_s, wall = num(r.get("budget_s")), num(r.get("train_wall_s"))
+        share = f" ({wall / budget_s:.0%})" if wall is not None and budget_s else ""
+        final, chosen = _mean({"dice": r.get("dice_final_validation")}), _mean(r)
+        table.append([name, f"{num(r.get('minutes')) or 0:g} min, {r.get('cases', '?')} cases", _schedule(r),
+                      _minutes(wall) + share, fmt_s(r.get("setup_s")), fmt_s(r.get("validation_s")), _choice(r),
+                      f"{fmt_dice(final)} -> {fmt_dice(chosen)}", r.get("budget_spent") or "-",
+                      code((r.get("commands") or {}).get("train", ""))])
+    return md_table(["row", "budget", "schedule", "training wall (of the budget)", "setup before the first step",
+                     "final validation", "choice from the validation (its time)",
+                     "mean Dice: final validation -> chosen", "budget line of the log", "training command"], table)
+
+
+def _lite_reference(res: Results, rows: Dict[str, dict]) -> str:
+    """A sentence on LiteMedSAM's box-per-slice reference, when it was measured on these rows' validation volumes."""
+    lite = res.get("litemedsam_box")
+    if not lite:
+        return ""
+    volumes = {((r.get("dice") or {}).get("cases"), r.get("cases")) for r in rows.values()}
+    split = lite.get("split_cases", lite.get("cases"))
+    found = [(s, lite["results"][s]) for s in _lite_sizes(lite) if (_lite_volumes(lite, s), split) in volumes]
+    if not found:
+        return ""
+    parts = [f"{fmt_dice((r.get('dice') or {}).get('mean'))} at {s} px" for s, r in found]
+    return ("\n\nFor reference, LiteMedSAM prompted with a box per slice from the ground truth (no training; its own "
+            f"section) scores mean Dice {', '.join(parts)} on the same validation volumes.")
 
 
 def section_dice(res: Results) -> str:
     d = res.get("dice_budget")
     if d is None:
         return not_measured("dice_budget")
-    rows, old = dice_rows(d)
+    rows, dropped = dice_rows(d)
+    old = (f"\n\nThe results file also holds {dropped} row(s) of an earlier format of `dice_budget.py`, not shown: a "
+           "CPU-time budget, nnU-Net cut to 5-iteration epochs with its augmentation in the training process, DeSAM "
+           "with non-default flags; that race was not each tool as its users run it. `dice_budget.py` keeps them "
+           "under `earlier` as the record of DeSAM-only comparisons the README cites.") if dropped else ""
     if not rows:
-        return not_measured("dice_budget")
+        return not_measured("dice_budget") + old
+    commands = sorted({clean_command(r.get("command")) for r in rows.values() if r.get("command")})
+    text = """Each tool as its users run it, one after the other on the same otherwise quiet machine, with the
+same wall-clock budget for training: from its first training step to its last. Planning, the setup
+before the first step, the final validation and the choice from it are timed apart, outside the
+budget. Hippocampus, fold 0 of nnU-Net's 5-fold split (the same `splits_final.json` for both; 160
+training / 40 validation volumes of the 200, or the row's case count), Dice per class and mean
+scored by nnU-Net's metrics on the fold's validation volumes after each tool's own choice from them
+(`nnUNetv2_find_best_configuration 4 -c 2d -tr T -f 0`: postprocessing; `desam_find_best_configuration
+4 -f 0`: prompts and postprocessing).
 
-    def same_budget(a: dict, b: dict) -> bool:
-        return all(a.get(k) == b.get(k) for k in ("minutes", "clock", "cases")) and \
-            a.get("dice", {}).get("cases") == b.get("dice", {}).get("cases")
+- nnU-Net: `nnUNetv2_plan_and_preprocess -d 4 -c 2d -np 2`, then `nnUNetv2_train 4 2d 0 -device cpu -tr T`
+  with its augmentation in 2 background workers (`nnUNet_n_proc_DA=2`, `nnUNet_compile=f`). T is
+  nnU-Net's trainer with the epochs whose whole schedule (250 iterations each, learning rate decaying
+  to 0) fits the budget: floor(budget / its seconds per epoch, measured at about 1500 s on this 2-core
+  CPU), at least 1: its shipped `nnUNetTrainer_1epoch` (or `_Xepochs`), for 2-4 epochs ours of the same
+  kind (`benchmarks/nnunet_trainers/`, only `num_epochs` changed). Its final validation mirrors.
+- DeSAM: `desam_plan_and_preprocess -d 4 -np 2` (default backbone medsam_lite), `desam_train 4 0
+  -device cpu --time-budget M` (`DESAM_BUDGET_CLOCK=wall`), every other setting the trainer's default
+  (recorded from its `desam_options.json`: the schedule column below).
 
-    nnunet = {k: r for k, r in rows.items() if k.startswith("nnunet")}
+Iterations are not the same work: an nnU-Net iteration is its planned 2D batch, a DeSAM iteration
+its own batch (see the schedule column). "s / it" is the training wall divided by the iterations.
+nnU-Net's epoch count is chosen so that its schedule ends within the budget; DeSAM's trainer counts
+its budget from its setup on (the embedding cache build included), decays its learning rate over it
+and stops when another epoch would not fit, and its log's "Budget spent" line says where the time
+went. "Training wall (of the budget)" shows how close each came.
 
-    def vs_nnunet(row: dict, dice: dict) -> str:
-        ref = next((r for r in nnunet.values() if same_budget(r, row)), None)
-        return fmt_ratio(ratio(dice.get("mean"), ref.get("dice", {}).get("mean"))) if ref else "-"
-
-    table = []
-    order = sorted(rows, key=lambda k: (k.startswith("nnunet"), k))
-    for key in order:
-        row = rows[key]
-        epochs = row.get("epochs", "-")
-        if row.get("iterations_per_epoch"):
-            epochs = f"{epochs} x {row['iterations_per_epoch']} it"
-        wall = num(row.get("wall_s_train_and_validation"))
-        variants = [(_dice_label(key, row) + (", grid IoU >= 0.5 (plans' default)" if row.get("prompt_mode") else ""),
-                     row.get("dice", {}), f"{wall / 60:.0f} min" if wall else "-")]
-        fb = row.get("find_best")
-        if isinstance(fb, dict):
-            fbd = fb.get("dice", {})
-            after = dict(fbd.get("after_postprocessing_per_class") or {}, mean=fbd.get("after_postprocessing"),
-                         cases=row.get("dice", {}).get("cases"))
-            pp = ", largest component" if fb.get("postprocessing") else ""
-            variants.append((_dice_label(key, row) + f", **chosen by `desam_find_best_configuration`: "
-                             f"{fb.get('label')}{pp}**", after, ""))
-            for name, label in (("grid_0.5_top1", "grid IoU >= 0.5"), ("box", "whole-tile box")):
-                if isinstance(fb.get(name), dict):
-                    variants.append((_dice_label(key, row) + f", {label} (replayed from the stored candidates)",
-                                     dict(fb[name], cases=row.get("dice", {}).get("cases")), ""))
-        if isinstance(row.get("dice_default_predict"), dict):
-            variants.append((_dice_label(key, row) + ", `desam_predict` with no prompt flags (follows the choice)",
-                             row["dice_default_predict"], ""))
-        if isinstance(row.get("dice_no_iou_threshold"), dict):
-            variants.append((_dice_label(key, row) + ", grid, best prompt always (`--iou-thresh -1`)",
-                             row["dice_no_iou_threshold"], ""))
-        if isinstance(row.get("dice_box_prompt"), dict):
-            variants.append((_dice_label(key, row) + ", the same model predicting with one whole-tile box "
-                             "(`--prompt-mode box`" + (", with the chosen postprocessing" if isinstance(fb, dict)
-                                                       and fb.get("postprocessing") else "") + ")",
-                             row["dice_box_prompt"], ""))
-        for name, dice, w in variants:
-            cases = dice.get("cases")
-            pseudo = row.get("last_pseudo_dice")
-            table.append([name, _budget(row) + (f", {row['cases']} cases" if row.get("cases") else ""), epochs,
-                          " / ".join(f"{v:.2f}" for v in pseudo) if isinstance(pseudo, list) and pseudo else "-",
-                          fmt_dice(dice.get("1")), fmt_dice(dice.get("2")), fmt_dice(dice.get("mean")),
-                          vs_nnunet(row, dice), w + (f" ({cases} val. volumes)" if cases and w else ""),
-                          code(clean_command(row.get("command") or d.get("command")))])
-    lite, lite_note = res.get("litemedsam_box"), ""
-    val_cases = {r.get("dice", {}).get("cases") for r in rows.values()}
-    if lite:
-        sizes = [s for s in _lite_sizes(lite) if _lite_volumes(lite, s) in val_cases]
-        for s in sizes:
-            r = lite["results"][s]
-            ref = next((n for n in nnunet.values() if n.get("dice", {}).get("cases") == _lite_volumes(lite, s)), None)
-            table.append([f"reference: LiteMedSAM {s} px, box from the ground truth per slice", "none (pretrained)",
-                          "-", "-", fmt_dice(r.get("dice", {}).get("1")), fmt_dice(r.get("dice", {}).get("2")),
-                          fmt_dice(r.get("dice", {}).get("mean")),
-                          fmt_ratio(ratio(r.get("dice", {}).get("mean"), ref.get("dice", {}).get("mean")))
-                          if ref else "-", f"{fmt_s(r.get('s_per_volume'))} / volume",
-                          code(clean_command(r.get("command") or lite.get("command")))])
-        if not sizes:
-            lite_note = ("\n\nThe LiteMedSAM box reference was measured on other validation volumes than these rows: "
-                         "see its own section.")
-    text = """All hippocampus cases (or the row's case count), fold 0 (nnU-Net's split: 160 training / 40
-validation volumes of the 200), each model trained for its row's budget (checked at epoch ends), then
-its final validation on the whole validation volumes, scored by nnU-Net. DeSAM `tiny --train-encoder`
-is a random 0.5 M-parameter ViT trained end to end (online encoding, points prompts, batch 8), final
-validation in the plans' grid mode (PRIM's predicted IoU >= 0.5, best prompt); "best prompt always"
-predicts the same volumes with `--iou-thresh -1`, which separates the masks' quality from the
-calibration of PRIM's predicted IoU. DeSAM `medsam_lite` starts from LiteMedSAM's pretrained encoder,
-prompt encoder and decoder (frozen encoder, online encoding), trained with points, with one
-whole-tile box per slice, or with each slice one or the other (the name's "points", "box" or "mixed",
-the plans' default); its final validation runs in the plans' grid mode when the model was trained for
-it, and "one whole-tile box" predicts the same volumes with `--prompt-mode box` (what a
-box-trained PRIM was trained for; in grid mode a box-trained IoU head is asked about points, which it
-never saw). "Last pseudo Dice" is the training log's last per-epoch
-validation Dice per class (nnU-Net's green curve; for DeSAM, validation slices prompted as in
-training). nnU-Net: `nnUNetv2_train 4 2d 0 -device cpu` through
-`nnUNetTrainer_TimeBudget` (nnU-Net's trainer with the same budget mixin,
-`benchmarks/nnunet_trainers/`), its own final validation with mirroring. A CPU budget counts the CPU
-time of the training process (augmentation in-process), which stays fair when something else shares
-the machine; a wall budget counts wall time. "vs nnU-Net" is the mean Dice against nnU-Net's after
-the same budget on the same cases.
-
-""" + md_table(["model", "budget", "epochs", "last pseudo Dice", "Dice 1 (anterior)", "Dice 2 (posterior)",
-                "mean Dice", "vs nnU-Net",
-                "train + validation wall", "command"], table) + lite_note
-    if old:
-        text += """
-
-These two rows come from the earlier wall-clock layout of `dice_budget.py`: 12 wall minutes each, epochs
-of 50 iterations, 10 validation iterations; nnU-Net's planned batch of 366 slices. Both ran at the same
-time, beside other benchmarks and tests, so each had about half of the 2 cores. At this budget neither
-model segments anything yet: both stopped after their first epoch (nnU-Net's first 50 iterations of 366
-slices took 34 minutes under this load, DeSAM's 12.3), and both predict background (last pseudo Dice:
-nnU-Net 0.0 / 0.0, DeSAM 0.0 / 0.12). The measurement says how slow this CPU is for either, not which is
-better; a comparison that means something needs an hour or more each on a quiet machine. The
-whole-volume validation took 22.6 s a volume for DeSAM tiny in grid mode (PRIM over 81 prompts on every
-slice) and 18 s for nnU-Net with mirroring, under the same load."""
-    elif all((num((r.get(k) or {}).get("mean")) or 0) < 0.05 for r in rows.values()
-             for k in ("dice", "dice_no_iou_threshold", "dice_box_prompt")):
+""" + md_table(*budget_table(rows)) + "\n\n" + _details(rows)
+    predicted = [f"{_desam_config(r)}, {num(r.get('minutes')) or 0:g} min: mean Dice "
+                 f"{fmt_dice(r['dice_default_predict'].get('mean'))}, {fmt_s(r.get('predict_s_per_volume_default'))}"
+                 " / volume" for r in rows.values() if isinstance(r.get("dice_default_predict"), dict)]
+    if predicted:
+        text += ("\n\n`desam_predict` with no prompt flags (it follows the chosen configuration) on the same "
+                 "validation volumes, no TTA: " + "; ".join(predicted) + ".")
+    text += _lite_reference(res, rows)
+    if all((_mean(r) or 0) < 0.05 for r in rows.values()):
         text += ("\n\nAt these budgets no model segments anything yet (mean Dice below 0.05 everywhere): the "
                  "measurement says how slow this CPU is for either, not which is better.")
-    if nnunet and any(num((r.get("dice") or {}).get("mean")) == 0 for r in nnunet.values()):
-        text += ("\n\nWhy nnU-Net scores 0 here: its planned 2D batch for hippocampus is large (about 180 slices), so a"
-                 " CPU budget buys it few iterations (the epochs column: 5 iterations each), and a U-Net trained from"
-                 " scratch predicts background for its first few hundred iterations. DeSAM's batch of 8 slices gets"
-                 " many more iterations in the same time, and with `medsam_lite` starts from pretrained weights. Grid"
-                 " mode needs PRIM's predicted IoU calibrated (L1 towards 0/1 prompt-relevance targets): after one or"
-                 " two epochs no prompt passes 0.5 yet, after about 20 it does.")
-    def plain_pass(r: dict) -> Optional[float]:
-        per_volume, volumes = num(r.get("predict_s_per_volume_default")), num(r.get("dice", {}).get("cases"))
-        return per_volume * volumes if per_volume is not None and volumes is not None else None
-
-    timing = [[_dice_label(k, r), fmt_s(num(r["find_best"].get("seconds"))),
-               fmt_s(num(r["find_best"].get("validation_pass_s"))), fmt_s(plain_pass(r)),
-               fmt_ratio(ratio(num(r["find_best"].get("seconds")), num(r["find_best"].get("validation_pass_s"))))]
-              for k, r in rows.items() if isinstance(r.get("find_best"), dict)]
-    if timing:
-        text += ("\n\nThe choice from cross-validation (`desam_find_best_configuration 4 -f 0`) replays the candidates "
-                 "that the final validation stored (every IoU threshold x top-k 1-3, and the whole box when it was "
-                 "trained) through nnU-Net's sliding window, export and metrics, with no network run; its cost "
-                 "against the final validation pass that stored them, and against a plain `desam_predict` pass "
-                 "over the same volumes with the chosen prompts (wall time):\n\n"
-                 + md_table(["model", "selection", "validation pass (storing)", "plain prediction pass",
-                             "selection / validation"], timing))
+    text += "\n\nReproduce: " + "; ".join(code(c) for c in commands) + "." if commands else ""
+    text += old
     if d.get("note"):
         text += f"\n\nNote from the results: {d['note']}."
     return text

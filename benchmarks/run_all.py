@@ -51,7 +51,7 @@ SECTIONS: List[Tuple[str, str, Tuple[str, ...], Callable[[Results], str]]] = [
      section_memory),
     ("LiteMedSAM with a box per slice from the ground truth (no training)", "litemedsam_box.py", ("litemedsam_box",),
      section_lite),
-    ("Hippocampus fold-0 validation Dice after the same CPU budget: DeSAM against nnU-Net's 2D U-Net",
+    ("Hippocampus fold-0 validation Dice after the same wall-clock training budget: DeSAM against nnU-Net's 2D U-Net",
      "dice_budget.py", ("dice_budget",), section_dice),
     ("GPU: the CUDA path, timed", "gpu_check.py", ("gpu_check",), section_gpu),
 ]

@@ -46,9 +46,9 @@ class PromptDefaults:
 class CacheEstimate:
     """Size of the frozen-encoder embedding cache for the training slices, and whether to use it.
 
-    ``default`` is the backbone's (``cache`` or ``online``, from the backbone table): ``cache`` for
-    every backbone so far, since a cached step was faster for each, medsam_lite included (measured,
-    BENCHMARKS.md); ``desam_train --cache/--no-cache`` overrides it.
+    ``default`` is the backbone's (from the backbone table): ``auto`` (the cache when it pays for itself
+    in the run: ``trainers/features.py``), ``cache`` or ``online``; ``desam_train --cache/--no-cache``
+    overrides it.
     """
 
     default: str

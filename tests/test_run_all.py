@@ -53,10 +53,23 @@ def _train_rows() -> list:
              "sec_per_iter": 4.0, "peak_rss_mib": 1800.0}]
 
 
-def _dice_row(mean: float, **kw) -> dict:
-    return dict({"minutes": 30.0, "clock": "cpu", "cases": 200, "epochs": 3, "iterations_per_epoch": 50,
-                 "dice": {"1": mean, "2": mean, "mean": mean, "cases": 8}, "wall_s_train_and_validation": 1200.0,
+def _dice_row(tool: str, mean: float, **kw) -> dict:
+    """A dice_budget.py row (the equal-wall-budget format)."""
+    return dict({"tool": tool, "budget_clock": "wall", "minutes": 30.0, "budget_s": 1800.0, "cases": 40,
+                 "dice": {"1": mean, "2": mean, "mean": mean, "cases": 8},
+                 "dice_final_validation": {"1": mean, "2": mean, "mean": mean, "cases": 8},
+                 "epochs": 1, "iterations_per_epoch": 250, "iterations": 250, "s_per_iteration": 6.0,
+                 "planning_s": 20.0, "setup_s": 10.0, "train_wall_s": 1500.0, "validation_s": 300.0,
+                 "find_best_s": 30.0, "postprocessing": [], "budget_spent": None,
+                 "commands": {"train": "nnUNetv2_train 4 2d 0 -device cpu -tr nnUNetTrainer_1epoch"},
                  "machine": "x86_64", "cpus": 2, "command": "python benchmarks/dice_budget.py --minutes 30"}, **kw)
+
+
+def _desam_race_row(mean: float, **kw) -> dict:
+    return _dice_row("desam", mean, **dict(dict(
+        backbone_flag=None, backbone="medsam_lite", image_size=128, epochs=30, iterations_per_epoch=50,
+        iterations=1500, options={"num_iterations_per_epoch": 50, "prompt_mode": "mixed", "use_cache": False,
+                                  "time_budget": 1800.0}), **kw))
 
 
 FABRICATED = {
@@ -93,9 +106,8 @@ FABRICATED = {
                                                 "per_case": {f"c{i}": {"1": 0.8, "2": 0.8} for i in range(8)}}},
                             "command": "python benchmarks/litemedsam_box.py --sizes 128 256 --cases 40"},
     "dice_budget.json": {"note": "fabricated", "rows": {
-        "desam_tiny_256_points_train_encoder": _dice_row(0.3, backbone="tiny", prompt_mode="points", image_size=256,
-                                                         train_encoder=True, features="online"),
-        "nnunet_2d": _dice_row(0.6)}},
+        "nnunet_2d_30min_40cases": _dice_row("nnunet", 0.6, trainer="nnUNetTrainer_1epoch", planned_epochs=1),
+        "desam_30min_40cases": _desam_race_row(0.3)}},
     "gpu_check.json": {"machine": "x86_64", "cpus": 16, "rows": [
         {"backbone": "vit_b", "image_size": 1024, "device": "Fake GPU 9000", "batch_size": 8, "cache_s_per_slice": 0.05,
          "train_s_per_iter": 0.25, "predict_box_s_per_slice": 0.06, "predict_grid_s_per_slice": 0.2,
@@ -158,11 +170,11 @@ def test_every_area_rendered_with_ratios_from_the_numbers(tmp_path):
     assert ct[1].startswith("3072 MiB") and ct[4] == "<= 6 GB, met"
     assert _row(text, "mean Dice, box per slice, 128 px vs 256 px (the 8 volumes both have)")[3] == "0.5x"
     assert _row(text, "s / volume, 128 px vs 256 px")[3] == "0.25x"
-    # the Dice table: one row per model, mean Dice against nnU-Net's, the LiteMedSAM reference (same 8 cases)
-    desam = _row(text, "DeSAM tiny 256 px (points, train-encoder), grid IoU >= 0.5 (plans' default)")
-    assert desam[1].startswith("30 min CPU") and desam[3:8] == ["-", "0.300", "0.300", "0.300", "0.5x"]
-    assert _row(text, "nnU-Net 2D U-Net (nnUNetTrainer), mirroring")[7] == "1x"
-    assert _row(text, "reference: LiteMedSAM 256 px, box from the ground truth per slice")[6:8] == ["0.800", "1.33x"]
+    # the Dice race: one line per budget, both tools side by side, the LiteMedSAM reference (same 8 volumes)
+    line = _row(text, "30 min")
+    assert line[1:5] == ["40 (8 val.)", "0.600 / 0.600 / 0.600", "250 (1 x 250)", "6 s"]
+    assert line[5:10] == ["default (medsam_lite 128 px)", "0.300 / 0.300 / 0.300", "1500 (30 x 50)", "6 s", "0.5x"]
+    assert "0.400 at 128 px, 0.800 at 256 px on the same validation volumes" in text
     # a GPU section adds a GPU column named after the device, to that area's table only
     assert "| measure | ours | reference | ratio | target | command | GPU (Fake GPU 9000) |" in text
     assert _row(text, "decoder, grid of 81 prompts vs 1 prompt, vit_h dims")[6] == "30 ms vs 10 ms (1 prompt) (3x)"
@@ -193,11 +205,9 @@ def test_old_and_multi_run_layouts(tmp_path):
                                     "dice": {"mean": 0.8, "1": 0.8, "2": 0.8, "cases": 40}}}}
     predict = {"note": "two runs", "runs": {"a": _predict_run(), "b": dict(_predict_run(), command="python b")}}
     text = _render(tmp_path, dict(FABRICATED, **{"dice_budget.json": old_dice, "predict.json": predict}))
-    assert _row(text, "DeSAM tiny (points, train-encoder), grid IoU >= 0.5 (plans' default)")[1:8] == [
-        "12 min wall", "1 x 50 it", "-", "0.100", "0.300", "0.200", "0.25x"]
-    assert _row(text, "DeSAM tiny (points, train-encoder), grid, best prompt always (`--iou-thresh -1`)")[7] == "0.5x"
-    assert "earlier wall-clock layout" in text
-    assert "measured on other validation volumes than these rows" in text  # LiteMedSAM's volumes differ
+    # rows of the earlier, unfair race are not shown, and the section says so
+    assert f"not measured yet: `{run_all.BY_NAME['dice_budget'].command()}`" in text
+    assert "also holds 2 row(s) of an earlier format" in text
     assert text.count("| s / volume in-process, tiny (256 px), grid 81 vs box |") == 2
     assert "`python b`" in text
 
@@ -260,38 +270,23 @@ def test_renders_the_repository_results(tmp_path):
         assert f"## {title}" in text
 
 
-def test_dice_rows_show_pseudo_dice_and_the_box_prompt_variant(tmp_path):
-    row = _dice_row(0.0, backbone="medsam_lite", prompt_mode="points", image_size=128, train_encoder=False,
-                    features="online", last_pseudo_dice=[0.5, 0.25],
-                    dice_box_prompt={"1": 0.6, "2": 0.4, "mean": 0.5, "cases": 40})
-    dice = {"note": "fabricated", "rows": {"desam_medsam_lite_128_points_frozen": row, "nnunet_2d": _dice_row(0.25)}}
-    text = _render(tmp_path, dict(FABRICATED, **{"dice_budget.json": dice}))
-    grid = _row(text, "DeSAM medsam_lite 128 px (points, frozen encoder), grid IoU >= 0.5 (plans' default)")
-    assert grid[3] == "0.50 / 0.25" and grid[6] == "0.000"
-    box = _row(text, "DeSAM medsam_lite 128 px (points, frozen encoder), the same model predicting with one "
-                     "whole-tile box (`--prompt-mode box`)")
-    assert box[4:8] == ["0.600", "0.400", "0.500", "2x"]  # against nnU-Net's 0.25 after the same budget
+def test_dice_race_details_show_the_schedule_the_budget_and_the_choice(tmp_path):
+    fb = {"seconds": 60.0, "label": "grid iou>=0.05 top-1"}
+    desam = _desam_race_row(0.625, train_wall_s=1750.0, find_best=fb, find_best_s=60.0,
+                            postprocessing=["remove_all_but_largest_component_from_segmentation"],
+                            budget_spent="Budget spent: 1790 s of 1800 s: setup (data, cache) 40 s",
+                            dice_final_validation={"1": 0.6, "2": 0.6, "mean": 0.6, "cases": 8})
+    rows = {"nnunet_2d_30min_40cases": _dice_row("nnunet", 0.25, trainer="nnUNetTrainer_1epoch", planned_epochs=1),
+            "desam_30min_40cases": desam}
+    text = _render(tmp_path, dict(FABRICATED, **{"dice_budget.json": {"rows": rows}}))
+    assert _row(text, "30 min")[9] == "2.5x"  # DeSAM's mean after its choice against nnU-Net's
+    details = _row(text, "DeSAM default (medsam_lite 128 px)")
+    assert details[2] == "epochs until the budget, 50 it each, mixed prompts, online encoding"
+    assert details[3] == "29.2 min (97%)"
+    assert details[6:9] == ["prompts grid iou>=0.05 top-1, largest component (60 s)", "0.600 -> 0.625",
+                            "Budget spent: 1790 s of 1800 s: setup (data, cache) 40 s"]
+    assert _row(text, "nnU-Net 2D")[2] == "`nnUNetTrainer_1epoch`: 1 epoch(s) x 250 it"
     assert "no model segments anything yet" not in text
-
-
-def test_dice_rows_show_the_chosen_configuration_and_its_cost(tmp_path):
-    fb = {"seconds": 60.0, "validation_pass_s": 600.0, "label": "grid iou>=0.05 top-1",
-          "postprocessing": [{"function": "remove_all_but_largest_component_from_segmentation", "kwargs": {}}],
-          "dice": {"selected": 0.6, "after_postprocessing": 0.625, "after_postprocessing_per_class": {"1": 0.65, "2": 0.6}},
-          "grid_0.5_top1": {"mean": 0.0, "1": 0.0, "2": 0.0}, "box": None}
-    row = _dice_row(0.0, backbone="medsam_lite", prompt_mode="points", image_size=128, train_encoder=False,
-                    features="online", find_best=fb, dice_default_predict={"1": 0.65, "2": 0.6, "mean": 0.625,
-                                                                          "cases": 8})
-    dice = {"rows": {"desam_medsam_lite_128_points_frozen": row, "nnunet_2d": _dice_row(0.25)}}
-    text = _render(tmp_path, dict(FABRICATED, **{"dice_budget.json": dice}))
-    name = "DeSAM medsam_lite 128 px (points, frozen encoder)"
-    chosen = _row(text, name + ", **chosen by `desam_find_best_configuration`: grid iou>=0.05 top-1, largest component**")
-    assert chosen[4:8] == ["0.650", "0.600", "0.625", "2.5x"]
-    assert _row(text, name + ", grid IoU >= 0.5 (replayed from the stored candidates)")[6] == "0.000"
-    assert _row(text, name + ", `desam_predict` with no prompt flags (follows the choice)")[6] == "0.625"
-    assert "whole-tile box (replayed" not in text  # not trained for boxes: no such candidate
-    timing = _row(text, name)
-    assert timing[1:] == ["60 s", "600 s", "-", "0.1x"]
 
 
 def test_the_gpu_check_is_skipped_without_a_gpu_and_says_why(tmp_path, monkeypatch, capsys):

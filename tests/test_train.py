@@ -158,13 +158,13 @@ def test_out_of_disk_refuses_before_caching_and_keeps_what_was_trained(prepared,
     shutil.rmtree(cache_root, ignore_errors=True)
     import desam_nnu.cache as cache_module
     monkeypatch.setattr(cache_module.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10 ** 6, 10 ** 6 - 10, 10))
-    assert main(["5", "2", "-device", "cpu", "--epochs", "1", "--iterations", "1"]) == 2
+    assert main(["5", "2", "-device", "cpu", "--epochs", "1", "--iterations", "1", "--cache"]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "free" in err
     assert final.read_bytes() == before
 
 
-def test_time_budget_stops_after_the_epoch_that_spent_it(prepared):
+def test_time_budget_stops_when_the_next_epoch_would_not_fit(prepared):
     out = _fresh_results(prepared)
     t = train(5, 3, device="cpu", epochs=50, iterations_per_epoch=2, val_iterations=1, time_budget=0.0001)
     assert t.current_epoch == 1  # one epoch ran, then the budget stopped it cleanly
@@ -179,7 +179,7 @@ def test_time_budget_on_the_cpu_clock(prepared, monkeypatch):
     t = train(5, 3, device="cpu", epochs=50, iterations_per_epoch=2, val_iterations=1, time_budget=0.0001)
     assert t.current_epoch == 1 and t._clock is time.process_time
     log = open(t.log_file).read()
-    assert "s of cpu time" in log and "Time budget of 0 s spent after 1 epoch(s)" in log
+    assert "s of cpu time" in log and "Time budget of 0 s: stopping after 1 epoch(s)" in log
     monkeypatch.setenv("DESAM_BUDGET_CLOCK", "gpu")
     from desam_nnu.trainers.time_budget import budget_clock
     with pytest.raises(ValueError, match="DESAM_BUDGET_CLOCK='gpu'"):
@@ -207,8 +207,11 @@ def test_medsam_lite_trains_from_its_packaged_weights(tmp_path, monkeypatch):
     assert plans["configurations"]["desam_2d"]["desam"]["backbone"] == "medsam_lite"
     t = train(6, 0, device="cpu", epochs=1, iterations_per_epoch=2, val_iterations=1)
     assert t.desam.backbone == "medsam_lite" and t.desam.image_size == 128
-    assert t.use_cache  # the plans' default
-    assert any((tmp_path / "nnUNet_preprocessed" / "Dataset006_Synth" / "desam_cache").iterdir())
+    assert t.bare_network.mask_size() == (64, 64)  # the plans' PDMM at half resolution
+    # the plans' auto policy: 3 batches cannot pay for caching every slice, so they were encoded online
+    assert plans["configurations"]["desam_2d"]["desam"]["embedding_cache"]["default"] == "auto"
+    assert t.use_cache is False
+    assert not (tmp_path / "nnUNet_preprocessed" / "Dataset006_Synth" / "desam_cache").exists()
     fold = tmp_path / "nnUNet_results" / "Dataset006_Synth" / RESULT / "fold_0"
     assert (fold / "validation" / "summary.json").is_file()
 

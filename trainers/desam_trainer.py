@@ -14,8 +14,11 @@ validation's export and metrics. What is DeSAM's (each in the smallest method th
   positive label, IoU target 1 on the object and 0 elsewhere, full ground truth as mask target.
   ``box`` mode: the whole-slice box, no IoU term (as the official's whole-box script).
 - features: with the encoder frozen they come from the embedding cache (``desam_nnu.cache``), built
-  once per plans/backbone/size/checkpoint and shared by all folds; no encoder runs in training.
-  ``train_encoder`` (or ``use_cache = False``) encodes online instead.
+  once per plans/backbone/size/checkpoint and shared by all folds, when it pays for itself in the run
+  (the plans' ``auto`` policy, ``features.py``); otherwise the encoder runs online, on batches with
+  nnU-Net's augmentation (``augmentation.py``). ``train_encoder`` always encodes online.
+- schedule: nnU-Net's epochs of 250 iterations, or under ``time_budget`` (``time_budget.py``) epochs of
+  50 until the budget ends with the learning rate decaying over it; pseudo-validation at nnU-Net's ratio.
 - final validation: ``DeSAMPredictor`` (``inference/``), as ``desam_predict`` predicts.
 """
 import json
@@ -42,11 +45,16 @@ from desam_nnu.model import BACKBONES, CheckpointError, DeSAM, build_desam, load
 from desam_nnu.planners.plans import DeSAMPlansManager
 from desam_nnu.prompts import sample_training_points, whole_boxes
 from desam_nnu.rgb import to_network_input
+from desam_nnu.trainers.augmentation import augment_patches, training_transforms
+from desam_nnu.trainers.features import FeatureChoice, choose_features
 from desam_nnu.trainers.loss import DeSAMLoss, one_hot_classes
 from desam_nnu.trainers.slices import ItemIndex, build_item_index, load_case_patches
 from desam_nnu.trainers.time_budget import TimeBudgetMixin
 
 CACHE_LAYOUT_VERSION = 1
+BUDGET_EPOCH_ITERATIONS = 50
+BUDGET_MAX_EPOCHS = 10 ** 6
+VAL_PER_TRAIN_ITERATION = 50 / 250  # nnU-Net's per-epoch pseudo-validation, relative to its training iterations
 ENCODE_BATCH = 8
 MAX_OPEN_CASES = 256
 
@@ -61,14 +69,22 @@ class DeSAMTrainer(TimeBudgetMixin, nnUNetTrainer):
         self.desam = self.configuration_manager.desam
         self.initial_lr = 1e-4
         self.weight_decay = 0.0
-        self.num_epochs = 100
+        self.num_epochs: Optional[int] = None  # resolved in initialize: 100, or unbounded under a time budget
         self.enable_deep_supervision = False
         self.save_every = 1  # --c resumes from the last finished epoch
         self.prompt_mode = self.desam.prompts.train_mode
         self.sam_checkpoint: Optional[str] = os.environ.get("DESAM_SAM_CHECKPOINT") or None
         self.cache_dtype = "float16"
         self.train_encoder = False
-        self.use_cache = self.desam.cache.default == "cache"  # the backbone's default, from the plans
+        # True / False: the cache or online encoding, forced (--cache / --no-cache); None: the plans' policy
+        # ('auto': the cache when it pays for itself in this run, see features.choose_features)
+        self.use_cache: Optional[bool] = {"cache": True, "online": False}.get(self.desam.cache.default)
+        # nnU-Net's transforms on online batches (a cached feature cannot be augmented)
+        self.augment_online = True
+        # None: resolved when training starts (nnU-Net's 250, or 50 under a time budget, so that little of the
+        # budget is left unused at the end; validation nnU-Net's 1 per 5)
+        self.num_iterations_per_epoch: Optional[int] = None
+        self.num_val_iterations_per_epoch: Optional[int] = None
         self.empty_slice_fraction = 0.2
         self.seed = 12345
         self.items: Optional[ItemIndex] = None
@@ -103,9 +119,23 @@ class DeSAMTrainer(TimeBudgetMixin, nnUNetTrainer):
         net = self.network.module if self.is_ddp else self.network
         return net._orig_mod if isinstance(net, OptimizedModule) else net
 
+    def _resolve_schedule(self) -> None:
+        """Epoch length and count left unset: under a time budget the budget ends training and its
+        learning-rate schedule (``time_budget.py``), and short epochs leave little of it unused at the end;
+        pseudo-validation keeps nnU-Net's ratio (50 per 250 training iterations), so that it costs the same
+        share of an epoch whatever the epoch's length."""
+        budget = self.time_budget is not None
+        if self.num_epochs is None:
+            self.num_epochs = BUDGET_MAX_EPOCHS if budget else 100
+        if self.num_iterations_per_epoch is None:
+            self.num_iterations_per_epoch = BUDGET_EPOCH_ITERATIONS if budget else 250
+        if self.num_val_iterations_per_epoch is None:
+            self.num_val_iterations_per_epoch = max(1, round(self.num_iterations_per_epoch * VAL_PER_TRAIN_ITERATION))
+
     def initialize(self) -> None:
         if self.was_initialized:
             raise RuntimeError("DeSAMTrainer.initialize called twice")
+        self._resolve_schedule()
         self._check_sam_checkpoint()
         torch.manual_seed(self.seed)
         np.random.seed(self.seed)
@@ -116,13 +146,14 @@ class DeSAMTrainer(TimeBudgetMixin, nnUNetTrainer):
             except (CheckpointError, FileNotFoundError) as e:
                 raise DeSAMInputError(str(e)) from e
         self.bare_network.set_trainable(image_encoder=self.train_encoder)
-        self.use_cache = self.use_cache and not self.train_encoder
+        if self.train_encoder:
+            self.use_cache = False  # a trained encoder's features change every step
         # the optimiser must see the final set of trainable parameters
         self.optimizer, self.lr_scheduler = self.configure_optimizers()
         self.print_to_log_file(f"DeSAM {self.desam.backbone} at {self.desam.image_size}px, "
                                f"{self.bare_network.trainable_parameter_count() / 1e6:.2f}M trainable parameters, "
                                f"prompts: {self.prompt_mode}, features: "
-                               f"{'cache (' + self.cache_dtype + ')' if self.use_cache else 'online'}")
+                               f"{ {True: 'cache (' + self.cache_dtype + ')', False: 'online'}.get(self.use_cache, 'auto')}")
 
     def _check_sam_checkpoint(self) -> None:
         spec = BACKBONES[self.desam.backbone]
@@ -157,14 +188,48 @@ class DeSAMTrainer(TimeBudgetMixin, nnUNetTrainer):
         dataset = self.dataset_class(self.preprocessed_dataset_folder, sorted(set(tr_keys) | set(val_keys)))
         patch = self.desam.patch_size[0]
         self.items = build_item_index(dataset, sorted(set(tr_keys) | set(val_keys)), patch)
-        if self.use_cache:
+        rng_tr = np.random.default_rng(self.seed + 1000 * (self.fold if isinstance(self.fold, int) else 99))
+        rng_val = np.random.default_rng(self.seed + 1)
+        if self.use_cache is not False:
             self.cache = self._open_cache()
+            if self.use_cache is None:
+                choice = self._choose_features(dataset, tr_keys)
+                self.use_cache = choice.use_cache
+                self.print_to_log_file(f"Features: {'cache' if self.use_cache else 'online'} ({choice.reason})",
+                                       also_print_to_console=True)
+        if self.use_cache:
             per_item = feature_bytes_per_item(self.desam.cache.feature_shapes, self.cache_dtype)
             self.cache.build(list(self.items.cases), lambda case: self._encode_case(dataset, case),
                              estimated_bytes=per_item * len(self.items.case_of_item))
-        rng_tr = np.random.default_rng(self.seed + 1000 * (self.fold if isinstance(self.fold, int) else 99))
-        rng_val = np.random.default_rng(self.seed + 1)
-        return (_Batches(self, dataset, tr_keys, rng_tr), _Batches(self, dataset, val_keys, rng_val))
+        transforms = training_transforms(self) if self.augment_online and not self.use_cache else None
+        return (_Batches(self, dataset, tr_keys, rng_tr, transforms), _Batches(self, dataset, val_keys, rng_val))
+
+    def _choose_features(self, dataset, tr_keys: List[str]) -> FeatureChoice:
+        """The plans' ``auto`` policy (``features.py``): the cache when complete or when it pays in this run."""
+        missing = sum(len(self.items.items_of(c)) for c in self.items.cases if not self.cache.has(c))
+        if not missing or self.time_budget is None:
+            draws = self.num_epochs * (self.num_iterations_per_epoch + self.num_val_iterations_per_epoch) * self.batch_size
+            return choose_features(missing, self.batch_size, draws=draws)
+        encode_s, step_s = self._measure_feature_costs(dataset, tr_keys)
+        return choose_features(missing, self.batch_size, budget_s=self.time_budget - self.budget_spent_s,
+                               encode_s_per_item=encode_s, step_s=step_s)
+
+    def _measure_feature_costs(self, dataset, tr_keys: List[str]):
+        """(seconds to encode one slice, seconds of one training step on features), on one training batch
+        on the budget's clock; the step's gradients are dropped, so the weights stay as they were."""
+        batch = next(_Batches(self, dataset, tr_keys, np.random.default_rng(self.seed), online=True))
+        self.network.eval()
+        start = self._clock()
+        features = self._encode(batch["images"].numpy())
+        encode_s = (self._clock() - start) / len(batch["seg"])
+        self.network.train()
+        start = self._clock()
+        with torch.autocast(self.device.type, enabled=self.device.type == "cuda"):
+            loss, _, _ = self._forward({**batch, "features": [f.float() for f in features], "images": None})
+        loss.backward()
+        step_s = self._clock() - start
+        self.optimizer.zero_grad(set_to_none=True)
+        return encode_s, step_s
 
     def _open_cache(self) -> EmbeddingCache:
         checkpoint_hash = file_sha256(self.sam_checkpoint) if self.sam_checkpoint else "random-init"
@@ -377,7 +442,7 @@ class DeSAMTrainer(TimeBudgetMixin, nnUNetTrainer):
     def on_train_start(self) -> None:
         super().on_train_start()
         options = {"prompt_mode": self.prompt_mode, "cache_dtype": self.cache_dtype, "use_cache": self.use_cache,
-                   "train_encoder": self.train_encoder, "sam_checkpoint": self.sam_checkpoint,
+                   "augment_online": self.augment_online and not self.use_cache, "train_encoder": self.train_encoder, "sam_checkpoint": self.sam_checkpoint,
                    "num_epochs": self.num_epochs, "num_iterations_per_epoch": self.num_iterations_per_epoch,
                    "time_budget": self.time_budget}
         with open(join(self.output_folder, "desam_options.json"), "w") as f:
@@ -402,8 +467,11 @@ class _Batches:
     reads the patches from nnU-Net's preprocessed arrays.
     """
 
-    def __init__(self, trainer: DeSAMTrainer, dataset, keys: List[str], rng: np.random.Generator) -> None:
+    def __init__(self, trainer: DeSAMTrainer, dataset, keys: List[str], rng: np.random.Generator,
+                 transforms=None, online: bool = False) -> None:
         self.trainer, self.dataset, self.rng = trainer, dataset, rng
+        self.transforms = transforms  # nnU-Net's augmentation, online batches only
+        self.online = online or not trainer.use_cache
         items = trainer.items
         in_split = np.isin(np.asarray(items.cases)[items.case_of_item], list(keys))
         self.foreground = np.flatnonzero(in_split & items.has_foreground)
@@ -437,7 +505,7 @@ class _Batches:
         for case_idx, positions in by_case.items():
             case = items.cases[case_idx]
             local = items.local_index[chosen[positions]]
-            if t.use_cache:
+            if not self.online:
                 cached = t.cached_case(self.dataset, case)
                 feats = cached.features(local)
                 seg[positions] = np.asarray(cached.extras["seg"][np.asarray(local)])
@@ -452,5 +520,7 @@ class _Batches:
                     images = np.empty((len(chosen), *patches["images"].shape[1:]), np.float32)
                 images[positions] = patches["images"]
                 seg[positions] = patches["seg"]
+        if images is not None and self.transforms is not None:
+            images, seg = augment_patches(self.transforms, images, seg)
         return {"features": features, "images": torch.from_numpy(images) if images is not None else None,
                 "seg": torch.from_numpy(seg), "generator": self.generator}

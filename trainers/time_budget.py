@@ -1,24 +1,31 @@
-"""Stop an nnU-Net trainer after a time budget, for fair comparisons on a fixed CPU budget.
+"""Train an nnU-Net trainer within a time budget, its learning rate decaying to the budget's end.
 
-A mixin for any ``nnUNetTrainer`` subclass (DeSAMTrainer, and nnU-Net's own trainer in
-``benchmarks/nnunet_trainers``): training stops after the epoch in which ``time_budget`` seconds
-of training had passed (per-epoch validation included, the final validation not), and ends as a
-finished training does (``checkpoint_final.pth``, then the final validation).
+A mixin for any ``nnUNetTrainer`` subclass (``DeSAMTrainer``): with ``time_budget`` seconds set,
+
+- the budget covers everything from ``run_training`` on: data setup (the embedding cache build
+  included), training steps, per-epoch pseudo-validation, checkpoints; not the final validation;
+- training stops at an epoch's end when the next epoch, as long as the last one, would not fit,
+  so the whole run ends within the budget, as nnU-Net's own fixed schedules are chosen to; it
+  ends as a finished training does (``checkpoint_final.pth``, then the final validation);
+- the learning rate follows nnU-Net's poly schedule over the budget instead of over the epochs,
+  set at each epoch's start as nnU-Net sets it: ``lr = initial_lr * (1 - spent / budget) ** 0.9``,
+  so a short run decays as nnU-Net's short trainers do instead of keeping the first epochs' rate;
+- at the end the log says how the budget was spent (``Budget spent: ...``).
 
 The clock is wall time, or with ``DESAM_BUDGET_CLOCK=cpu`` the CPU time of the training process
-(all its threads; ``time.process_time``). The CPU clock keeps a comparison fair on a shared machine,
-where wall time depends on what else runs; it counts worker processes only if there are none, so
-benchmarks run both trainers with ``nnUNet_n_proc_DA=0`` (augmentation in the training process).
+(all its threads; ``time.process_time``), which does not count background workers.
 """
 import os
 import time
-from typing import Callable, Optional
+from typing import Callable, Dict, Optional
+
+from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 
 CLOCKS = {"wall": time.monotonic, "cpu": time.process_time}
 
 
 class _BudgetSpent(Exception):
-    """Raised at an epoch's end when the budget is spent; ``run_training`` finishes cleanly."""
+    """Raised at an epoch's end when the next epoch would not fit; ``run_training`` finishes cleanly."""
 
 
 def budget_clock() -> str:
@@ -29,28 +36,101 @@ def budget_clock() -> str:
     return name
 
 
+class BudgetPolyLRScheduler(PolyLRScheduler):
+    """nnU-Net's poly schedule with seconds of the budget as its steps: ``step()`` ignores the epoch
+    it is given and reads ``elapsed()`` (seconds since training started), so the rate reaches its
+    final value, 0, when the budget ends."""
+
+    def __init__(self, optimizer, initial_lr: float, budget_s: float, elapsed: Callable[[], float]) -> None:
+        self.elapsed = elapsed
+        super().__init__(optimizer, initial_lr, budget_s)
+
+    def step(self, current_step=None) -> None:
+        super().step(min(max(self.elapsed(), 0.0), self.max_steps))
+
+
 class TimeBudgetMixin:
     """Put before ``nnUNetTrainer`` in the bases; set ``time_budget`` (seconds) or leave it None."""
 
     time_budget: Optional[float] = None
-    _training_started: float = 0.0
+    _training_started: Optional[float] = None
     _clock: Callable[[], float] = staticmethod(time.monotonic)
+    _epoch_started: float = 0.0
+    _phase_started: float = 0.0
+    _last_epoch_s: float = 0.0
+
+    @property
+    def budget_spent_s(self) -> float:
+        """Seconds of the budget's clock since training started (0 before)."""
+        return 0.0 if self._training_started is None else self._clock() - self._training_started
+
+    def _spend(self, what: str, seconds: float) -> None:
+        spent: Dict[str, float] = self.__dict__.setdefault("_budget_parts", {})
+        spent[what] = spent.get(what, 0.0) + seconds
 
     def run_training(self) -> None:
         name = budget_clock()
         self._clock = CLOCKS[name]
-        if self.time_budget is not None:
-            self.print_to_log_file(f"Time budget: {self.time_budget:.0f} s of {name} time")
         self._training_started = self._clock()
+        if self.time_budget is not None:
+            self.print_to_log_file(f"Time budget: {self.time_budget:.0f} s of {name} time, the learning rate "
+                                   f"decaying over it")
         try:
             super().run_training()
         except _BudgetSpent:
             self.on_train_end()
 
+    def on_train_start(self) -> None:
+        start = self._clock()
+        super().on_train_start()
+        if self.time_budget is not None:
+            # after nnU-Net's setup, which builds the epoch-based scheduler in initialize()
+            self.lr_scheduler = BudgetPolyLRScheduler(self.optimizer, self.initial_lr, self.time_budget,
+                                                      lambda: self.budget_spent_s)
+        self._spend("setup (data, cache)", self._clock() - start)
+
+    # phases timed at nnU-Net's hooks, not around train_step / validation_step, which trainers override
+    def on_train_epoch_start(self) -> None:
+        self._phase_started = self._clock()
+        super().on_train_epoch_start()  # nnU-Net steps the scheduler here: the budget's one reads the clock
+
+    def on_train_epoch_end(self, train_outputs) -> None:
+        super().on_train_epoch_end(train_outputs)
+        self._spend("training (batches and steps)", self._clock() - self._phase_started)
+        self.__dict__["_budget_iterations"] = self.__dict__.get("_budget_iterations", 0) + len(train_outputs)
+
+    def on_validation_epoch_start(self) -> None:
+        self._phase_started = self._clock()
+        super().on_validation_epoch_start()
+
+    def on_validation_epoch_end(self, val_outputs) -> None:
+        super().on_validation_epoch_end(val_outputs)
+        self._spend("pseudo-validation", self._clock() - self._phase_started)
+
+    def on_epoch_start(self) -> None:
+        self._epoch_started = self._clock()
+        super().on_epoch_start()
+
     def on_epoch_end(self) -> None:
         super().on_epoch_end()
-        spent = self._clock() - self._training_started
-        if self.time_budget is not None and spent > self.time_budget and self.current_epoch < self.num_epochs:
-            self.print_to_log_file(f"Time budget of {self.time_budget:.0f} s spent after {self.current_epoch} "
-                                   f"epoch(s) ({spent:.0f} s): stopping")
+        self._last_epoch_s = self._clock() - self._epoch_started
+        spent = self.budget_spent_s
+        if (self.time_budget is not None and spent + self._last_epoch_s > self.time_budget
+                and self.current_epoch < self.num_epochs):
+            self.print_to_log_file(f"Time budget of {self.time_budget:.0f} s: stopping after {self.current_epoch} "
+                                   f"epoch(s) ({spent:.0f} s spent; another {self._last_epoch_s:.0f} s epoch "
+                                   f"would not fit)")
             raise _BudgetSpent()
+
+    def on_train_end(self) -> None:
+        if self._training_started is not None:
+            parts = dict(self.__dict__.get("_budget_parts", {}))
+            total = self.budget_spent_s
+            iterations = self.__dict__.get("_budget_iterations", 0)
+            steps = parts.get("training (batches and steps)", 0.0)
+            parts["other (checkpoints, logging)"] = total - sum(parts.values())
+            budget = f" of {self.time_budget:.0f} s" if self.time_budget is not None else ""
+            self.print_to_log_file(
+                f"Budget spent: {total:.0f} s{budget}: " + ", ".join(f"{k} {v:.0f} s" for k, v in parts.items())
+                + f"; {iterations} iterations, {steps / max(iterations, 1):.2f} s each")
+        super().on_train_end()

@@ -108,20 +108,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val", action="store_true", dest="validation_only", help="only run the final validation")
     p.add_argument("--npz", action="store_true", help="also save validation probabilities")
     p.add_argument("-device", choices=["cpu", "cuda"], default=None, help="default: cuda when available")
-    p.add_argument("--epochs", type=int, default=None, help="default 100")
+    p.add_argument("--epochs", type=int, default=None, help="default 100; with --time-budget, as many as fit")
     p.add_argument("--iterations", type=int, default=None, dest="iterations_per_epoch",
-                   help="training iterations per epoch (default nnU-Net's 250)")
-    p.add_argument("--val-iterations", type=int, default=None, help="validation iterations per epoch (default 50)")
+                   help="training iterations per epoch (default nnU-Net's 250; 50 with --time-budget)")
+    p.add_argument("--val-iterations", type=int, default=None,
+                   help="pseudo-validation iterations per epoch (default nnU-Net's ratio: 1 per 5 training iterations)")
     p.add_argument("--cache-dtype", choices=["float16", "int8", "float32"], default=None,
                    help="embedding cache precision (default float16; int8 is per-channel quantised, 4x smaller)")
     features = p.add_mutually_exclusive_group()
     features.add_argument("--cache", action="store_true", dest="use_cache", default=None,
-                          help="read the frozen encoder's features from the embedding cache (the plans' default)")
+                          help="read the frozen encoder's features from the embedding cache (default: the plans' "
+                               "auto, the cache when it pays for itself in this run)")
     features.add_argument("--no-cache", action="store_false", dest="use_cache",
-                          help="encode every batch online (no cache build: cheaper for short runs)")
+                          help="encode every batch online, with nnU-Net's augmentation (no cache build)")
     p.add_argument("--train-encoder", action="store_true", help="train the image encoder too (online encoding)")
     p.add_argument("--time-budget", type=float, default=None,
-                   help="stop after the epoch in which this many minutes of training have passed")
+                   help="train within this many minutes (cache build included, final validation not), the "
+                        "learning rate decaying to the budget's end")
     return p
 
 

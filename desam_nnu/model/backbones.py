@@ -112,10 +112,11 @@ class BackboneSpec:
     packaged_checkpoint_name: str = "packaged"  # what those weights are, for the log
     # Planner defaults (see desam_nnu.planners.planner): the smallest input it picks, input pixels per
     # voxel of the patch it aims for (None: the mask-logit stride, logits at voxel resolution), and
-    # whether training reads a frozen encoder's features from the embedding cache or encodes online.
+    # where training gets a frozen encoder's features: "auto" (the embedding cache when it pays for itself in
+    # the run; trainers/features.py), "cache" or "online".
     min_image_size: int = 256
     input_pixels_per_voxel: Optional[int] = None
-    features: str = "cache"
+    features: str = "auto"
     # size overrides the planner writes into the plans (``build_desam(**planned_overrides)``); a plain
     # ``build_desam`` keeps ``defaults``, so plans and checkpoints written without them load unchanged
     planned_overrides: Mapping[str, Any] = field(default_factory=dict)
@@ -264,10 +265,10 @@ BACKBONES: Dict[str, BackboneSpec] = {
         # Measured on hippocampus (BENCHMARKS.md, "LiteMedSAM box reference" and "Training step"):
         # 128 px (2 input pixels per voxel of a 56-voxel patch) scored at least as well as the
         # native 256 (mean Dice 0.723 vs 0.710 with ground-truth boxes on the same 8 volumes) at a
-        # seventh of the time. The cache stays the default: a cached step took 0.56x of an
-        # online one (5.8 vs 10.4 s at batch 8), and the build (0.59 s a slice, once for all folds)
-        # pays for itself after one pass over the training slices.
-        min_image_size=128, input_pixels_per_voxel=2, features="cache",
+        # seventh of the time. Features "auto": a cached step takes about 2.5 s at batch 8 against 6 s
+        # online, but the build (about 0.5 s a slice, once for all folds) takes an hour on hippocampus,
+        # more than a short run can win back.
+        min_image_size=128, input_pixels_per_voxel=2, features="auto",
         # PDMM at half resolution (logits at S/2: 64 px for a 56-voxel patch at 128 px): a training step
         # at batch 8 took 2.5 s instead of 5.1 s (BENCHMARKS.md); build_desam's default stays the full layout
         planned_overrides={"pdmm_levels": 2},
