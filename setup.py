@@ -43,6 +43,10 @@ setup(
         "numpy>=1.24",
         # process-tree memory in the benchmarks (benchmarks/proc_tree.py) instead of reading /proc by hand
         "psutil>=5.9",
+        # desam_robustness: the scanner shifts' fixed-parameter transforms (2.x is an alpha rewrite)
+        "torchio>=1.2,<2",
+        # desam_robustness: Rician noise, which TorchIO lacks
+        "monai>=1.3",
     ],
     extras_require={"test": ["pytest>=7"]},
     entry_points={
@@ -53,6 +57,7 @@ setup(
             "desam_predict=desam_nnu.cli.predict:main",
             "desam_evaluate=desam_nnu.cli.evaluate:main",
             "desam_demo_dataset=desam_nnu.cli.demo:main",
+            "desam_robustness=desam_nnu.cli.robustness:main",
         ],
     },
 )

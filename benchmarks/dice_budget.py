@@ -46,7 +46,6 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
@@ -54,7 +53,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 sys.path.insert(0, os.path.dirname(__file__))
 from report import md_table  # noqa: E402
-from report_dice import budget_table  # noqa: E402
+from report_dice import budget_table, dice_rows, plot_curve  # noqa: E402
 from train import DATASET  # noqa: E402
 
 from desam_nnu.atomic import atomic_path  # noqa: E402
@@ -314,20 +313,24 @@ def main(argv: Optional[List[str]] = None) -> None:
                    help="also predict DeSAM's validation volumes with desam_predict and no prompt flags (the chosen "
                         "configuration), timed per volume")
     p.add_argument("--cases", type=int, default=None, help="first N cases only (a quick check; default all 200)")
-    p.add_argument("--work", type=Path, default=None,
-                   help="keep the nnU-Net folder trees here, one subfolder per tool and budget, emptied before "
-                        "its run (default: a temporary folder)")
+    p.add_argument("--work", type=Path, default=HERE / "work" / "dice_budget",
+                   help="the nnU-Net folder trees, one subfolder per tool and budget, emptied before its run and "
+                        "kept after it: robustness.py compares their models (default benchmarks/work/dice_budget)")
     p.add_argument("--out", type=Path, default=HERE / "results" / "dice_budget.json",
-                   help="results JSON, merged by row key (default benchmarks/results/dice_budget.json)")
+                   help="results JSON, merged by row key (default benchmarks/results/dice_budget.json), and beside "
+                        "it the Dice-against-training-time plot (.png)")
+    p.add_argument("--plot-only", action="store_true", help="race nothing: redraw the plot from the results JSON")
     args = p.parse_args(argv)
+    if args.plot_only:
+        print(f"written {plot_curve(dice_rows(json.loads(args.out.read_text()))[0], args.out.with_suffix('.png'))}")
+        return
     if args.nnunet_epochs and len(args.nnunet_epochs) not in (1, len(args.minutes)):
         p.error("--nnunet-epochs: give one count, or one per budget of --minutes")
     if any(m <= 0 for m in args.minutes) or args.nnunet_epoch_seconds <= 0 or min(args.nnunet_epochs or [1]) < 1:
         p.error("--minutes, --nnunet-epoch-seconds and --nnunet-epochs must be positive")
     if not DATASET.is_dir():
         sys.exit(f"error: {DATASET}: not found")
-    tmp = tempfile.TemporaryDirectory(prefix="bench_dice_") if args.work is None else None
-    work = Path(tmp.name if tmp else args.work)
+    work = args.work
     cases = args.cases or 200
     merged: Dict[str, dict] = {}
     for i, minutes in enumerate(args.minutes):
@@ -350,13 +353,12 @@ def main(argv: Optional[List[str]] = None) -> None:
             if wall is not None and wall > 1.05 * minutes * 60:
                 print(f"note: {key} trained {wall / 60:.1f} min for a budget of {minutes:g} min", flush=True)
             merged = write_rows(args.out, {key: row})
+            plot_curve(merged, args.out.with_suffix(".png"))
             summary = {k: row.get(k) for k in ("dice", "epochs", "iterations", "s_per_iteration", "planning_s",
                                                  "train_wall_s", "validation_s", "find_best_s", "budget_spent")}
             print(f"{key}: {json.dumps(summary)}", flush=True)
     print(md_table(*budget_table(merged)))
     print(f"written {args.out}")
-    if tmp:
-        tmp.cleanup()
 
 
 if __name__ == "__main__":

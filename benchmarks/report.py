@@ -60,6 +60,10 @@ BENCHMARKS: List[Benchmark] = [
     # settings still train one whole epoch each (no shortened schedules: that was the unfair part)
     Benchmark("dice_budget", "dice_budget.py", ("--minutes", "30", "60", "120"), ("--cases", "10", "--minutes", "1"),
               "dice_budget.json"),
+    # the race's models (dice_budget.py's kept folder trees) under simulated scanner shifts
+    Benchmark("robustness", "robustness.py", ("--minutes", "30", "--cases", "10"),
+              ("--minutes", "1", "--race-cases", "10", "--cases", "2", "--levels", "1", "--shifts", "blur"),
+              "robustness.json"),
     Benchmark("gpu_check", "gpu_check.py", (), ("--device", "cpu", "--backbones", "tiny", "--iterations", "2"),
               "gpu_check.json", needs_gpu=True),
 ]

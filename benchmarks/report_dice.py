@@ -2,6 +2,7 @@
 training budget for nnU-Net's 2D U-Net and DeSAM, each as its users run it (``dice_budget.py``)."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from report import (BY_NAME, Results, Row, clean_command, code, fmt_dice, fmt_ratio, fmt_s, md_table,
@@ -144,6 +145,38 @@ def _mean(row: Optional[dict]) -> Optional[float]:
     return num(((row or {}).get("dice") or {}).get("mean"))
 
 
+def plot_curve(rows: Dict[str, dict], path: Path) -> Optional[Path]:
+    """Mean Dice (after each tool's choice) against its training wall minutes, one line per tool (and DeSAM
+    configuration), on the largest case count raced; a PNG at ``path`` (None when no row has both)."""
+    cases = max((r.get("cases") or 0 for r in rows.values()), default=0)
+    lines: Dict[str, List[Tuple[float, float]]] = {}
+    for key, r in rows.items():
+        wall, mean = num(r.get("train_wall_s")), _mean(r)
+        if r.get("cases") == cases and wall is not None and mean is not None:
+            name = "nnU-Net 2D" if _tool(key, r) == "nnunet" else f"DeSAM {_desam_config(r)}"
+            lines.setdefault(name, []).append((wall / 60, mean))
+    if not lines:
+        return None
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    for name, points in sorted(lines.items()):
+        xs, ys = zip(*sorted(points))
+        ax.plot(xs, ys, marker="o", label=name)
+    ax.set_xlabel("training wall time (min)")
+    ax.set_ylabel(f"fold-0 validation mean Dice ({cases} cases)")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    from desam_nnu.atomic import atomic_path
+    with atomic_path(str(path), suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=80)
+    plt.close(fig)
+    return path
+
+
 def budget_table(rows: Dict[str, dict]) -> Tuple[List[str], List[List[str]]]:
     """Header and lines: one line per budget and case count (and DeSAM configuration), nnU-Net 2D and DeSAM
     side by side: Dice per class and mean (after each tool's own choice), iterations, seconds per iteration,
@@ -260,6 +293,10 @@ and stops when another epoch would not fit, and its log's "Budget spent" line sa
 went. "Training wall (of the budget)" shows how close each came.
 
 """ + md_table(*budget_table(rows)) + "\n\n" + _details(rows)
+    if (res.folder / "dice_budget.png").is_file():
+        text += ("\n\n![Mean Dice against training wall time, one line per tool](benchmarks/results/dice_budget.png)"
+                 "\n\nThe plot (`python benchmarks/dice_budget.py --plot-only`) puts each row's mean Dice at the minutes "
+                 "its training took.")
     predicted = [f"{_desam_config(r)}, {num(r.get('minutes')) or 0:g} min: mean Dice "
                  f"{fmt_dice(r['dice_default_predict'].get('mean'))}, {fmt_s(r.get('predict_s_per_volume_default'))}"
                  " / volume" for r in rows.values() if isinstance(r.get("dice_default_predict"), dict)]

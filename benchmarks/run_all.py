@@ -30,6 +30,7 @@ from report_speed import (section_cache_bytes, section_cache_dice, section_decod
 from report_predict import predict_runs, section_memory, section_predict  # noqa: E402
 from report_dice import dice_rows, section_dice, section_lite  # noqa: E402
 from report_gpu import section_gpu  # noqa: E402
+from report_robustness import section_robustness  # noqa: E402
 
 sys.path.insert(0, str(REPO))
 from desam_nnu.atomic import atomic_path  # noqa: E402  (a plain-Python module: no torch import)
@@ -53,6 +54,8 @@ SECTIONS: List[Tuple[str, str, Tuple[str, ...], Callable[[Results], str]]] = [
      section_lite),
     ("Hippocampus fold-0 validation Dice after the same wall-clock training budget: DeSAM against nnU-Net's 2D U-Net",
      "dice_budget.py", ("dice_budget",), section_dice),
+    ("Robustness under simulated scanner shifts: DeSAM against nnU-Net's 2D U-Net, the race's models", "robustness.py",
+     ("robustness",), section_robustness),
     ("GPU: the CUDA path, timed", "gpu_check.py", ("gpu_check",), section_gpu),
 ]
 

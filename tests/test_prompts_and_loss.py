@@ -58,6 +58,19 @@ def test_loss_is_monais_dice_ce_with_squared_pred_worked_by_hand():
     assert parts["bce"] == pytest.approx(math.log(2), abs=1e-6) and "iou_l1" not in parts
 
 
+def test_loss_is_monais_dice_ce_on_random_inputs():
+    """Against MONAI itself (a dependency for the robustness study): DiceCELoss(sigmoid=True, squared_pred=True),
+    the official's loss on its one mask channel, on random logits and labels. (With more channels MONAI takes a
+    softmax cross-entropy; ours keeps one sigmoid per class, the mean of single-class losses tested below.)"""
+    from monai.losses import DiceCELoss
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(4, 1, 7, 9, generator=g)
+    seg = torch.randint(0, 2, (4, 7, 9), generator=g)
+    target = (seg == 1).float()[:, None]
+    total, _ = DeSAMLoss()(logits, seg)
+    assert float(total) == pytest.approx(float(DiceCELoss(sigmoid=True, squared_pred=True)(logits, target)), abs=1e-6)
+
+
 def test_loss_per_class_is_the_mean_of_single_class_losses():
     """C sigmoid channels: each class's Dice is its own (averaged over classes and slices), BCE over all voxels."""
     g = torch.Generator().manual_seed(0)

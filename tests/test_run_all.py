@@ -108,6 +108,17 @@ FABRICATED = {
     "dice_budget.json": {"note": "fabricated", "rows": {
         "nnunet_2d_30min_40cases": _dice_row("nnunet", 0.6, trainer="nnUNetTrainer_1epoch", planned_epochs=1),
         "desam_30min_40cases": _desam_race_row(0.3)}},
+    "robustness.json": {"minutes": 30.0, "cases": ["c1", "c2"], "levels": [1, 3, 5], "use_mirroring": False,
+                        "seconds": 600.0, "command": "python benchmarks/robustness.py --minutes 30 --cases 2",
+                        "shifts": {"blur": {}, "motion": {}},
+                        "summary": {"desam": {"blur": {"dice": {"0": 0.7}, "drop": {"1": 0.0, "3": 0.1, "5": 0.2},
+                                                       "weighted": 0.65},
+                                              "motion": {"dice": {"0": 0.7}, "drop": {"1": 0.1, "3": 0.2, "5": 0.6},
+                                                         "weighted": 0.6}},
+                                    "nnunet_2d": {"blur": {"dice": {"0": 0.8}, "drop": {"1": 0.0, "3": 0.2, "5": 0.4},
+                                                           "weighted": 0.7},
+                                                  "motion": {"dice": {"0": 0.8}, "drop": {"1": 0.0, "3": 0.1, "5": 0.2},
+                                                             "weighted": 0.75}}}},
     "gpu_check.json": {"machine": "x86_64", "cpus": 16, "rows": [
         {"backbone": "vit_b", "image_size": 1024, "device": "Fake GPU 9000", "batch_size": 8, "cache_s_per_slice": 0.05,
          "train_s_per_iter": 0.25, "predict_box_s_per_slice": 0.06, "predict_grid_s_per_slice": 0.2,
@@ -175,6 +186,13 @@ def test_every_area_rendered_with_ratios_from_the_numbers(tmp_path):
     assert line[1:5] == ["40 (8 val.)", "0.600 / 0.600 / 0.600", "250 (1 x 250)", "6 s"]
     assert line[5:10] == ["default (medsam_lite 128 px)", "0.300 / 0.300 / 0.300", "1500 (30 x 50)", "6 s", "0.5x"]
     assert "0.400 at 128 px, 0.800 at 256 px on the same validation volumes" in text
+    # robustness: drops per level and the weighted summary per model, which degrades less (mean drop), the plot
+    assert _row(text, "blur")[1:6] == ["+0.000 / +0.100 / +0.200", "0.650", "+0.000 / +0.200 / +0.400", "0.700",
+                                       "partly: Gaussian blur, sigma 0.5-1 voxel"]
+    assert "**nnunet_2d degrades less overall** (mean drop over all shifts and levels 0.150 against 0.200)" in text
+    assert "desam degrades less under blur; nnunet_2d under motion." in text
+    assert "Mean Dice (classes\n1 and 2) on the clean volumes: desam 0.700, nnunet_2d 0.800" in text
+    assert "![Dice against severity, one panel per shift](benchmarks/results/robustness.png)" in text
     # a GPU section adds a GPU column named after the device, to that area's table only
     assert "| measure | ours | reference | ratio | target | command | GPU (Fake GPU 9000) |" in text
     assert _row(text, "decoder, grid of 81 prompts vs 1 prompt, vit_h dims")[6] == "30 ms vs 10 ms (1 prompt) (3x)"
@@ -297,3 +315,15 @@ def test_the_gpu_check_is_skipped_without_a_gpu_and_says_why(tmp_path, monkeypat
     assert "gpu_check: skipped, it needs a CUDA device" in capsys.readouterr().out
     assert f"not measured yet: `{run_all.BY_NAME['gpu_check'].command()}`" in out.read_text()
     assert "No GPU machine has been lent" in out.read_text()
+
+
+def test_dice_against_training_time_plot(tmp_path):
+    import report_dice
+    results = _write(tmp_path / "results", FABRICATED)
+    assert report_dice.plot_curve({}, results / "dice_budget.png") is None
+    png = report_dice.plot_curve(FABRICATED["dice_budget.json"]["rows"], results / "dice_budget.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    out = tmp_path / "BENCHMARKS.md"
+    assert run_all.main(["--render-only", "--results", str(results), "--out", str(out)]) == 0
+    assert "![Mean Dice against training wall time, one line per tool](benchmarks/results/dice_budget.png)" in \
+        out.read_text()

@@ -58,6 +58,8 @@ class TimeBudgetMixin:
     _epoch_started: float = 0.0
     _phase_started: float = 0.0
     _last_epoch_s: float = 0.0
+    _budget_parts: Dict[str, float]  # seconds per phase, set in run_training
+    _budget_iterations: int = 0
 
     @property
     def budget_spent_s(self) -> float:
@@ -65,13 +67,13 @@ class TimeBudgetMixin:
         return 0.0 if self._training_started is None else self._clock() - self._training_started
 
     def _spend(self, what: str, seconds: float) -> None:
-        spent: Dict[str, float] = self.__dict__.setdefault("_budget_parts", {})
-        spent[what] = spent.get(what, 0.0) + seconds
+        self._budget_parts[what] = self._budget_parts.get(what, 0.0) + seconds
 
     def run_training(self) -> None:
         name = budget_clock()
         self._clock = CLOCKS[name]
         self._training_started = self._clock()
+        self._budget_parts, self._budget_iterations = {}, 0
         if self.time_budget is not None:
             self.print_to_log_file(f"Time budget: {self.time_budget:.0f} s of {name} time, the learning rate "
                                    f"decaying over it")
@@ -97,7 +99,7 @@ class TimeBudgetMixin:
     def on_train_epoch_end(self, train_outputs) -> None:
         super().on_train_epoch_end(train_outputs)
         self._spend("training (batches and steps)", self._clock() - self._phase_started)
-        self.__dict__["_budget_iterations"] = self.__dict__.get("_budget_iterations", 0) + len(train_outputs)
+        self._budget_iterations += len(train_outputs)
 
     def on_validation_epoch_start(self) -> None:
         self._phase_started = self._clock()
@@ -124,9 +126,9 @@ class TimeBudgetMixin:
 
     def on_train_end(self) -> None:
         if self._training_started is not None:
-            parts = dict(self.__dict__.get("_budget_parts", {}))
+            parts = dict(self._budget_parts)
             total = self.budget_spent_s
-            iterations = self.__dict__.get("_budget_iterations", 0)
+            iterations = self._budget_iterations
             steps = parts.get("training (batches and steps)", 0.0)
             parts["other (checkpoints, logging)"] = total - sum(parts.values())
             budget = f" of {self.time_budget:.0f} s" if self.time_budget is not None else ""

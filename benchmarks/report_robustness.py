@@ -1,0 +1,77 @@
+"""BENCHMARKS.md section of ``robustness.py``: Dice drops under simulated scanner shifts, DeSAM against nnU-Net."""
+from __future__ import annotations
+
+from typing import Dict, List
+
+from report import Results, clean_command, code, md_table, not_measured, num
+
+# what nnU-Net 2.8.1's get_training_transforms already trains against (DeSAM's default online trainer uses the
+# same transforms, so both models of the race saw it)
+AUGMENTATION = {
+    "bias_field": "no",
+    "gamma_down": "partly: gamma 0.7-1.5 (shift down to 0.30)",
+    "gamma_up": "partly: gamma 0.7-1.5 (shift up to 3.0)",
+    "rician_noise": "partly: Gaussian noise, variance up to 0.1 of the normalised image",
+    "blur": "partly: Gaussian blur, sigma 0.5-1 voxel",
+    "ghosting": "no",
+    "motion": "no",
+    "anisotropy": "partly: simulated low resolution, 1-2x",
+}
+
+
+def _mean_drop(s: dict) -> float:
+    drops = [num(v) for v in s["drop"].values()]
+    return sum(drops) / len(drops)
+
+
+def robustness_rows(d: dict) -> List[List[str]]:
+    """One line per shift: each model's drop at the levels run and its weighted summary, and the augmentation."""
+    models = list(d["summary"])
+    rows = []
+    for shift in d["shifts"]:
+        line = [shift.replace("_", " ")]
+        for m in models:
+            s = d["summary"][m][shift]
+            line += [" / ".join(f"{num(s['drop'][str(lv)]):+.3f}" for lv in d["levels"]), f"{num(s['weighted']):.3f}"]
+        rows.append(line + [AUGMENTATION.get(shift, "-")])
+    return rows
+
+
+def verdict(d: dict) -> str:
+    """Which model degrades less, by the mean drop over the levels run, shift by shift."""
+    models = list(d["summary"])
+    if len(models) != 2:
+        return ""
+    a, b = models
+    less: Dict[str, List[str]] = {a: [], b: []}
+    for shift in d["shifts"]:
+        da, db = _mean_drop(d["summary"][a][shift]), _mean_drop(d["summary"][b][shift])
+        less[a if da < db else b].append(shift.replace("_", " "))
+    overall = {m: sum(_mean_drop(d["summary"][m][s]) for s in d["shifts"]) / len(d["shifts"]) for m in models}
+    better = min(overall, key=overall.get)
+    return (f"**{better} degrades less overall** (mean drop over all shifts and levels {overall[better]:.3f} against "
+            f"{overall[a if better == b else b]:.3f}). {a} degrades less under {', '.join(less[a]) or 'no shift'}; "
+            f"{b} under {', '.join(less[b]) or 'no shift'}.")
+
+
+def section_robustness(res: Results) -> str:
+    d = res.get("robustness")
+    if d is None:
+        return not_measured("robustness")
+    models = list(d["summary"])
+    clean = ", ".join(f"{m} {num(d['summary'][m][next(iter(d['shifts']))]['dice']['0']):.3f}" for m in models)
+    header = ["shift"] + [x for m in models for x in (f"{m}: drop at L{'/L'.join(map(str, d['levels']))}",
+                                                      f"{m}: weighted")] + ["in nnU-Net's training augmentation"]
+    return f"""`desam_robustness` with the two models that the equal-budget race trained for {num(d['minutes']):g}
+minutes of wall-clock training each (`dice_budget.py`, fold 0): every shift applied to the raw images of the
+first {len(d['cases'])} fold-0 validation volumes, the same shifted volumes for both models, each predicted as
+its users predict ({'with' if d.get('use_mirroring') else 'without'} mirroring for both). Mean Dice (classes
+1 and 2) on the clean volumes: {clean}. A drop is clean Dice minus Dice at that level (positive: worse); "weighted"
+is ROOD-MRI's summary, the mean of clean and the levels run, level l weighted (2/3)^l. {d['seconds'] / 60:.0f}
+minutes in all; {code(clean_command(d.get('command')))}.
+
+{md_table(header, robustness_rows(d))}
+
+{verdict(d)}
+
+![Dice against severity, one panel per shift](benchmarks/results/{d.get('png', 'robustness.png')})"""
