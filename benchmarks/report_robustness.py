@@ -54,6 +54,14 @@ def verdict(d: dict) -> str:
             f"{b} under {', '.join(less[b]) or 'no shift'}.")
 
 
+def _timing(d: dict) -> str:
+    before = d.get("predictions_done_before") or 0
+    if before:
+        return (f"{d['seconds'] / 60:.0f} minutes in its last invocation ({before} model x set predictions were "
+                f"done by an earlier, interrupted one: the study resumes)")
+    return f"{d['seconds'] / 60:.0f} minutes in all"
+
+
 def section_robustness(res: Results) -> str:
     d = res.get("robustness")
     if d is None:
@@ -67,8 +75,8 @@ minutes of wall-clock training each (`dice_budget.py`, fold 0): every shift appl
 first {len(d['cases'])} fold-0 validation volumes, the same shifted volumes for both models, each predicted as
 its users predict ({'with' if d.get('use_mirroring') else 'without'} mirroring for both). Mean Dice (classes
 1 and 2) on the clean volumes: {clean}. A drop is clean Dice minus Dice at that level (positive: worse); "weighted"
-is ROOD-MRI's summary, the mean of clean and the levels run, level l weighted (2/3)^l. {d['seconds'] / 60:.0f}
-minutes in all; {code(clean_command(d.get('command')))}.
+is ROOD-MRI's summary, the mean of clean and the levels run, level l weighted (2/3)^l. {_timing(d)};
+{code(clean_command(d.get('command')))}.
 
 {md_table(header, robustness_rows(d))}
 

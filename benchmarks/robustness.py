@@ -6,7 +6,7 @@ wall-clock training (its kept folder trees, ``--race-work``): the DeSAM model pr
 configuration, nnU-Net's with its chosen postprocessing. Every shift at ``--levels``; both models without
 mirroring (``--disable-tta``, as DeSAM's own validation on a CPU: mirroring would quadruple its encoder
 work), on the same shifted volumes. The study folder (shifted images, predictions) is kept in
-``--race-work``/robustness_<minutes>min, so a killed run resumes.
+``--race-work``/robustness_<minutes>min_<race cases>cases, so a killed run resumes.
 
     python benchmarks/robustness.py --race-work benchmarks/work/dice_budget --minutes 30 --cases 10
 """
@@ -70,6 +70,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     tag = f"{args.minutes:g}min_{args.race_cases}cases"
     study = args.race_work / f"robustness_{tag}"
     validation_images(args.race_work, tag, study / "validation_images")
+    # a resumed study's time is only this invocation's: say how many model x set predictions were done before
+    done_before = len(list((study / "predictions").glob("*/*/dice.json")))
     start = time.perf_counter()
     result = run_robustness(str(study / "validation_images"), str(DATASET / "labelsTr"), str(study),
                             [str(m) for m in models], args.shifts, args.levels, args.cases, seed=0, device="cpu",
@@ -77,7 +79,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     seconds = time.perf_counter() - start
     print(format_table(result))
     record = {k: result[k] for k in ("cases", "levels", "seed", "use_mirroring", "models", "shifts", "summary")}
-    record.update(minutes=args.minutes, race_cases=args.race_cases, seconds=seconds, cpus=os.cpu_count(), machine=platform.machine(),
+    record.update(minutes=args.minutes, race_cases=args.race_cases, seconds=seconds, predictions_done_before=done_before, cpus=os.cpu_count(), machine=platform.machine(),
                   command="python " + " ".join(sys.argv), png=args.out.with_suffix(".png").name)
     from desam_nnu.atomic import atomic_copy, atomic_path
     with atomic_path(str(args.out)) as tmp:

@@ -147,12 +147,14 @@ def run_robustness(images: str, labels: str, out: str, models: Sequence[str], sh
         for m in study_models:
             target = os.path.join(out, "predictions", m.name, name)
             done = os.path.join(target, DONE)
-            if not os.path.isfile(done) or not set(chosen) <= set(load_json(done)):
+            scores = load_json(done) if os.path.isfile(done) else {}
+            if not set(chosen) <= set(scores):
                 folder = folder or write_set(chosen, out, shift, level, seed)
                 tqdm.write(f"{m.name}: predicting {name} ({len(chosen)} cases)")
                 predictors[m.name].predict(folder, target)
-                atomic_write_json(score_set(target, labels, list(chosen), m), done)
-            dice[m.name][name] = {c: d for c, d in load_json(done).items() if c in chosen}
+                scores = score_set(target, labels, list(chosen), m)
+                atomic_write_json(scores, done)
+            dice[m.name][name] = {c: d for c, d in scores.items() if c in chosen}
     result = {"images": os.path.abspath(images), "labels": os.path.abspath(labels), "seed": seed,
               "cases": list(chosen), "levels": levels, "use_mirroring": not disable_tta,
               "models": describe(study_models),

@@ -119,9 +119,10 @@ def apply_shift(channels: Sequence[sitk.Image], shift: str, parameter, case: str
     out = []
     for image in channels:
         data, affine = tio.io.sitk_to_nib(sitk.Cast(image, sitk.sitkFloat32))
-        torch.manual_seed(0)  # TorchIO's Random* wrappers draw from torch: fixed, the choices are ours
-        shifted = SHIFTS[shift].apply(tio.ScalarImage(tensor=torch.as_tensor(data), affine=affine), parameter,
-                                      _generator(case, shift, seed))
+        with torch.random.fork_rng():  # the caller's torch RNG is left as it was
+            torch.manual_seed(0)  # TorchIO's Random* wrappers draw from torch: fixed, the choices are ours
+            shifted = SHIFTS[shift].apply(tio.ScalarImage(tensor=torch.as_tensor(data), affine=affine), parameter,
+                                          _generator(case, shift, seed))
         result = tio.io.nib_to_sitk(shifted.float(), affine)
         result.CopyInformation(image)  # the very same grid, bit for bit, whatever the RAS round trip did
         out.append(result)

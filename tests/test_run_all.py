@@ -193,6 +193,10 @@ def test_every_area_rendered_with_ratios_from_the_numbers(tmp_path):
     assert "desam degrades less under blur; nnunet_2d under motion." in text
     assert "Mean Dice (classes\n1 and 2) on the clean volumes: desam 0.700, nnunet_2d 0.800" in text
     assert "![Dice against severity, one panel per shift](benchmarks/results/robustness.png)" in text
+    assert "10 minutes in all;" in text
+    import report_robustness
+    assert report_robustness._timing({"seconds": 600.0, "predictions_done_before": 4}).startswith(
+        "10 minutes in its last invocation (4 model x set predictions were done by an earlier")
     # a GPU section adds a GPU column named after the device, to that area's table only
     assert "| measure | ours | reference | ratio | target | command | GPU (Fake GPU 9000) |" in text
     assert _row(text, "decoder, grid of 81 prompts vs 1 prompt, vit_h dims")[6] == "30 ms vs 10 ms (1 prompt) (3x)"

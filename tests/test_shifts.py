@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import torch
 from synthetic import synthetic_case
 
 from desam_nnu.inference.shifts import LEVELS, SHIFTS, apply_shift, shift_channels
@@ -45,6 +46,11 @@ def test_zero_strength_returns_the_input(volume, shift):
     scale = np.abs(_array(volume)).max()
     np.testing.assert_allclose(_array(out), _array(volume), atol=1e-3 * scale)
     assert shift_channels([volume], shift, 0, "case_000", 0)[0] is volume  # level 0: the input itself
+    torch.manual_seed(5)
+    expected = torch.rand(1)
+    torch.manual_seed(5)
+    shift_channels([volume], shift, 2, "case_000", 0)
+    assert torch.rand(1) == expected  # the caller's torch RNG is untouched
 
 
 def _deviation(shift: str, original: np.ndarray, shifted: np.ndarray) -> float:
