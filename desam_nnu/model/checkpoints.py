@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Dict, Iterable, List, Mapping, Tuple, Union
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 if TYPE_CHECKING:  # pragma: no cover
     from .desam import DeSAM
@@ -181,7 +181,7 @@ def _describe(keys: Iterable[str]) -> str:
     return f"{len(keys)} ({shown}{more})"
 
 
-def _fail(name: str, model: "DeSAM", missing: List[str], unexpected: List[str], mismatched: List[str], hint: str = "") -> None:
+def _fail(name: str, model: nn.Module, missing: List[str], unexpected: List[str], mismatched: List[str], hint: str = "") -> None:
     parts = []
     if missing:
         parts.append(f"missing keys {_describe(missing)}")
@@ -190,7 +190,8 @@ def _fail(name: str, model: "DeSAM", missing: List[str], unexpected: List[str], 
     if mismatched:
         parts.append(f"shape mismatches {_describe(mismatched)}")
     if parts:
-        raise CheckpointError(f"{name} does not fit DeSAM({model.backbone}, image_size={model.image_size}): " + "; ".join(parts) + hint)
+        raise CheckpointError(f"{name} does not fit {type(model).__name__}({model.backbone}, image_size={model.image_size}): "
+                              + "; ".join(parts) + hint)
 
 
 def _source_name(source: StateDictSource) -> str:

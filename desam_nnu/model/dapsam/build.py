@@ -1,0 +1,135 @@
+"""Building DAPSAM and loading its two kinds of weights: SAM checkpoints (as the official ``load_from``)
+and state dicts saved by the official training scripts.
+
+The official builds one configuration (ViT-B at 384 px, a 256-wide decoder, 256 memory slots). The
+sizes here come from the shared backbone table (:mod:`..backbones`), so ``vit_l``, ``vit_h`` and the
+small ``tiny`` work too, and from the same override names ``build_desam`` takes.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from functools import partial
+from typing import Any, Dict, Mapping, Optional, Union
+
+from segment_anything.modeling.mask_decoder import MaskDecoder
+from segment_anything.modeling.transformer import TwoWayTransformer
+from torch import Tensor, nn
+
+from ..backbones import BACKBONES
+from ..checkpoints import (CheckpointError, StateDictSource, _describe, _fail, _resize_position_tables, _source_name,
+                           read_state_dict)
+from .network import DAPSAM, DAPSAMEncoder
+
+logger = logging.getLogger(__name__)
+
+NATIVE_IMAGE_SIZE = 384  # the official's input (its prompt generator hard-codes the 24 x 24 token grid)
+VIT_BACKBONES = ("vit_b", "vit_l", "vit_h", "tiny")
+# the backbone table's sizes DAPSAM uses (not DeSAM's pdmm_dim), plus its memory size
+_SIZE_KEYS = ("encoder_embed_dim", "encoder_depth", "encoder_num_heads", "encoder_global_attn_indexes", "window_size",
+              "patch_size", "prompt_embed_dim", "decoder_depth", "decoder_mlp_dim", "decoder_num_heads",
+              "iou_head_depth", "iou_head_hidden_dim")
+_DEFAULTS: Dict[str, Any] = {"memory_slots": 256}
+# SAM tensors the official load_from leaves new: DAPSAM has one mask token per class, not SAM's four
+_NEW_DECODER_PARTS = ("mask_tokens", "output_hypernetworks_mlps", "iou_prediction_head")
+
+
+def dapsam_config(backbone: str, **overrides: Any) -> Dict[str, Any]:
+    """The resolved sizes for ``backbone`` with ``overrides``; unknown names are a TypeError."""
+    if backbone not in VIT_BACKBONES:
+        raise ValueError(f"DAPSAM runs on {list(VIT_BACKBONES)}, not {backbone!r}")
+    cfg = {k: BACKBONES[backbone].defaults[k] for k in _SIZE_KEYS}
+    cfg.update(_DEFAULTS)
+    unknown = sorted(set(overrides) - set(cfg))
+    if unknown:
+        raise TypeError(f"unknown size override(s) {unknown} for DAPSAM({backbone}); allowed: {sorted(cfg)}")
+    cfg.update(overrides)
+    cfg["encoder_global_attn_indexes"] = tuple(cfg["encoder_global_attn_indexes"])
+    return cfg
+
+
+def build_dapsam(backbone: str = "vit_b", image_size: Optional[int] = None, num_classes: int = 1,
+                 checkpoint: Union[str, os.PathLike, Mapping[str, Tensor], None] = None, *,
+                 pretrained: Optional[bool] = None, **overrides: Any) -> DAPSAM:
+    """DAPSAM on a SAM ViT. image_size: None is the official 384. checkpoint: a SAM file (loaded as
+    the official ``load_from`` does; the ViT is then frozen except its adapters) or an official DAPSAM
+    state dict (detected by its ``prompt_generator.*`` keys). No ViT backbone has packaged weights, so
+    ``pretrained=True`` is an error; None and False build random weights."""
+    if pretrained:
+        raise ValueError(f"DAPSAM({backbone}) has no packaged weights: pass checkpoint=<SAM or DAPSAM file>")
+    cfg = dapsam_config(backbone, **overrides)
+    size = int(image_size or NATIVE_IMAGE_SIZE)
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    if size % cfg["patch_size"]:
+        raise ValueError(f"image_size {size} is not a multiple of the patch size {cfg['patch_size']}")
+    dim = cfg["prompt_embed_dim"]
+    encoder = DAPSAMEncoder(
+        img_size=size, patch_size=cfg["patch_size"], embed_dim=cfg["encoder_embed_dim"], depth=cfg["encoder_depth"],
+        num_heads=cfg["encoder_num_heads"], mlp_ratio=4.0, out_chans=dim, qkv_bias=True,
+        norm_layer=partial(nn.LayerNorm, eps=1e-6), use_rel_pos=True, window_size=cfg["window_size"],
+        global_attn_indexes=cfg["encoder_global_attn_indexes"])
+    # segment_anything's decoder makes num_multimask_outputs + 1 mask tokens; DAPSAM has one per class
+    decoder = MaskDecoder(
+        transformer_dim=dim, num_multimask_outputs=num_classes - 1,
+        transformer=TwoWayTransformer(depth=cfg["decoder_depth"], embedding_dim=dim, mlp_dim=cfg["decoder_mlp_dim"],
+                                      num_heads=cfg["decoder_num_heads"]),
+        iou_head_depth=cfg["iou_head_depth"], iou_head_hidden_dim=cfg["iou_head_hidden_dim"])
+    model = DAPSAM(encoder, decoder, size, backbone, cfg)
+    if checkpoint is not None:
+        raw = read_state_dict(checkpoint)
+        if any(k.startswith("prompt_generator.") for k in raw):
+            _load_official(model, raw, _source_name(checkpoint))
+        else:
+            _load_sam(model, raw, _source_name(checkpoint))
+    return model
+
+
+def load_official_dapsam(source: StateDictSource, model: DAPSAM) -> DAPSAM:
+    """A state dict saved by the official DAPSAM training (``torch.save(model.state_dict())``), strictly:
+    every tensor present with its shape, nothing left over (position tables resized when the
+    image size differs). Returns ``model``."""
+    return _load_official(model, read_state_dict(source), _source_name(source))
+
+
+def _load_official(model: DAPSAM, sd: Dict[str, Tensor], name: str) -> DAPSAM:
+    sd = dict(sd)
+    own = model.state_dict()
+    resized = _resize_position_tables(sd, own)
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    mismatched = [f"{k} file {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
+                  for k in own if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)]
+    hint = " (no prompt_generator.* keys: is this a SAM checkpoint? pass it as checkpoint=)" if not any(
+        k.startswith("prompt_generator.") for k in sd) else ""
+    _fail(name, model, missing, unexpected, mismatched, hint)
+    model.load_state_dict(sd, strict=True)
+    logger.info("loaded official DAPSAM state dict %s: %d tensors%s", name, len(sd),
+                f", resized {_describe(resized)}" if resized else "")
+    return model
+
+
+def _load_sam(model: DAPSAM, raw: Dict[str, Tensor], name: str) -> DAPSAM:
+    """As the official ``load_from``: SAM's encoder and mask decoder, without the mask tokens, the
+    hypernetwork MLPs and the IoU head (their count is SAM's, not the class count); the prompt encoder
+    is unused. Every other model tensor must come from the file. Position tables are resized to the
+    model's (the official picks the global blocks by a substring test that holds only for ViT-B's
+    names; here every table whose size differs is resized, the same tensors for ViT-B)."""
+    if any(k.startswith(("prim.", "pdmm.")) or k.startswith("mask_decoder.pimm.") for k in raw):
+        raise CheckpointError(f"{name} is a DeSAM checkpoint, not a SAM or DAPSAM one")
+    sd = {k: v for k, v in raw.items()
+          if not k.startswith("prompt_encoder.") and not any(part in k for part in _NEW_DECODER_PARTS)}
+    own = model.state_dict()
+    resized = _resize_position_tables(sd, own)
+    new = [k for k in own if "adapter" in k or k.startswith("prompt_generator.") or any(p in k for p in _NEW_DECODER_PARTS)]
+    missing = [k for k in own if k not in sd and k not in new]
+    unexpected = [k for k in sd if k not in own]
+    mismatched = [f"{k} file {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
+                  for k in sd if k in own and tuple(sd[k].shape) != tuple(own[k].shape)]
+    _fail(name, model, missing, unexpected, mismatched)
+    model.load_state_dict(sd, strict=False)
+    model.freeze_backbone()
+    logger.info("loaded SAM checkpoint %s into DAPSAM(%s): %d tensors; new: %d adapter, prompt-generator and "
+                "class-token tensors%s", name, model.backbone, len(sd), len(new),
+                f"; resized {_describe(resized)}" if resized else "")
+    return model
