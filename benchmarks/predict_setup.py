@@ -41,7 +41,6 @@ def write_desam_model(env: dict, dataset_name: str) -> dict:
     """A random-weight model folder as desam_train leaves it; returns the plans' DeSAM settings."""
     import torch
     from batchgenerators.utilities.file_and_folder_operations import load_json
-    from desam_nnu.model import build_desam
     from desam_nnu.planners.plans import DeSAMPlansManager
 
     pre = Path(env["nnUNet_preprocessed"], dataset_name)
@@ -52,7 +51,7 @@ def write_desam_model(env: dict, dataset_name: str) -> dict:
     shutil.copy(pre / "DeSAMPlans.json", folder / "plans.json")
     shutil.copy(pre / "dataset.json", folder / "dataset.json")
     torch.manual_seed(0)
-    network = build_desam(cfg.backbone, pretrained=False, **cfg.network_kwargs())
+    network = cfg.build_network()
     torch.save({"network_weights": network.state_dict(), "trainer_name": "DeSAMTrainer",
                 "init_args": {"configuration": "desam_2d"}, "inference_allowed_mirroring_axes": (0, 1)},
                folder / "fold_0" / "checkpoint_final.pth")

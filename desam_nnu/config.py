@@ -1,10 +1,11 @@
 """The DeSAM section of ``DeSAMPlans.json`` (configuration ``desam_2d``) as a typed, read-only object.
 
-The plans are the only contract between stages: the planner writes every DeSAM decision here and
-the trainer and predictor read them through this object, never recomputing them.
+The plans are the only contract between stages: the planner writes every decision here (the network
+family among them) and the trainer and predictor read them through this object, never recomputing
+them; both build the network with :meth:`DeSAMConfig.build_network`.
 """
 from dataclasses import dataclass
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 PLANS_NAME = "DeSAMPlans"
 CONFIGURATION = "desam_2d"
@@ -77,10 +78,18 @@ class DeSAMConfig:
     pixel_std: Tuple[float, float, float]
     num_classes: int  # foreground classes (mask channels / predicted IoUs)
     batch_size: int
-    prompts: PromptDefaults
+    prompts: Optional[PromptDefaults]  # None: a prompt-free family (DAPSAM)
     cache: CacheEstimate
     # build_desam(**network_overrides): sizes the planner chose (plans written before the key: none)
     network_overrides: Tuple[Tuple[str, Any], ...] = ()
+    family: str = "desam"  # the network family (desam_nnu.model.registry); plans before the key: DeSAM
+    # how the 0..255 RGB input is normalised before the network: "network" (the network's own pixel
+    # mean/std, DeSAM), "per_image_zscore" (each image and channel z-scored, as the official DAPSAM) or
+    # "unit_range" (x / 255, LiteMedSAM's range)
+    input_normalisation: str = "network"
+    # the plans' ``architecture.arch_kwargs``: family, backbone, image_size, num_classes and size overrides,
+    # from which trainer and predictor build the network (plans without the block: the fields above)
+    architecture: Tuple[Tuple[str, Any], ...] = ()
 
     @classmethod
     def from_configuration(cls, configuration: Dict[str, Any]) -> "DeSAMConfig":
@@ -102,7 +111,7 @@ class DeSAMConfig:
             pixel_std=tuple(float(v) for v in d["pixel_std"]),
             num_classes=int(d["num_classes"]),
             batch_size=int(configuration["batch_size"]),
-            prompts=PromptDefaults.from_dict(d["prompts"]),
+            prompts=PromptDefaults.from_dict(d["prompts"]) if d.get("prompts") else None,
             cache=CacheEstimate(
                 default=cache.get("default", "cache"),  # plans written before the key existed
                 dtype=cache["dtype"],
@@ -112,11 +121,23 @@ class DeSAMConfig:
                 total_bytes=int(cache["total_bytes"]),
             ),
             network_overrides=tuple(sorted(d.get("network_overrides", {}).items())),
+            family=d.get("family", "desam"),
+            input_normalisation=d.get("input_normalisation", "network"),
+            architecture=tuple(sorted(configuration.get("architecture", {}).get("arch_kwargs", {}).items())),
         )
 
     def network_kwargs(self) -> Dict[str, Any]:
-        """``build_desam(backbone, **network_kwargs())``: the network the plans describe."""
+        """``build_network(family, backbone, **network_kwargs())``: the network the plans describe."""
         return dict(image_size=self.image_size, num_classes=self.num_classes, **dict(self.network_overrides))
+
+    def build_network(self, pretrained: Optional[bool] = False) -> Any:
+        """The plans' network, random weights by default (trained weights come from a checkpoint): the one
+        call through which training and prediction build it."""
+        from desam_nnu.model import build_network  # the model stack loads only where a network is built
+
+        kwargs = dict(self.architecture) or dict(backbone=self.backbone, **self.network_kwargs())
+        family = kwargs.pop("family", "desam")
+        return build_network(family, pretrained=pretrained, **kwargs)
 
     @property
     def num_input_channels(self) -> int:

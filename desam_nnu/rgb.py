@@ -44,3 +44,25 @@ def to_network_input(patches: torch.Tensor, matrix: List[List[float]], image_siz
     if rgb.shape[-2:] == (image_size, image_size):
         return rgb
     return torch.nn.functional.interpolate(rgb, size=(image_size, image_size), mode="bilinear", align_corners=False)
+
+
+def zscore_per_image(x: torch.Tensor) -> torch.Tensor:
+    """[B, 3, S, S] -> each image and channel z-scored (population std), as the official DAPSAM feeds its
+    network; a constant channel becomes 0."""
+    mean = x.mean(dim=(2, 3), keepdim=True)
+    std = x.std(dim=(2, 3), keepdim=True, correction=0)
+    return (x - mean) / torch.where(std > 0, std, torch.ones_like(std))
+
+
+def network_input(patches: torch.Tensor, matrix: List[List[float]], image_size: int, normalisation: str) -> torch.Tensor:
+    """Patches [B, C, p, p] (0..255) -> the network's input [B, 3, S, S] as the plans' ``input_normalisation``
+    says: "network" keeps 0..255 (the network normalises, as DeSAM), "per_image_zscore" z-scores (the
+    official DAPSAM), "unit_range" divides by 255 (LiteMedSAM's range)."""
+    x = to_network_input(patches, matrix, image_size)
+    if normalisation == "network":
+        return x
+    if normalisation == "unit_range":
+        return x / 255.0
+    if normalisation == "per_image_zscore":
+        return zscore_per_image(x)
+    raise ValueError(f"unknown input normalisation {normalisation!r} in the plans")

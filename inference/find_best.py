@@ -95,6 +95,10 @@ def find_best_configuration(dataset: Union[int, str], folds: Sequence[Union[int,
     """Choose prompts and postprocessing from the folds' validation; write and return the configuration."""
     start = time.perf_counter()
     name, folder = model_folder_of(dataset, trainer, plans)
+    family = load_json(join(folder, "plans.json"))["configurations"][CONFIGURATION]["desam"].get("family", "desam")
+    if family != "desam":
+        raise DeSAMInputError(f"{folder}: {family} is prompt-free, so there are no prompts to choose; desam_predict "
+                              f"uses the model as it is")
     folds = [str(f) for f in folds]
     metas: Dict[str, dict] = {}
     for f in folds:

@@ -29,8 +29,9 @@ def trained_models(results_root: str) -> List[str]:
 
 
 def resolve_model_folder(model_dir: Optional[str] = None, dataset: Optional[Union[int, str]] = None,
-                         trainer: str = "DeSAMTrainer", plans: str = PLANS_NAME) -> str:
-    """The model folder to predict with; one-line errors that say how to choose."""
+                         trainer: Optional[str] = None, plans: str = PLANS_NAME) -> str:
+    """The model folder to predict with; one-line errors that say how to choose. With ``dataset`` and no
+    ``trainer``: DeSAMTrainer's model when there is one, else the dataset's only model (e.g. DAPSAMTrainer's)."""
     if model_dir is not None:
         if not os.path.isdir(model_dir):
             raise DeSAMInputError(f"{model_dir}: model folder does not exist")
@@ -38,6 +39,11 @@ def resolve_model_folder(model_dir: Optional[str] = None, dataset: Optional[Unio
     elif dataset is not None:
         root = env_dir("nnUNet_results")
         name = resolve_dataset_name(dataset, root)
+        if trainer is None:
+            suffix = f"__{plans}__{CONFIGURATION}"
+            of_dataset = [os.path.basename(m)[:-len(suffix)] for m in trained_models(root)
+                          if os.path.basename(os.path.dirname(m)) == name and m.endswith(suffix)]
+            trainer = "DeSAMTrainer" if "DeSAMTrainer" in of_dataset or len(of_dataset) != 1 else of_dataset[0]
         folder = os.path.join(root, name, f"{trainer}__{plans}__{CONFIGURATION}")
         if not os.path.isdir(folder):
             raise DeSAMInputError(f"{folder}: no trained model; run desam_train {dataset} FOLD first")

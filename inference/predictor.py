@@ -40,8 +40,9 @@ from desam_nnu.inference.configuration import (InferenceConfiguration, read_conf
                                               trained_predict_modes)
 from desam_nnu.inference.inputs import collect_cases
 from desam_nnu.inference.model_folder import FoldSpec, resolve_folds
-from desam_nnu.inference.prompted import PromptedDeSAM, PromptSettings
-from desam_nnu.model import DeSAM, build_desam
+from desam_nnu.inference.prompt_free import PromptFreeTiles
+from desam_nnu.inference.prompted import PromptedDeSAM, PromptSettings, TileNetwork
+from desam_nnu.model import DeSAM
 from desam_nnu.planners.plans import DeSAMPlansManager
 
 PARTIAL = re.compile(r"^\.(?P<case>.+)\.partial-(?P<pid>\d+)")
@@ -171,9 +172,12 @@ class DeSAMPredictor(nnUNetPredictor):
     def desam(self) -> DeSAMConfig:
         return self.configuration_manager.desam
 
-    def wrap(self, network: DeSAM, cfg: DeSAMConfig, ensemble: Sequence[DeSAM] = ()) -> PromptedDeSAM:
-        """DeSAM -> the tile network nnU-Net's sliding window calls, with this predictor's prompts
-        (the plans' defaults with the overrides, when no model folder chose them)."""
+    def wrap(self, network: torch.nn.Module, cfg: DeSAMConfig, ensemble: Sequence[DeSAM] = ()) -> TileNetwork:
+        """The plans' network -> the tile network nnU-Net's sliding window calls: a prompt-free family's
+        as it is, DeSAM with this predictor's prompts (the plans' defaults with the overrides, when no
+        model folder chose them)."""
+        if cfg.prompts is None:
+            return PromptFreeTiles(network, cfg)
         prompts = self.prompts or PromptSettings.from_plans(cfg, **self.prompt_overrides)
         return PromptedDeSAM(network, cfg, prompts, ensemble=ensemble)
 
@@ -219,8 +223,12 @@ class DeSAMPredictor(nnUNetPredictor):
                 raise DeSAMInputError(f"{path}: not a readable desam_train checkpoint ({_one_line(e)[:200]})") from e
         configuration_manager = plans_manager.get_configuration(configuration)
         cfg = configuration_manager.desam
-        self.choose_prompts(folder, folds, cfg, plans_manager.get_label_manager(dataset_json).foreground_labels)
-        network = build_desam(cfg.backbone, pretrained=False, **cfg.network_kwargs())
+        if cfg.prompts is not None:
+            self.choose_prompts(folder, folds, cfg, plans_manager.get_label_manager(dataset_json).foreground_labels)
+        else:
+            ignored = f"; ignored: {', '.join(self.prompt_overrides)}" if self.prompt_overrides else ""
+            self.configuration_note = f"{cfg.family} is prompt-free: every class from the image alone{ignored}"
+        network = cfg.build_network()
         # folds that froze the same encoder hold it once and encode each tile once (see PromptedDeSAM)
         ensemble = [network] + [copy.deepcopy(network, {id(network.image_encoder): network.image_encoder})
                                 for _ in parameters[1:]] if _same_encoder(parameters) else []
@@ -264,8 +272,9 @@ class DeSAMPredictor(nnUNetPredictor):
         atomic_write_json(plans, join(output_folder, "plans.json"))
         prompts = self.network.prompts
         atomic_write_json({"input_folder": os.path.abspath(input_folder), "model_folder": self.model_folder,
-                           "prompt_mode": prompts.mode, "grid_points_per_side": prompts.grid_points_per_side,
-                           "iou_threshold": prompts.iou_threshold, "top_k": prompts.top_k,
+                           "family": self.desam.family, "prompt_mode": prompts and prompts.mode,
+                           "grid_points_per_side": prompts and prompts.grid_points_per_side,
+                           "iou_threshold": prompts and prompts.iou_threshold, "top_k": prompts and prompts.top_k,
                            "chosen_configuration": self.chosen.path if self.chosen else None,
                            "postprocessing": [fn.__name__ for fn in (self.postprocessing or [[]])[0]],
                            "tile_step_size": self.tile_step_size, "use_mirroring": self.use_mirroring,

@@ -23,7 +23,7 @@ from desam_nnu.errors import DeSAMInputError
 from desam_nnu.paths import env_dir, resolve_dataset_name
 from desam_nnu.planners.dataset_checks import (check_dataset, check_dataset_json, check_files_complete,
                                                 raise_if_problems)
-from desam_nnu.planners.planner import DeSAMPlanner, backbone_spec, channel_names
+from desam_nnu.planners.planner import DeSAMPlanner, backbone_spec, channel_names, family_spec
 from desam_nnu.planners.preprocessor import DeSAMPreprocessor
 
 
@@ -62,8 +62,9 @@ def default_backbone(sam_checkpoint: Optional[str] = None) -> str:
 def plan_and_preprocess(dataset: Union[int, str], num_processes: Optional[int] = None,
                         verify_dataset_integrity: bool = False, backbone: Optional[str] = None,
                         image_size: Optional[int] = None, clean: bool = False,
-                        sam_checkpoint: Optional[str] = None) -> dict:
-    """Fingerprint (reused unless ``clean``), plan ``desam_2d`` and preprocess; returns the plans.
+                        sam_checkpoint: Optional[str] = None, family: str = "desam") -> dict:
+    """Fingerprint (reused unless ``clean``), plan ``desam_2d`` for the network ``family`` and preprocess;
+    returns the plans.
 
     ``backbone`` None picks :func:`default_backbone`.
     """
@@ -84,6 +85,7 @@ def plan_and_preprocess(dataset: Union[int, str], num_processes: Optional[int] =
     check_dataset_json(dataset_json, dataset_json_file)
     channel_names(dataset_json, dataset_json_file)
     backbone_spec(backbone)
+    family_spec(family, backbone)
     cases = get_filenames_of_train_images_and_targets(raw, dataset_json)
     if not cases:
         raise DeSAMInputError(f"{raw}/imagesTr: no training cases ending in {dataset_json['file_ending']}")
@@ -109,7 +111,7 @@ def plan_and_preprocess(dataset: Union[int, str], num_processes: Optional[int] =
     else:
         print(f"Reusing the dataset fingerprint {fingerprint_file} (--clean recomputes it)")
 
-    planner = DeSAMPlanner(name, backbone=backbone, image_size=image_size)
+    planner = DeSAMPlanner(name, backbone=backbone, image_size=image_size, family=family)
     plans = planner.plan_experiment()
     recursive_fix_for_json_export(plans)
     atomic_copy(dataset_json_file, os.path.join(pre, "dataset.json"))  # nnU-Net's preprocessor reads it there

@@ -1,4 +1,10 @@
-"""DeSAMPlanner: nnU-Net's experiment planner, reduced to one 2D configuration for DeSAM.
+"""DeSAMPlanner: nnU-Net's experiment planner, reduced to one 2D configuration for a SAM network family.
+
+The family (``--family``: DeSAM by default, or DAPSAM) brings its own decisions from the registry
+(``desam_nnu.model.registry``): its mask-logit stride (DAPSAM's decoder: 1/4 of the input; DeSAM: the
+backbone's PDMM layout, below), its input normalisation, whether its features may be cached and its
+prompt defaults (none for DAPSAM). The plans record them with the family's name, and the
+``architecture`` block names its network class; everything else below is shared.
 
 It reuses nnU-Net's fingerprint, transpose rule (slices are cut across the lowest-resolution axis,
 ``transpose_forward[0]``; for near-isotropic data nnU-Net's own tie-break applies), 2D target
@@ -30,32 +36,15 @@ from desam_nnu.cache import feature_bytes_per_item
 from desam_nnu.config import CONFIGURATION, PLANS_NAME
 from desam_nnu.errors import DeSAMInputError
 from desam_nnu.model.backbones import BACKBONES, BackboneSpec, encoder_output_shapes
+from desam_nnu.model.registry import NetworkFamily, network_family
 from desam_nnu.planners.normalization import scheme_for_channel
 from desam_nnu.rgb import MAX_CHANNELS, channel_to_rgb_matrix
 
 PATCH_MULTIPLE = 8
 INPUT_MULTIPLE = 64
 MIN_IMAGE_SIZE = 256
-OFFICIAL_BATCH_SIZE = 8  # desam_train_gridpoints.py default
+OFFICIAL_BATCH_SIZE = 8  # desam_train_gridpoints.py default (the official DAPSAM's batch too)
 MIN_BATCH_SIZE = 2
-DEFAULT_PROMPTS = {
-    # each slice one random point (the paper) or the whole box, half each: both prediction modes are
-    # trained, so desam_find_best_configuration chooses among both. Hippocampus, medsam_lite, 20 CPU-min
-    # (BENCHMARKS.md): chosen mean Dice 0.704 (box) against 0.694 for points (grid only), and mixed's
-    # grid candidates scored no worse (0.656 against 0.642, top-3, before postprocessing).
-    "train_mode": "mixed",
-    "predict_mode": "grid",
-    "grid_points_per_side": 9,
-    "iou_threshold": 0.5,
-    "top_k": 1,
-    "box_mode_available": True,
-    # what desam_find_best_configuration sweeps over the stored validation candidates; -1 keeps the best
-    # prompt whatever its predicted IoU (a briefly trained IoU head predicts values near 0)
-    "iou_threshold_candidates": [-1.0, 0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9],
-    "top_k_candidates": [1, 2, 3],
-    # which prediction modes each training prompt mode trains: the modes a model may be predicted with
-    "served_modes": {"points": ["grid"], "box": ["box"], "mixed": ["grid", "box"]},
-}
 
 
 def choose_patch_edge(median_slice_shape: Tuple[float, float], native_image_size: int) -> int:
@@ -90,6 +79,17 @@ def channel_names(dataset_json: dict, path: str) -> List[str]:
     return [channels[k] for k in sorted(channels, key=int)]
 
 
+def family_spec(family: str, backbone: str) -> NetworkFamily:
+    """The registry's entry for ``family``, which must run on ``backbone``."""
+    try:
+        spec = network_family(family)
+    except ValueError as e:
+        raise DeSAMInputError(str(e)) from None
+    if backbone not in spec.backbones:
+        raise DeSAMInputError(f"--family {family} runs on {', '.join(spec.backbones)}, not {backbone}: pass --backbone")
+    return spec
+
+
 def backbone_spec(name: str) -> BackboneSpec:
     if name not in BACKBONES:
         raise DeSAMInputError(f"unknown backbone {name!r}; choose one of {', '.join(sorted(BACKBONES))}")
@@ -101,8 +101,10 @@ class DeSAMPlanner(ExperimentPlanner):
 
     def __init__(self, dataset_name_or_id: Union[str, int], backbone: str = "medsam_lite",
                  image_size: Optional[int] = None, plans_name: str = PLANS_NAME,
-                 preprocessor_name: str = "DeSAMPreprocessor", cache_dtype: str = "float16") -> None:
+                 preprocessor_name: str = "DeSAMPreprocessor", cache_dtype: str = "float16",
+                 family: str = "desam") -> None:
         super().__init__(dataset_name_or_id, preprocessor_name=preprocessor_name, plans_name=plans_name)
+        self.family: NetworkFamily = family_spec(family, backbone)
         self.backbone: BackboneSpec = backbone_spec(backbone)
         if image_size is not None:
             stride = self.backbone.feature_layout(self.backbone.defaults).embedding_stride
@@ -141,13 +143,17 @@ class DeSAMPlanner(ExperimentPlanner):
         median_shape = np.median(new_shapes, 0)[transpose_forward]
 
         native = self.backbone.native_image_size
-        overrides = dict(self.backbone.planned_overrides)
-        layout = self.backbone.feature_layout({**self.backbone.defaults, **overrides})
-        per_voxel = self.backbone.input_pixels_per_voxel or native // layout.mask_size(native)
+        family = self.family
+        if family.logit_stride is None:  # DeSAM: the backbone's layout sets where PDMM's logits end
+            overrides = dict(self.backbone.planned_overrides)
+            layout = self.backbone.feature_layout({**self.backbone.defaults, **overrides})
+            per_voxel = self.backbone.input_pixels_per_voxel or native // layout.mask_size(native)
+        else:  # the family's decoder predicts at a fixed stride: the logits at the patch's voxels
+            overrides, layout, per_voxel = {}, None, family.logit_stride(self.backbone.name)
         minimum = self.backbone.min_image_size
         patch_edge = choose_patch_edge(tuple(median_shape[1:]), native)
         image_size = self.image_size_override or choose_image_size(patch_edge, native, per_voxel, minimum)
-        logits_edge = layout.mask_size(image_size)
+        logits_edge = layout.mask_size(image_size) if layout is not None else image_size // per_voxel
 
         n_voxels_dataset = float(np.prod(median_shape, dtype=np.float64) * self.dataset_json["numTraining"])
         bs_5_percent = round(n_voxels_dataset * self.max_dataset_covered / patch_edge ** 2)
@@ -158,6 +164,10 @@ class DeSAMPlanner(ExperimentPlanner):
         res_prob, res_prob_kw = self.determine_segmentation_softmax_export_fn()
         num_classes = len(self.dataset_json["labels"]) - 1
         cache = self._cache_estimate(image_size, patch_edge, list(transpose_forward))
+        if not family.cacheable_features:
+            cache["default"] = "online"
+        normalisation = family.input_normalisation(self.backbone.name)
+        network_mean_std = normalisation == "network"
         configuration = {
             "data_identifier": self.generate_data_identifier(CONFIGURATION),
             "preprocessor_name": self.preprocessor_name,
@@ -174,13 +184,14 @@ class DeSAMPlanner(ExperimentPlanner):
             "resampling_fn_probabilities": res_prob.__name__,
             "resampling_fn_probabilities_kwargs": res_prob_kw,
             "architecture": {
-                "network_class_name": "desam_nnu.model.DeSAM",
-                "arch_kwargs": {"backbone": self.backbone.name, "image_size": image_size,
+                "network_class_name": family.network_class_name,
+                "arch_kwargs": {"family": family.name, "backbone": self.backbone.name, "image_size": image_size,
                                 "num_classes": num_classes, **overrides},
                 "_kw_requires_import": [],
             },
             "batch_dice": True,
             "desam": {
+                "family": family.name,
                 "backbone": self.backbone.name,
                 "image_size": image_size,
                 "image_size_rule": "override" if self.image_size_override else
@@ -197,10 +208,11 @@ class DeSAMPlanner(ExperimentPlanner):
                 "intensity": {"range": [0.0, 255.0], "percentiles": [0.5, 99.5],
                               "channels": self.channel_names},
                 "channel_to_rgb": channel_to_rgb_matrix(len(self.channel_names)),
-                "pixel_mean": list(self.backbone.pixel_mean),
-                "pixel_std": list(self.backbone.pixel_std),
+                "input_normalisation": normalisation,
+                "pixel_mean": list(self.backbone.pixel_mean) if network_mean_std else [0.0, 0.0, 0.0],
+                "pixel_std": list(self.backbone.pixel_std) if network_mean_std else [1.0, 1.0, 1.0],
                 "num_classes": num_classes,
-                "prompts": dict(DEFAULT_PROMPTS),
+                "prompts": dict(family.prompts) if family.prompts is not None else None,
                 "embedding_cache": cache,
             },
         }

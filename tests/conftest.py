@@ -26,9 +26,9 @@ def nnunet_dirs(tmp_path, monkeypatch):
     return dirs
 
 
-def planned_tiny_dataset(tmp_path_factory, dataset_id: int, num_cases: int, shape_zyx):
-    """A module's synthetic dataset planned and preprocessed for the tiny backbone (64 px), in nnU-Net
-    folders of its own; yields the root folder (for module-scoped fixtures)."""
+def planned_tiny_dataset(tmp_path_factory, dataset_id: int, num_cases: int, shape_zyx, family: str = "desam"):
+    """A module's synthetic dataset planned and preprocessed for the tiny backbone (64 px) and the network
+    ``family``, in nnU-Net folders of its own; yields the root folder (for module-scoped fixtures)."""
     root = tmp_path_factory.mktemp(f"tiny{dataset_id}")
     mp = pytest.MonkeyPatch()
     for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
@@ -39,7 +39,7 @@ def planned_tiny_dataset(tmp_path_factory, dataset_id: int, num_cases: int, shap
 
     from desam_nnu.planners.plan_and_preprocess import plan_and_preprocess
     make_dataset(str(root / "nnUNet_raw"), dataset_id, num_cases=num_cases, shape_zyx=shape_zyx)
-    plan_and_preprocess(dataset_id, num_processes=1, backbone="tiny", image_size=64)
+    plan_and_preprocess(dataset_id, num_processes=1, backbone="tiny", image_size=64, family=family)
     try:
         yield root
     finally:

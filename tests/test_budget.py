@@ -11,7 +11,8 @@ from conftest import planned_tiny_dataset
 
 from desam_nnu.cli.train import train
 from desam_nnu.trainers import time_budget
-from desam_nnu.trainers.desam_trainer import DeSAMTrainer, _Batches
+from desam_nnu.trainers.batches import _Batches
+from desam_nnu.trainers.desam_trainer import DeSAMTrainer
 from desam_nnu.trainers.features import choose_features
 from desam_nnu.trainers.time_budget import BudgetPolyLRScheduler
 

@@ -109,9 +109,42 @@ def test_registry_builds_each_family_with_one_call():
         assert build_dapsam("vit_b").image_encoder.pos_embed.shape == (1, 24, 24, 768)
     with pytest.raises(ValueError, match="unknown network family 'masksam'"):
         desam_nnu.build_network("masksam", "tiny")
-    with pytest.raises(ValueError, match="dapsam runs on .*not 'medsam_lite'"):
-        desam_nnu.build_network("dapsam", "medsam_lite")
+    with pytest.raises(ValueError, match="dapsam runs on .*'medsam_lite'.*not 'vit_x'"):
+        desam_nnu.build_network("dapsam", "vit_x")
     with pytest.raises(TypeError, match=r"unknown size override\(s\) \['pdmm_dim'\]"):
         desam_nnu.build_network("dapsam", "tiny", pdmm_dim=32)
     with pytest.raises(TypeError, match="is not a network of any family"):
         desam_nnu.load_official(torch.nn.Linear(2, 2), {})
+
+
+def test_medsam_lite_extension_starts_from_litemedsam_and_adds_only_adapters():
+    """Ours (no official DAPSAM on TinyViT): LiteMedSAM's weights load, and with the adapters' last layers
+    at zero the encoder is LiteMedSAM's TinyViT exactly, so the adapters are purely additive."""
+    from desam_nnu.model import medsam_lite_checkpoint_path, read_state_dict
+    from desam_nnu.model.tinyvit import TinyViTFeatureEncoder
+
+    net = desam_nnu.build_network("dapsam", "medsam_lite", image_size=128, num_classes=2).eval()
+    lite = read_state_dict(medsam_lite_checkpoint_path())
+    own = net.state_dict()
+    for key in ("image_encoder.layers.1.blocks.0.attn.qkv.weight", "image_encoder.neck.0.weight",
+                "mask_decoder.transformer.layers.0.mlp.lin1.weight"):
+        assert torch.equal(own[key], lite[key]), key
+    assert not any("layers.0." in k and "adapter" in k for k in own)  # the convolutional stage is left as it is
+    adapted = {k.split(".")[1] for k in own if k.startswith("image_encoder.l_adapter_")}
+    assert adapted == {"l_adapter_1", "l_adapter_2", "l_adapter_3"}
+    trainable = {n for n, p in net.named_parameters() if p.requires_grad}
+    assert "image_encoder.layers.2.blocks.5.channel_adapter.D_fc1.weight" in trainable
+    assert "image_encoder.layers.2.blocks.5.mlp.fc1.weight" not in trainable
+    images = torch.rand(2, 3, 128, 128)
+    with torch.no_grad():
+        assert net(images, low_res=True).shape == (2, 2, 128, 128)  # TinyViT's S/4 tokens: logits at the input
+        plain = TinyViTFeatureEncoder(128, feature_stages=())
+        plain.load_state_dict({k[len("image_encoder."):]: v for k, v in lite.items() if k.startswith("image_encoder.")})
+        plain.eval()
+        before = net.image_encoder(images)
+        for name, module in net.image_encoder.named_modules():
+            if name.endswith(("D_fc2", ".2")) and "adapter" in name:
+                module.weight.zero_()
+                module.bias.zero_()
+        torch.testing.assert_close(net.image_encoder(images), plain(images)[-1], rtol=1e-5, atol=1e-5)
+    assert (before - plain(images)[-1]).abs().max() > 1e-3  # and with their initial weights they act

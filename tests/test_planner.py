@@ -150,3 +150,25 @@ def test_vit_plans_keep_the_official_pdmm_and_the_auto_cache_policy(nnunet_dirs)
     cfg = DeSAMConfig.from_configuration(planner.plan_experiment()["configurations"][CONFIGURATION])
     assert cfg.cache.default == "auto" and cfg.image_size == 256
     assert cfg.network_overrides == () and cfg.mask_logits_size == (64, 64)  # the official layout: S/4
+
+
+@pytest.mark.parametrize("backbone, image_size, logits, normalisation", [
+    ("medsam_lite", 128, 128, "unit_range"),  # TinyViT's tokens at S/4: the decoder's logits at the input
+    ("vit_b", 256, 64, "per_image_zscore")])  # the official's: S/16 tokens, logits at S/4, z-scored slices
+def test_dapsam_plans_take_the_familys_decisions(nnunet_dirs, backbone, image_size, logits, normalisation):
+    planner = _planner_for(nnunet_dirs, [[30, 50, 40]] * 3, [[2.0, 1.0, 1.0]] * 3, backbone=backbone, family="dapsam")
+    conf = planner.plan_experiment()["configurations"][CONFIGURATION]
+    cfg = DeSAMConfig.from_configuration(conf)
+    assert cfg.family == "dapsam" and cfg.prompts is None and cfg.network_overrides == ()
+    assert cfg.patch_size == (56, 56) and cfg.image_size == image_size and cfg.mask_logits_size == (logits, logits)
+    assert cfg.input_normalisation == normalisation and cfg.cache.default == "online"
+    assert (cfg.pixel_mean, cfg.pixel_std) == ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+    assert conf["architecture"]["network_class_name"] == "desam_nnu.model.DAPSAM"
+    with torch.device("meta"):  # the plans alone build the network (shapes only)
+        net = cfg.build_network()
+    assert net.image_size == image_size and net.prompt_generator.grid == image_size // (4 if backbone == "medsam_lite" else 16)
+
+
+def test_an_unknown_family_is_refused(nnunet_dirs):
+    with pytest.raises(DeSAMInputError, match="unknown network family 'masksam'"):
+        _planner_for(nnunet_dirs, [[30, 50, 40]], [[2.0, 1.0, 1.0]], backbone="tiny", family="masksam")

@@ -226,7 +226,7 @@ def test_mixed_prompts_decode_points_and_boxes_per_slice():
 
     torch.manual_seed(0)
     net = build_desam("tiny", image_size=64, num_classes=2).eval()
-    cfg = SimpleNamespace(image_size=64, patch_size=(32, 32), num_classes=2)
+    cfg = SimpleNamespace(image_size=64, patch_size=(32, 32), patch_to_input_scale=2.0, num_classes=2)
     stub = SimpleNamespace(prompt_mode="mixed", network=net, desam=cfg, device=torch.device("cpu"))
     images = torch.rand(8, 3, 64, 64) * 255
     seg = torch.randint(0, 3, (8, 32, 32))
@@ -259,3 +259,21 @@ def test_validation_counts_per_class_leave_out_padding():
     out = DeSAMTrainer.validation_step(stub, {})
     assert out["tp_hard"].tolist() == [1, 0] and out["fp_hard"].tolist() == [1, 1] and out["fn_hard"].tolist() == [0, 1]
     assert float(out["loss"]) == 0.5
+
+
+@pytest.mark.parametrize("name, attribute, value", [
+    ("DeSAMTrainer_box", "prompt_mode", "box"), ("DeSAMTrainer_int8Cache", "cache_dtype", "int8"),
+    ("DeSAMTrainer_trainEncoder", "train_encoder", True), ("DeSAMTrainer_noDA", "augment_online", False),
+    ("DeSAMTrainer", "cache_dtype", "float16")])  # the plans' cache dtype, not a hard-coded one
+def test_variants_are_found_by_name_and_change_one_thing(prepared, name, attribute, value):
+    import torch
+    from desam_nnu.cli.train import _trainer_class
+    from desam_nnu.config import CONFIGURATION
+
+    pre = prepared / "nnUNet_preprocessed" / "Dataset005_Synth"
+    plans, dataset_json = (json.loads((pre / f).read_text()) for f in ("DeSAMPlans.json", "dataset.json"))
+    plans["continue_training"] = False  # as desam_train passes it to nnU-Net's trainer
+    assert plans["configurations"][CONFIGURATION]["desam"]["embedding_cache"]["dtype"] == "float16"
+    t = _trainer_class(name)(plans=plans, configuration=CONFIGURATION, fold=0, dataset_json=dataset_json,
+                             device=torch.device("cpu"))
+    assert getattr(t, attribute) == value

@@ -12,7 +12,7 @@ from torch._dynamo import OptimizedModule
 
 from desam_nnu.cli.train import train
 from desam_nnu.model import build_desam
-from desam_nnu.trainers import TRAINERS
+import desam_nnu.trainers
 from desam_nnu.trainers.desam_trainer import DeSAMTrainer
 
 # the 'tiny' backbone's shape (desam_nnu.model.backbones) as a SAM checkpoint's sizes
@@ -61,7 +61,8 @@ def test_desam_trainer_never_compiles_on_cuda(monkeypatch):
 
 def test_a_compiled_network_loads_the_sam_checkpoint_and_saves_plain_keys(planned, monkeypatch):
     root, sam = planned
-    monkeypatch.setitem(TRAINERS, "CompilingTrainer", CompilingTrainer)
+    found = desam_nnu.trainers.find_trainers()
+    monkeypatch.setattr(desam_nnu.trainers, "find_trainers", lambda: {**found, "CompilingTrainer": CompilingTrainer})
     t = train(7, 0, trainer="CompilingTrainer", sam_checkpoint=str(root / "sam_tiny.pth"), device="cpu", epochs=1,
               iterations_per_epoch=2, val_iterations=1, use_cache=False)
     assert isinstance(t.network, OptimizedModule) and not isinstance(t.bare_network, OptimizedModule)

@@ -1,5 +1,5 @@
 """The trainer's in-process batch iterator: features from the embedding cache, or patches for online
-encoding (augmented by nnU-Net's transforms); kept apart from ``desam_trainer.py`` to keep each file to one concern."""
+encoding (augmented by nnU-Net's transforms); kept apart from ``base.py`` to keep each file to one concern."""
 from typing import TYPE_CHECKING, Dict, List, Optional
 
 import numpy as np
@@ -10,7 +10,7 @@ from desam_nnu.trainers.augmentation import augment_patches
 from desam_nnu.trainers.slices import load_case_patches
 
 if TYPE_CHECKING:
-    from desam_nnu.trainers.desam_trainer import DeSAMTrainer
+    from desam_nnu.trainers.base import SAMFamilyTrainer
 
 
 class _Batches:
@@ -20,7 +20,7 @@ class _Batches:
     reads the patches from nnU-Net's preprocessed arrays.
     """
 
-    def __init__(self, trainer: "DeSAMTrainer", dataset, keys: List[str], rng: np.random.Generator,
+    def __init__(self, trainer: "SAMFamilyTrainer", dataset, keys: List[str], rng: np.random.Generator,
                  transforms=None, online: bool = False) -> None:
         self.trainer, self.dataset, self.rng = trainer, dataset, rng
         self.transforms = transforms  # nnU-Net's augmentation, online batches only

@@ -1,27 +1,17 @@
-"""DeSAMTrainer: nnU-Net's trainer, training DeSAM's PRIM and PDMM on cached encoder features.
+"""DeSAMTrainer: the shared trainer (``base.py``) training DeSAM's PRIM and PDMM, prompted.
 
-What stays nnU-Net's: the plans and dataset handling, splits (``splits_final.json``), output
-folders, the epoch loop (``run_training``), logging (``training_log_*.txt``, ``progress.png``),
-checkpoints (best / latest / final, ``--c``), the poly learning-rate schedule and the final
-validation's export and metrics. What is DeSAM's (each in the smallest method that holds it):
+What is DeSAM's (each in the smallest method that holds it):
 
-- network: ``build_desam`` from the plans' ``desam`` section; SAM weights from ``sam_checkpoint``.
 - optimiser: Adam, lr 1e-4, no weight decay (the official recipe), poly decay 0.9 (nnU-Net's).
-- data: fixed items (every tile of every slice, ``trainers/slices.py``); a batch draws foreground
-  items and, at ``empty_slice_fraction`` (0.2), slices without foreground, because the predictor
-  sees every slice of a volume (the official trains only on slices with foreground).
+- trainable: PRIM and PDMM; the encoders stay frozen (``--train-encoder`` trains the image encoder too).
 - prompts (``points`` mode, the paper): one random point per slice, half on foreground, always a
   positive label, IoU target 1 on the object and 0 elsewhere, full ground truth as mask target.
-  ``box`` mode: the whole-slice box, no IoU term (as the official's whole-box script).
-- features: with the encoder frozen they come from the embedding cache (``desam_nnu.cache``), built
-  once per plans/backbone/size/checkpoint and shared by all folds, when it pays for itself in the run
-  (the plans' ``auto`` policy, ``features.py``); otherwise the encoder runs online, on batches with
-  nnU-Net's augmentation (``augmentation.py``). ``train_encoder`` always encodes online.
-- schedule: nnU-Net's epochs of 250 iterations, or under ``time_budget`` (``time_budget.py``) epochs of
-  50 until the budget ends with the learning rate decaying over it; pseudo-validation at nnU-Net's ratio.
-- final validation: ``DeSAMPredictor`` (``inference/``), as ``desam_predict`` predicts.
+  ``box`` mode: the whole-slice box, no IoU term (as the official's whole-box script); ``mixed``: either,
+  half each (the plans' default).
+- loss: Dice + BCE on the masks, L1 on the predicted IoU (``loss.py``).
+- final validation: ``DeSAMPredictor`` (``inference/``), as ``desam_predict`` predicts, storing every tile's
+  candidates for ``desam_find_best_configuration``.
 """
-import json
 import os
 from dataclasses import asdict
 from typing import Dict, List, Optional
@@ -29,141 +19,32 @@ from typing import Dict, List, Optional
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch._dynamo import OptimizedModule
 from tqdm import tqdm
 from batchgenerators.utilities.file_and_folder_operations import join, maybe_mkdir_p
-from nnunetv2.evaluation.evaluate_predictions import compute_metrics_on_folder
-from nnunetv2.training.loss.dice import get_tp_fp_fn_tn
 from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
-from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 
-from desam_nnu.cache import CacheCorruptError, EmbeddingCache, feature_bytes_per_item, file_sha256
-from desam_nnu.config import DeSAMConfig
 from desam_nnu.errors import DeSAMInputError
-from desam_nnu.model import BACKBONES, CheckpointError, DeSAM, build_desam, load_sam_checkpoint
-from desam_nnu.planners.plans import DeSAMPlansManager
 from desam_nnu.prompts import sample_training_points, whole_boxes
 from desam_nnu.rgb import to_network_input
-from desam_nnu.trainers.augmentation import training_transforms
-from desam_nnu.trainers.batches import _Batches
-from desam_nnu.trainers.features import FeatureChoice, choose_features
-from desam_nnu.trainers.loss import DeSAMLoss, one_hot_classes
-from desam_nnu.trainers.slices import ItemIndex, build_item_index, load_case_patches
-from desam_nnu.trainers.time_budget import TimeBudgetMixin
-
-CACHE_LAYOUT_VERSION = 1
-BUDGET_EPOCH_ITERATIONS = 50
-BUDGET_MAX_EPOCHS = 10 ** 6
-VAL_PER_TRAIN_ITERATION = 50 / 250  # nnU-Net's per-epoch pseudo-validation, relative to its training iterations
-ENCODE_BATCH = 8
-MAX_OPEN_CASES = 256
+from desam_nnu.trainers.base import SAMFamilyTrainer
+from desam_nnu.trainers.loss import DeSAMLoss
 
 
-class DeSAMTrainer(TimeBudgetMixin, nnUNetTrainer):
+class DeSAMTrainer(SAMFamilyTrainer):
+    family = "desam"
+
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")) -> None:
         super().__init__(plans, configuration, fold, dataset_json, device)
-        # nnU-Net resolves plans with its own PlansManager, which cannot find our classes by name
-        self.plans_manager = DeSAMPlansManager(self.plans_manager.plans)
-        self.configuration_manager = self.plans_manager.get_configuration(configuration)
-        self.desam = self.configuration_manager.desam
         self.initial_lr = 1e-4
         self.weight_decay = 0.0
-        self.num_epochs: Optional[int] = None  # resolved in initialize: 100, or unbounded under a time budget
-        self.enable_deep_supervision = False
-        self.save_every = 1  # --c resumes from the last finished epoch
         self.prompt_mode = self.desam.prompts.train_mode
-        self.sam_checkpoint: Optional[str] = os.environ.get("DESAM_SAM_CHECKPOINT") or None
-        self.cache_dtype = "float16"
-        self.train_encoder = False
-        # True / False: the cache or online encoding, forced (--cache / --no-cache); None: the plans' policy
-        # ('auto': the cache when it pays for itself in this run, see features.choose_features)
-        self.use_cache: Optional[bool] = {"cache": True, "online": False}.get(self.desam.cache.default)
-        # nnU-Net's transforms on online batches (a cached feature cannot be augmented)
-        self.augment_online = True
-        # None: resolved when training starts (nnU-Net's 250, or 50 under a time budget, so that little of the
-        # budget is left unused at the end; validation nnU-Net's 1 per 5)
-        self.num_iterations_per_epoch: Optional[int] = None
-        self.num_val_iterations_per_epoch: Optional[int] = None
-        self.empty_slice_fraction = 0.2
-        self.seed = 12345
-        self.items: Optional[ItemIndex] = None
-        self.cache: Optional[EmbeddingCache] = None
-        self._open_cases: Dict[str, object] = {}
-        self.time_budget: Optional[float] = None  # seconds of training (final validation excluded), for fair CPU budgets
 
-    # ------------------------------------------------------------------ network
-    @staticmethod
-    def build_network_architecture(plans_manager: PlansManager, configuration_manager: ConfigurationManager,
-                                   num_input_channels: int, num_output_channels: int,
-                                   enable_deep_supervision: bool = True) -> torch.nn.Module:
-        """DeSAM from the plans (random weights; trained weights come from nnU-Net's checkpoint).
-
-        ``num_output_channels`` is nnU-Net's segmentation heads (background included); DeSAM has one
-        sigmoid channel per foreground class instead, recorded in the plans.
-        """
-        desam = DeSAMConfig.from_configuration(configuration_manager.configuration)
-        return build_desam(desam.backbone, **desam.network_kwargs())
-
-    def _do_i_compile(self) -> bool:
-        """Never: nnU-Net compiles ``self.network.forward``, which this trainer never calls (it calls
-        ``encode``/``decode``), and the wrapper renames every state-dict key to ``_orig_mod.*``."""
-        if os.environ.get("nnUNet_compile", "").lower() in ("true", "1", "t"):
-            self.print_to_log_file("INFO: torch.compile stays off: DeSAM's trainer calls encode/decode, not forward")
-        return False
-
-    @property
-    def bare_network(self) -> DeSAM:
-        """``self.network`` without nnU-Net's DDP or torch.compile wrappers: the module whose state-dict keys
-        are SAM's, into which SAM checkpoints load (nnU-Net's own checkpoints unwrap it the same way)."""
-        net = self.network.module if self.is_ddp else self.network
-        return net._orig_mod if isinstance(net, OptimizedModule) else net
-
-    def _resolve_schedule(self) -> None:
-        """Epoch length and count left unset: under a time budget the budget ends training and its
-        learning-rate schedule (``time_budget.py``), and short epochs leave little of it unused at the end;
-        pseudo-validation keeps nnU-Net's ratio (50 per 250 training iterations), so that it costs the same
-        share of an epoch whatever the epoch's length."""
-        budget = self.time_budget is not None
-        if self.num_epochs is None:
-            self.num_epochs = BUDGET_MAX_EPOCHS if budget else 100
-        if self.num_iterations_per_epoch is None:
-            self.num_iterations_per_epoch = BUDGET_EPOCH_ITERATIONS if budget else 250
-        if self.num_val_iterations_per_epoch is None:
-            self.num_val_iterations_per_epoch = max(1, round(self.num_iterations_per_epoch * VAL_PER_TRAIN_ITERATION))
-
-    def initialize(self) -> None:
-        if self.was_initialized:
-            raise RuntimeError("DeSAMTrainer.initialize called twice")
-        self._resolve_schedule()
-        self._check_sam_checkpoint()
-        torch.manual_seed(self.seed)
-        np.random.seed(self.seed)
-        super().initialize()
-        if self.sam_checkpoint:
-            try:
-                load_sam_checkpoint(self.sam_checkpoint, self.bare_network)
-            except (CheckpointError, FileNotFoundError) as e:
-                raise DeSAMInputError(str(e)) from e
+    def _set_trainable(self) -> None:
         self.bare_network.set_trainable(image_encoder=self.train_encoder)
-        if self.train_encoder:
-            self.use_cache = False  # a trained encoder's features change every step
-        # the optimiser must see the final set of trainable parameters
-        self.optimizer, self.lr_scheduler = self.configure_optimizers()
-        self.print_to_log_file(f"DeSAM {self.desam.backbone} at {self.desam.image_size}px, "
-                               f"{self.bare_network.trainable_parameter_count() / 1e6:.2f}M trainable parameters, "
-                               f"prompts: {self.prompt_mode}, features: "
-                               f"{ {True: 'cache (' + self.cache_dtype + ')', False: 'online'}.get(self.use_cache, 'auto')}")
 
-    def _check_sam_checkpoint(self) -> None:
-        spec = BACKBONES[self.desam.backbone]
-        # tiny has no pretrained weights (a demo); medsam_lite's come inside its package
-        if self.sam_checkpoint is None and spec.sam_checkpoint is not None:
-            raise DeSAMInputError(f"backbone {self.desam.backbone} needs SAM weights: pass --sam-checkpoint "
-                                  f"sam_{self.desam.backbone}_*.pth or set DESAM_SAM_CHECKPOINT")
-        if self.sam_checkpoint is not None and not os.path.isfile(self.sam_checkpoint):
-            raise DeSAMInputError(f"{self.sam_checkpoint}: SAM checkpoint not found")
+    def _setup_summary(self) -> str:
+        return f"prompts: {self.prompt_mode}, "
 
     def configure_optimizers(self):
         params = [p for p in self.network.parameters() if p.requires_grad]
@@ -176,107 +57,8 @@ class DeSAMTrainer(TimeBudgetMixin, nnUNetTrainer):
     def set_deep_supervision_enabled(self, enabled: bool) -> None:
         self.bare_network.deep_supervision = False  # one output resolution; the loss is taken at the patch's
 
-    def plot_network_architecture(self) -> None:
-        pass  # nnU-Net's plot traces a U-Net with hiddenlayer; not meaningful for a ViT
-
-    # ------------------------------------------------------------------ data
-    def get_dataloaders(self):
-        """Item index, the embedding cache (built or reused) and two in-process batch iterators."""
-        tr_keys, val_keys = self.do_split()
-        # nnU-Net's data-augmentation setup is not used, but it records the mirror axes that the
-        # checkpoint hands to the predictor's test-time mirroring: (0, 1) for 2D
-        self.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
-        dataset = self.dataset_class(self.preprocessed_dataset_folder, sorted(set(tr_keys) | set(val_keys)))
-        patch = self.desam.patch_size[0]
-        self.items = build_item_index(dataset, sorted(set(tr_keys) | set(val_keys)), patch)
-        rng_tr = np.random.default_rng(self.seed + 1000 * (self.fold if isinstance(self.fold, int) else 99))
-        rng_val = np.random.default_rng(self.seed + 1)
-        if self.use_cache is not False:
-            self.cache = self._open_cache()
-            if self.use_cache is None:
-                choice = self._choose_features(dataset, tr_keys)
-                self.use_cache = choice.use_cache
-                self.print_to_log_file(f"Features: {'cache' if self.use_cache else 'online'} ({choice.reason})",
-                                       also_print_to_console=True)
-        if self.use_cache:
-            per_item = feature_bytes_per_item(self.desam.cache.feature_shapes, self.cache_dtype)
-            self.cache.build(list(self.items.cases), lambda case: self._encode_case(dataset, case),
-                             estimated_bytes=per_item * len(self.items.case_of_item))
-        transforms = training_transforms(self) if self.augment_online and not self.use_cache else None
-        return (_Batches(self, dataset, tr_keys, rng_tr, transforms), _Batches(self, dataset, val_keys, rng_val))
-
-    def _choose_features(self, dataset, tr_keys: List[str]) -> FeatureChoice:
-        """The plans' ``auto`` policy (``features.py``): the cache when complete or when it pays in this run."""
-        missing = sum(len(self.items.items_of(c)) for c in self.items.cases if not self.cache.has(c))
-        if not missing or self.time_budget is None:
-            draws = self.num_epochs * (self.num_iterations_per_epoch + self.num_val_iterations_per_epoch) * self.batch_size
-            return choose_features(missing, self.batch_size, draws=draws)
-        encode_s, step_s = self._measure_feature_costs(dataset, tr_keys)
-        return choose_features(missing, self.batch_size, budget_s=self.time_budget - self.budget_spent_s,
-                               encode_s_per_item=encode_s, step_s=step_s)
-
-    def _measure_feature_costs(self, dataset, tr_keys: List[str]):
-        """(seconds to encode one slice, seconds of one training step on features), on one training batch
-        on the budget's clock; the step's gradients are dropped, so the weights stay as they were."""
-        batch = next(_Batches(self, dataset, tr_keys, np.random.default_rng(self.seed), online=True))
-        self.network.eval()
-        start = self._clock()
-        features = self._encode(batch["images"].numpy())
-        encode_s = (self._clock() - start) / len(batch["seg"])
-        self.network.train()
-        start = self._clock()
-        with torch.autocast(self.device.type, enabled=self.device.type == "cuda"):
-            loss, _, _ = self._forward({**batch, "features": [f.float() for f in features], "images": None})
-        loss.backward()
-        step_s = self._clock() - start
-        self.optimizer.zero_grad(set_to_none=True)
-        return encode_s, step_s
-
-    def _open_cache(self) -> EmbeddingCache:
-        checkpoint_hash = file_sha256(self.sam_checkpoint) if self.sam_checkpoint else "random-init"
-        key = dict(data_identifier=self.configuration_manager.data_identifier, backbone=self.desam.backbone,
-                   image_size=self.desam.image_size, checkpoint_sha256=checkpoint_hash,
-                   patch_size=list(self.desam.patch_size), layout=CACHE_LAYOUT_VERSION)
-        if checkpoint_hash == "random-init":
-            # a random encoder differs per run: key it by the weights actually in this network
-            key["checkpoint_sha256"] = _state_hash(self.bare_network.image_encoder)
-        return EmbeddingCache(join(self.preprocessed_dataset_folder_base, "desam_cache"), key, self.cache_dtype)
-
-    def cached_case(self, dataset, case: str):
-        """A case's cached features; a corrupt cache file is rebuilt (with a warning), never trained on."""
-        if case in self._open_cases:
-            return self._open_cases[case]
-        try:
-            cached = self.cache.read(case)
-        except CacheCorruptError as e:
-            self.print_to_log_file(f"WARNING: {e}; rebuilding this case's cache", also_print_to_console=True)
-            self.cache.invalidate(case)
-            was_training = self.network.training
-            self.cache.write_case(case, *self._encode_case(dataset, case))
-            self.network.train(was_training)
-            cached = self.cache.read(case)
-        if len(self._open_cases) >= MAX_OPEN_CASES:  # memory maps stay few, whatever the dataset size
-            self._open_cases.pop(next(iter(self._open_cases)))
-        self._open_cases[case] = cached
-        return cached
-
-    @torch.no_grad()
-    def _encode(self, images: np.ndarray) -> List[torch.Tensor]:
-        """Patches [n, C, p, p] (0..255) -> encoder features, in mini-batches (AMP on CUDA, as the steps)."""
-        outs: List[List[torch.Tensor]] = []
-        for i in range(0, len(images), ENCODE_BATCH):
-            x = torch.from_numpy(images[i:i + ENCODE_BATCH]).to(self.device)
-            with torch.autocast(self.device.type, enabled=self.device.type == "cuda"):
-                outs.append(self.bare_network.encode(to_network_input(x, self.desam.channel_to_rgb,
-                                                                      self.desam.image_size)))
-        return [torch.cat([o[level] for o in outs]) for level in range(len(outs[0]))]
-
-    def _encode_case(self, dataset, case: str):
-        positions = self.items.position[self.items.items_of(case)]
-        patches = load_case_patches(dataset, case, positions, self.desam.patch_size[0])
-        self.network.eval()
-        features = [f.float().cpu().numpy() for f in self._encode(patches["images"])]
-        return features, {"seg": patches["seg"], "position": positions.astype(np.int32)}
+    def training_options(self) -> dict:
+        return {"prompt_mode": self.prompt_mode, **super().training_options()}
 
     # ------------------------------------------------------------------ steps
     def _forward(self, batch: Dict[str, object]):
@@ -314,9 +96,8 @@ class DeSAMTrainer(TimeBudgetMixin, nnUNetTrainer):
             if boxed:
                 part, _ = self.network.decode(feats, boxes=whole_boxes(idx.numel(), self.desam.image_size).to(self.device))
             else:
-                scale = self.desam.image_size / self.desam.patch_size[0]
                 coords, labels, target = sample_training_points(seg[idx.to(seg.device)].cpu(), self.desam.num_classes,
-                                                                scale, generator=generator)
+                                                                self.desam.patch_to_input_scale, generator=generator)
                 part, iou = self.network.decode(feats, points=(coords.to(self.device), labels.to(self.device)))
                 iou_target = target.to(self.device)
             if idx.numel() == b:
@@ -327,35 +108,7 @@ class DeSAMTrainer(TimeBudgetMixin, nnUNetTrainer):
                 logits = logits.index_copy(0, idx.to(part.device), part)
         return logits, iou, iou_target
 
-    def train_step(self, batch: dict) -> dict:
-        # nnU-Net's step (AMP + grad scaler on CUDA, clip at 12) around our forward: its own train_step calls
-        # network(data) and its loss on deep-supervision targets, which DeSAM's prompted decode cannot go through
-        self.optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(self.device.type, enabled=self.device.type == "cuda"):
-            loss, _, _ = self._forward(batch)
-        if self.grad_scaler is not None:
-            self.grad_scaler.scale(loss).backward()
-            self.grad_scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
-            self.grad_scaler.step(self.optimizer)
-            self.grad_scaler.update()
-        else:
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
-            self.optimizer.step()
-        return {"loss": loss.detach().cpu().numpy()}
-
-    def validation_step(self, batch: dict) -> dict:
-        """Pseudo-Dice per class (sigmoid >= 0.5) on validation items, as nnU-Net's green curve."""
-        with torch.autocast(self.device.type, enabled=self.device.type == "cuda"):
-            loss, logits, seg = self._forward(batch)
-        pred = (logits > 0).float()
-        # nnU-Net's own counts; one sigmoid channel per class (multi-label), so the target is one-hot per class
-        tp, fp, fn, _ = get_tp_fp_fn_tn(pred, one_hot_classes(seg, pred.shape[1]), axes=(0, 2, 3),
-                                        mask=(seg >= 0).float()[:, None])
-        return {"loss": loss.detach().cpu().numpy(), "tp_hard": tp.cpu().numpy(), "fp_hard": fp.cpu().numpy(),
-                "fn_hard": fn.cpu().numpy()}
-
+    # ------------------------------------------------------------------ final validation
     def perform_actual_validation(self, save_probabilities: bool = False) -> None:
         """Predict the fold's validation cases as whole volumes with DeSAMPredictor, store every tile's
         candidates for ``desam_find_best_configuration`` and score the serving setting.
@@ -427,35 +180,7 @@ class DeSAMTrainer(TimeBudgetMixin, nnUNetTrainer):
                 f"plans' default IoU >= {prompts.iou_threshold:g} (a briefly trained IoU head); "
                 f"desam_find_best_configuration {self.plans_manager.dataset_name} -f {self.fold} chooses the "
                 f"threshold from the stored candidates", also_print_to_console=True)
-        lm = self.label_manager
-        metrics = compute_metrics_on_folder(join(self.preprocessed_dataset_folder_base, "gt_segmentations"), folder,
-                                            join(folder, "summary.json"), self.plans_manager.image_reader_writer_class(),
-                                            self.dataset_json["file_ending"],
-                                            lm.foreground_regions if lm.has_regions else lm.foreground_labels,
-                                            lm.ignore_label, chill=True, num_processes=1)
-        self.print_to_log_file("Validation complete", also_print_to_console=True)
-        self.print_to_log_file("Mean Validation Dice: ", metrics["foreground_mean"]["Dice"],
-                               also_print_to_console=True)
+        self._score_validation(folder)
         self.print_to_log_file(f"Stored validation candidates: {stored_bytes / 2 ** 20:.1f} MiB in {store}; "
                                f"desam_find_best_configuration {self.plans_manager.dataset_name} -f {self.fold} "
                                f"chooses the prompts from them", also_print_to_console=True)
-
-    def on_train_start(self) -> None:
-        super().on_train_start()
-        options = {"prompt_mode": self.prompt_mode, "cache_dtype": self.cache_dtype, "use_cache": self.use_cache,
-                   "augment_online": self.augment_online and not self.use_cache, "train_encoder": self.train_encoder, "sam_checkpoint": self.sam_checkpoint,
-                   "num_epochs": self.num_epochs, "num_iterations_per_epoch": self.num_iterations_per_epoch,
-                   "time_budget": self.time_budget}
-        with open(join(self.output_folder, "desam_options.json"), "w") as f:
-            json.dump(options, f, indent=2)
-
-
-def _state_hash(module: torch.nn.Module) -> str:
-    """A cheap fingerprint of a module's weights (sum and a few values per tensor)."""
-    import hashlib
-    h = hashlib.sha256()
-    for name, t in sorted(module.state_dict().items()):
-        flat = t.detach().float().flatten()
-        h.update(name.encode())
-        h.update(np.asarray([flat.sum().item(), flat[:4].sum().item(), flat.numel()], np.float64).tobytes())
-    return h.hexdigest()[:16]

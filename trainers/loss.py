@@ -44,3 +44,26 @@ class DeSAMLoss(nn.Module):
             total = total + self.iou_weight * l1
             parts["iou_l1"] = float(l1.detach())
         return total, parts
+
+
+class DAPSAMLoss(nn.Module):
+    """The official DAPSAM's loss: ``0.2 * BCE + 0.8 * Dice`` on the sigmoid probabilities, BCE averaged over
+    every voxel, Dice ``1 - (2 sum(p y) + 1) / (sum p + sum y + 1)`` summed over the whole batch (smooth 1).
+    The official has one class; with C classes each class gets that Dice over the batch and the C values
+    are averaged. Voxels labelled < 0 are left out of both terms."""
+
+    def __init__(self, bce_weight: float = 0.2, dice_weight: float = 0.8) -> None:
+        super().__init__()
+        self.bce_weight, self.dice_weight = bce_weight, dice_weight
+
+    def forward(self, mask_logits: Tensor, seg: Tensor) -> Tuple[Tensor, Dict[str, float]]:
+        """mask_logits [B, C, h, w] at the label resolution; seg [B, h, w] integer labels (< 0 ignored)."""
+        target = one_hot_classes(seg, mask_logits.shape[1])
+        valid = (seg >= 0).float()[:, None].expand_as(target)
+        bce = F.binary_cross_entropy_with_logits(mask_logits, target, weight=valid, reduction="sum")
+        bce = bce / valid.sum().clamp_min(1)
+        prob = torch.sigmoid(mask_logits) * valid
+        dims = (0, 2, 3)
+        dice = 1 - (2 * (prob * target).sum(dims) + 1) / (prob.sum(dims) + target.sum(dims) + 1)
+        total = self.bce_weight * bce + self.dice_weight * dice.mean()
+        return total, {"dice": float(dice.mean().detach()), "bce": float(bce.detach())}

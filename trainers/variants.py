@@ -25,3 +25,30 @@ class DeSAMTrainer_paper(DeSAMTrainer):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.prompt_mode = "points"
         self.augment_online = False
+
+
+class DeSAMTrainer_box(DeSAMTrainer):
+    """Whole-slice box prompts only (``desam_train --prompt-mode box``): trains what box prediction serves."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")) -> None:
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.prompt_mode = "box"
+
+
+class DeSAMTrainer_int8Cache(DeSAMTrainer):
+    """The embedding cache quantised to int8 per channel (``--cache-dtype int8``): a quarter of float32."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")) -> None:
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.cache_dtype = "int8"
+
+
+class DeSAMTrainer_trainEncoder(DeSAMTrainer):
+    """The image encoder trained too (``--train-encoder``); features are then encoded online."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")) -> None:
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.train_encoder = True

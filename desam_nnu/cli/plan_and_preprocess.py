@@ -7,6 +7,7 @@ from desam_nnu.cli.common import run_command
 
 def build_parser() -> argparse.ArgumentParser:
     from desam_nnu.model.backbones import BACKBONES
+    from desam_nnu.model.registry import NETWORKS
 
     p = argparse.ArgumentParser(
         prog="desam_plan_and_preprocess",
@@ -21,6 +22,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backbone", default=None, choices=sorted(BACKBONES),
                    help="image encoder the plans are made for (default: the ViT of --sam-checkpoint or "
                         "$DESAM_SAM_CHECKPOINT, else medsam_lite, pretrained and CPU-friendly)")
+    p.add_argument("--family", default="desam", choices=sorted(NETWORKS),
+                   help="network family the plans are made for (default desam; dapsam: prompt-free, adapters "
+                        "in the encoder). The plans replace the dataset's DeSAMPlans.json; trained models keep "
+                        "their own copy")
     p.add_argument("--sam-checkpoint", default=None,
                    help="an official SAM checkpoint (sam_vit_*.pth); picks vit_b/l/h by its size")
     p.add_argument("--image-size", type=int, default=None,
@@ -37,7 +42,8 @@ def main(argv: Optional[List[str]] = None) -> int:
 
         plan_and_preprocess(args.dataset, num_processes=args.num_processes,
                             verify_dataset_integrity=args.verify_dataset_integrity, backbone=args.backbone,
-                            image_size=args.image_size, clean=args.clean, sam_checkpoint=args.sam_checkpoint)
+                            image_size=args.image_size, clean=args.clean, sam_checkpoint=args.sam_checkpoint,
+                            family=args.family)
 
     return run_command(work)
 

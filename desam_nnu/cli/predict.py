@@ -11,7 +11,7 @@ EXIT_SOME_CASES_FAILED = 1
 
 
 def predict(input_folder: str, output_folder: str, dataset: Optional[Union[int, str]] = None,
-            model_dir: Optional[str] = None, folds: Optional[Sequence[str]] = None, trainer: str = "DeSAMTrainer",
+            model_dir: Optional[str] = None, folds: Optional[Sequence[str]] = None, trainer: Optional[str] = None,
             plans: str = PLANS_NAME, checkpoint: str = "checkpoint_final.pth", prompt_mode: Optional[str] = None,
             grid: Optional[int] = None, iou_thresh: Optional[float] = None, top_k: Optional[int] = None,
             tile_step: float = 0.5, disable_tta: bool = False, save_probabilities: bool = False,
@@ -61,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="dataset id or name in $nnUNet_results; optional when it holds one DeSAM model")
     p.add_argument("-m", default=None, dest="model_dir", help="a trained model folder (instead of -d)")
     p.add_argument("-f", nargs="+", default=None, dest="folds", help="folds to ensemble (default: all trained)")
-    p.add_argument("-tr", default="DeSAMTrainer", dest="trainer")
+    p.add_argument("-tr", default=None, dest="trainer",
+                   help="trainer of the model (default: DeSAMTrainer, or the dataset's only model)")
     p.add_argument("-p", default=PLANS_NAME, dest="plans")
     p.add_argument("-chk", default="checkpoint_final.pth", dest="checkpoint")
     p.add_argument("--prompt-mode", choices=["grid", "box"], default=None,

@@ -19,24 +19,26 @@ def _fold(text: str) -> Union[int, str]:
 
 
 def _trainer_class(name: str):
-    from desam_nnu.trainers import TRAINERS
+    from desam_nnu.trainers import find_trainers
 
-    if name in TRAINERS:
-        return TRAINERS[name]
+    trainers = find_trainers()
+    if name in trainers:
+        return trainers[name]
     from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
     try:
         return recursive_find_trainer_class_by_name(name)
     except RuntimeError:
-        raise DeSAMInputError(f"trainer {name!r} not found; desam-nnu has {', '.join(TRAINERS)}") from None
+        raise DeSAMInputError(f"trainer {name!r} not found; desam-nnu has {', '.join(sorted(trainers))}") from None
 
 
-def train(dataset: Union[int, str], fold: Union[int, str], trainer: str = "DeSAMTrainer", plans: str = PLANS_NAME,
+def train(dataset: Union[int, str], fold: Union[int, str], trainer: Optional[str] = None, plans: str = PLANS_NAME,
           sam_checkpoint: Optional[str] = None, prompt_mode: Optional[str] = None, continue_training: bool = False,
           validation_only: bool = False, npz: bool = False, device: Optional[str] = None,
           epochs: Optional[int] = None, iterations_per_epoch: Optional[int] = None,
           val_iterations: Optional[int] = None, cache_dtype: Optional[str] = None, train_encoder: bool = False,
           use_cache: Optional[bool] = None, time_budget: Optional[float] = None):
-    """Build the trainer, resume or load as asked, train, then run the final validation; returns the trainer."""
+    """Build the trainer (None: the plans' family's own, e.g. DeSAMTrainer), resume or load as asked, train, then
+    run the final validation; returns the trainer."""
     import torch
     from batchgenerators.utilities.file_and_folder_operations import load_json
     from nnunetv2.run.run_training import maybe_load_checkpoint
@@ -56,6 +58,10 @@ def train(dataset: Union[int, str], fold: Union[int, str], trainer: str = "DeSAM
         raise DeSAMInputError("--c and --val exclude each other")
     plans_dict["continue_training"] = continue_training
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    from desam_nnu.model.registry import network_family
+    if trainer is None:
+        from desam_nnu.trainers import default_trainer
+        trainer = default_trainer(plans_dict["configurations"][CONFIGURATION]["desam"].get("family", "desam"))
     t = _trainer_class(trainer)(plans=plans_dict, configuration=CONFIGURATION, fold=fold,
                                 dataset_json=load_json(os.path.join(pre_root, name, "dataset.json")), device=dev)
     saved = os.path.join(t.output_folder, "desam_options.json")
@@ -70,11 +76,16 @@ def train(dataset: Union[int, str], fold: Union[int, str], trainer: str = "DeSAM
         iterations_per_epoch = iterations_per_epoch or options.get("num_iterations_per_epoch")
     if sam_checkpoint:
         t.sam_checkpoint = sam_checkpoint
+    if t.desam.prompts is None and prompt_mode:
+        raise DeSAMInputError(f"--prompt-mode {prompt_mode}: the {t.desam.family} family has no prompts")
+    if use_cache and not network_family(t.desam.family).cacheable_features:
+        raise DeSAMInputError(f"--cache: {t.desam.family} encodes online (adapters in its encoder train)")
     if prompt_mode:
         t.prompt_mode = prompt_mode
     if cache_dtype:
         t.cache_dtype = cache_dtype
-    t.train_encoder = train_encoder
+    if train_encoder:
+        t.train_encoder = True
     if use_cache is not None:
         t.use_cache = use_cache
     if epochs:
@@ -97,7 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 "DeSAMPlans.json) on one fold; results go to $nnUNet_results as nnU-Net's do.")
     p.add_argument("dataset", help="dataset id (4) or name (Dataset004_Hippocampus)")
     p.add_argument("fold", help="0-4 (nnU-Net's 5-fold splits_final.json) or all")
-    p.add_argument("-tr", default="DeSAMTrainer", dest="trainer")
+    p.add_argument("-tr", default=None, dest="trainer",
+                   help="trainer class (default: the plans' family's own, DeSAMTrainer or DAPSAMTrainer)")
     p.add_argument("-p", default=PLANS_NAME, dest="plans")
     p.add_argument("--sam-checkpoint", default=None,
                    help="SAM weights (sam_vit_*.pth); default $DESAM_SAM_CHECKPOINT; not needed for tiny")

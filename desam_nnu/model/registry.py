@@ -5,9 +5,14 @@ A family provides (and adding one touches only its own folder plus one line in `
 * ``build(backbone, image_size, num_classes, checkpoint=None, pretrained=None, **size_overrides)``:
   the network, strict about its checkpoints;
 * ``load_official(source, net)``: a state dict in the layout of the family's official repository,
-  strictly (no key may be missing, left over or mis-shaped);
+  strictly (no key may be missing, left over or mis-shaped); ``load_pretrained(source, net)``: a SAM
+  checkpoint as the family's official code initialises from one;
 * ``network_class``, by which :func:`load_official` recognises a built network;
-* ``backbones`` it runs on and its ``native_image_size`` (None: the backbone's own).
+* ``backbones`` it runs on;
+* its own planner decisions: the mask-logit stride (input pixels per logit; None: the backbone's
+  layout decides, as DeSAM's PDMM), the input normalisation, whether its encoder's features may be
+  cached (a frozen encoder) and its prompt defaults (None: prompt-free);
+* ``network_class_name``, which the plans' ``architecture`` block records.
 
 Training and prediction both build through :func:`build_network`, from the plans' ``architecture``.
 """
@@ -20,9 +25,9 @@ from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
 from torch import Tensor, nn
 
 from .backbones import BACKBONES, build_desam
-from .checkpoints import load_official_desam
-from .dapsam import DAPSAM, NATIVE_IMAGE_SIZE as DAPSAM_IMAGE_SIZE, build_dapsam, load_official_dapsam
-from .dapsam.build import VIT_BACKBONES as DAPSAM_BACKBONES
+from .checkpoints import load_official_desam, load_sam_checkpoint
+from .dapsam import DAPSAM, build_dapsam, load_official_dapsam, load_sam_into_dapsam
+from .dapsam import build as dapsam_build
 from .desam import DeSAM
 
 StateDictSource = Union[str, os.PathLike, Mapping[str, Tensor]]
@@ -33,17 +38,50 @@ class NetworkFamily:
     name: str
     build: Callable[..., nn.Module]
     load_official: Callable[[StateDictSource, nn.Module], nn.Module]
+    load_pretrained: Callable[[StateDictSource, nn.Module], nn.Module]  # a SAM checkpoint into a built network
     network_class: type
     backbones: Tuple[str, ...]
-    native_image_size: Optional[int] = None
     official_repository: str = ""
+    # per backbone: input pixels per mask-logit pixel (None: the backbone's layout decides, DeSAM's PDMM)
+    logit_stride: Optional[Callable[[str], int]] = None
+    input_normalisation: Callable[[str], str] = lambda backbone: "network"  # see desam_nnu.rgb.network_input
+    cacheable_features: bool = True  # False: trained adapters inside the encoder, features change every step
+    prompts: Optional[Mapping[str, Any]] = None
+
+    @property
+    def network_class_name(self) -> str:
+        return f"desam_nnu.model.{self.network_class.__name__}"
+
+
+DESAM_PROMPTS: Mapping[str, Any] = {
+    # each slice one random point (the paper) or the whole box, half each: both prediction modes are
+    # trained, so desam_find_best_configuration chooses among both. Hippocampus, medsam_lite, 20 CPU-min
+    # (BENCHMARKS.md): chosen mean Dice 0.704 (box) against 0.694 for points (grid only), and mixed's
+    # grid candidates scored no worse (0.656 against 0.642, top-3, before postprocessing).
+    "train_mode": "mixed",
+    "predict_mode": "grid",
+    "grid_points_per_side": 9,
+    "iou_threshold": 0.5,
+    "top_k": 1,
+    "box_mode_available": True,
+    # what desam_find_best_configuration sweeps over the stored validation candidates; -1 keeps the best
+    # prompt whatever its predicted IoU (a briefly trained IoU head predicts values near 0)
+    "iou_threshold_candidates": [-1.0, 0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9],
+    "top_k_candidates": [1, 2, 3],
+    # which prediction modes each training prompt mode trains: the modes a model may be predicted with
+    "served_modes": {"points": ["grid"], "box": ["box"], "mixed": ["grid", "box"]},
+}
 
 
 NETWORKS: Dict[str, NetworkFamily] = {
-    "desam": NetworkFamily("desam", build_desam, load_official_desam, DeSAM, tuple(BACKBONES),
-                           official_repository="yifangao112/DeSAM"),
-    "dapsam": NetworkFamily("dapsam", build_dapsam, load_official_dapsam, DAPSAM, DAPSAM_BACKBONES,
-                            native_image_size=DAPSAM_IMAGE_SIZE, official_repository="wkklavis/DAPSAM"),
+    "desam": NetworkFamily("desam", build_desam, load_official_desam, load_sam_checkpoint, DeSAM, tuple(BACKBONES),
+                           official_repository="yifangao112/DeSAM", prompts=DESAM_PROMPTS),
+    # the official feeds each slice z-scored per image and channel and builds SAM with mean 0, std 1;
+    # its decoder predicts at 1/4 of the input (medsam_lite, ours: 0..1 input, logits at the input)
+    "dapsam": NetworkFamily("dapsam", build_dapsam, load_official_dapsam, load_sam_into_dapsam, DAPSAM,
+                            dapsam_build.BACKBONES_RUN, official_repository="wkklavis/DAPSAM",
+                            logit_stride=dapsam_build.logit_stride, input_normalisation=dapsam_build.input_normalisation,
+                            cacheable_features=False),
 }
 
 

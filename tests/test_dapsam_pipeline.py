@@ -1,0 +1,116 @@
+"""DAPSAM through the pipeline on synthetic NIfTI: plan (--family dapsam) -> train -> predict -> evaluate, the
+network built from the plans alone, identically by trainer and predictor."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import planned_tiny_dataset
+from synthetic import synthetic_case, write_nifti
+
+from desam_nnu.cli.evaluate import main as evaluate_main
+from desam_nnu.cli.predict import main as predict_main
+from desam_nnu.cli.train import train
+from desam_nnu.config import CONFIGURATION, DeSAMConfig
+from desam_nnu.errors import DeSAMInputError
+from desam_nnu.inference.predictor import DeSAMPredictor
+from desam_nnu.inference.prompt_free import PromptFreeTiles
+from desam_nnu.model import DAPSAM
+from desam_nnu.trainers.dapsam_trainer import DAPSAMTrainer, WarmupPolyLR
+
+MODEL = "Dataset008_Synth/DAPSAMTrainer__DeSAMPlans__desam_2d"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """Dataset008 planned for DAPSAM on the tiny backbone (64 px), fold 0 trained 4 iterations."""
+    for root in planned_tiny_dataset(tmp_path_factory, 8, 5, (6, 40, 48), family="dapsam"):
+        t = train(8, 0, device="cpu", epochs=1, iterations_per_epoch=4, val_iterations=1)
+        yield root, t
+
+
+def _plans(root: Path) -> dict:
+    return json.loads((root / "nnUNet_preprocessed" / "Dataset008_Synth" / "DeSAMPlans.json").read_text())
+
+
+def test_the_plans_hold_the_family_decisions(trained):
+    root, _ = trained
+    conf = _plans(root)["configurations"][CONFIGURATION]
+    d = conf["desam"]
+    assert d["family"] == "dapsam" and d["prompts"] is None and d["input_normalisation"] == "per_image_zscore"
+    assert d["resize"]["mask_logits_size"] == [16, 16]  # the decoder's 1/4 of the 64 px input
+    assert d["embedding_cache"]["default"] == "online"
+    assert conf["architecture"]["network_class_name"] == "desam_nnu.model.DAPSAM"
+    assert conf["architecture"]["arch_kwargs"]["family"] == "dapsam"
+    cfg = DeSAMConfig.from_configuration(conf)
+    net = cfg.build_network()
+    assert isinstance(net, DAPSAM) and net.num_classes == 2 and net.image_size == 64
+
+
+def test_trainer_and_predictor_build_the_same_network_and_train_the_official_parts(trained):
+    root, t = trained
+    assert isinstance(t, DAPSAMTrainer) and isinstance(t.lr_scheduler, WarmupPolyLR)
+    trainable = {n for n, p in t.bare_network.named_parameters() if p.requires_grad}
+    assert trainable and all("adapter" in n or not n.startswith("image_encoder.") for n in trainable)
+    assert "image_encoder.blocks.0.attn.qkv.weight" not in trainable
+    # 4 training iterations into the 250-iteration warm-up: 5e-4 * 5 / 250
+    assert t.optimizer.param_groups[0]["lr"] == pytest.approx(5e-4 * 5 / 250)
+    assert t.optimizer.param_groups[0]["weight_decay"] == 0.1 and isinstance(t.optimizer, torch.optim.AdamW)
+    p = DeSAMPredictor(device=torch.device("cpu"), allow_tqdm=False)
+    p.initialize_from_trained_model_folder(str(root / "nnUNet_results" / MODEL), [0], "checkpoint_final.pth")
+    assert isinstance(p.network, PromptFreeTiles) and "prompt-free" in p.configuration_note
+    ours, theirs = t.bare_network.state_dict(), p.network.network.state_dict()
+    assert list(ours) == list(theirs)
+    # the predictor's weights are the trained ones (nnU-Net loads them per fold when predicting)
+    p.network.load_state_dict(p.list_of_parameters[0])
+    for k in ours:
+        torch.testing.assert_close(theirs[k], ours[k].cpu(), rtol=0, atol=0)
+    options = json.loads((root / "nnUNet_results" / MODEL / "fold_0" / "desam_options.json").read_text())
+    assert options["family"] == "dapsam" and options["use_cache"] is False and "prompt_mode" not in options
+
+
+def test_predict_then_evaluate_whole_volumes(trained, tmp_path):
+    root, _ = trained
+    (tmp_path / "imagesTs").mkdir()
+    (tmp_path / "labelsTs").mkdir()
+    for case, seed in (("a", 1), ("b", 2)):
+        images, labels = synthetic_case((7, 42, 50), np.random.default_rng(seed))
+        write_nifti(images[0], str(tmp_path / "imagesTs" / f"{case}_0000.nii.gz"), (0.8, 0.8, 4.0))
+        write_nifti(labels, str(tmp_path / "labelsTs" / f"{case}.nii.gz"), (0.8, 0.8, 4.0))
+    out = tmp_path / "pred"
+    assert predict_main(["-i", str(tmp_path / "imagesTs"), "-o", str(out), "-d", "8", "--disable-tta"]) == 0
+    args = json.loads((out / "predict_args.json").read_text())
+    assert args["family"] == "dapsam" and args["prompt_mode"] is None
+    assert sorted(p.name for p in out.glob("*.nii.gz")) == ["a.nii.gz", "b.nii.gz"]
+    assert evaluate_main(["-ref", str(tmp_path / "labelsTs"), "-pred", str(out), "-d", "8"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["mean"]) == {"1", "2"}
+    assert all(0.0 <= summary["mean"][k]["Dice"] <= 1.0 for k in summary["mean"])
+
+
+def test_family_mismatch_and_prompt_options_are_refused(trained):
+    from desam_nnu.inference.find_best import find_best_configuration
+
+    with pytest.raises(DeSAMInputError, match="dapsam is prompt-free, so there are no prompts to choose"):
+        find_best_configuration(8, folds=[0], trainer="DAPSAMTrainer")
+    with pytest.raises(DeSAMInputError, match="DeSAMTrainer trains the desam family but the plans are for dapsam"):
+        train(8, 0, trainer="DeSAMTrainer", device="cpu", epochs=1)
+    with pytest.raises(DeSAMInputError, match="the dapsam family has no prompts"):
+        train(8, 0, prompt_mode="box", device="cpu", epochs=1)
+    with pytest.raises(DeSAMInputError, match="--cache: dapsam encodes online"):
+        train(8, 0, use_cache=True, device="cpu", epochs=1)
+
+
+def test_nnunetv2_train_finds_the_dapsam_trainer(trained):
+    env = dict(os.environ, nnUNet_extTrainer=str(Path(__file__).resolve().parents[1] / "trainers"))
+    exe = os.path.join(os.path.dirname(sys.executable), "nnUNetv2_train")
+    # nnU-Net's own entry point builds our trainer from the plans and runs its final validation
+    done = subprocess.run([exe, "8", "desam_2d", "0", "-tr", "DAPSAMTrainer", "-p", "DeSAMPlans", "-device", "cpu",
+                           "--val"], capture_output=True, text=True, env=env, timeout=600)
+    assert "Using trainer 'DAPSAMTrainer'" in done.stdout, done.stdout[-2000:] + done.stderr[-2000:]
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Mean Validation Dice" in done.stdout

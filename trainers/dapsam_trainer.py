@@ -1,0 +1,106 @@
+"""DAPSAMTrainer: the shared trainer (``base.py``) with the official DAPSAM recipe (wkklavis/DAPSAM, train.py and
+trainer.py): adapters, prompt generator and mask decoder trained, the ViT frozen; prompt-free.
+
+- loss: ``0.2 * BCE + 0.8 * Dice`` on sigmoids, Dice over the batch with smooth 1 (``loss.DAPSAMLoss``);
+- optimiser: AdamW, lr 5e-4, weight decay 0.1; per iteration a linear warm-up over 250 iterations, then
+  poly 0.9 to 0 at the end of training (the official stops at 80% of its poly schedule, at epoch 160
+  of 200; here the decay completes, as nnU-Net's and DeSAM's schedules do), or at the end of the time
+  budget;
+- batch 8 (the planner's); features always online (the adapters change the encoder's features);
+- input: each slice z-scored per image and channel (the plans' ``per_image_zscore``), as the official;
+- logits: the decoder's (1/4 of the input) resized to the patch, the same call as prediction
+  (``inference.prompt_free.family_logits``); the final validation is the shared prompt-free one.
+"""
+from typing import Callable, Dict, Optional
+
+import torch
+
+from desam_nnu.inference.prompt_free import family_logits
+from desam_nnu.trainers.base import SAMFamilyTrainer
+from desam_nnu.trainers.loss import DAPSAMLoss
+
+WARMUP_ITERATIONS = 250
+POLY_EXPONENT = 0.9
+
+
+class WarmupPolyLR:
+    """The official's per-iteration rate: ``lr * (i + 1) / warmup`` for the first ``warmup`` iterations, then
+    ``lr * (1 - progress) ** 0.9``, progress running 0 -> 1 over the rest of training as ``progress()`` says
+    (iterations, or seconds of the time budget). nnU-Net's per-epoch ``step(epoch)`` does nothing here:
+    the trainer calls :meth:`step_iteration` after each optimiser step."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, initial_lr: float, warmup: int,
+                 progress: Callable[[], float], iteration: int = 0) -> None:
+        self.optimizer, self.initial_lr, self.warmup, self.progress = optimizer, initial_lr, warmup, progress
+        self.iteration = iteration
+        self._set(self.rate())
+
+    def rate(self) -> float:
+        if self.iteration < self.warmup:
+            return self.initial_lr * (self.iteration + 1) / self.warmup
+        return self.initial_lr * (1 - min(max(self.progress(), 0.0), 1.0)) ** POLY_EXPONENT
+
+    def _set(self, lr: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+    def step(self, current_step: Optional[int] = None) -> None:
+        pass
+
+    def step_iteration(self) -> None:
+        self.iteration += 1
+        self._set(self.rate())
+
+
+class DAPSAMTrainer(SAMFamilyTrainer):
+    family = "dapsam"
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")) -> None:
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.initial_lr = 5e-4
+        self.weight_decay = 0.1
+        self.warmup_iterations = WARMUP_ITERATIONS
+        self.use_cache = False
+        self._warmup_ended_s: Optional[float] = None
+
+    def _set_trainable(self) -> None:
+        self.bare_network.freeze_backbone()
+
+    def configure_optimizers(self):
+        params = [p for p in self.network.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=self.initial_lr, weight_decay=self.weight_decay)
+        return optimizer, WarmupPolyLR(optimizer, self.initial_lr, self.warmup_iterations, self._poly_progress)
+
+    def _poly_progress(self) -> float:
+        """0 -> 1 from the warm-up's end to the end of training (its iterations, or its time budget)."""
+        if self.time_budget is None:
+            total = self.num_epochs * self.num_iterations_per_epoch - self.warmup_iterations
+            return (self.lr_scheduler.iteration - self.warmup_iterations) / max(total, 1)
+        if self._warmup_ended_s is None:
+            self._warmup_ended_s = self.budget_spent_s
+        return (self.budget_spent_s - self._warmup_ended_s) / max(self.time_budget - self._warmup_ended_s, 1e-6)
+
+    def on_train_start(self) -> None:
+        super().on_train_start()
+        # after the time budget's scheduler (time_budget.py), which ours replaces: it reads the budget through
+        # _poly_progress; a resumed run (--c) continues from its epoch's iteration
+        self.lr_scheduler = WarmupPolyLR(self.optimizer, self.initial_lr, self.warmup_iterations, self._poly_progress,
+                                         iteration=self.current_epoch * self.num_iterations_per_epoch)
+
+    def _build_loss(self) -> DAPSAMLoss:
+        return DAPSAMLoss()
+
+    def _forward(self, batch: Dict[str, object]):
+        seg = batch["seg"].to(self.device)
+        logits = family_logits(self.network, batch["images"].to(self.device), self.desam)
+        loss, _ = self.loss(logits, seg)
+        return loss, logits, seg
+
+    def train_step(self, batch: dict) -> dict:
+        out = super().train_step(batch)
+        self.lr_scheduler.step_iteration()
+        return out
+
+    def training_options(self) -> dict:
+        return {**super().training_options(), "warmup_iterations": self.warmup_iterations}
