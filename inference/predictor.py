@@ -41,7 +41,7 @@ from desam_nnu.inference.configuration import (InferenceConfiguration, read_conf
 from desam_nnu.inference.inputs import collect_cases
 from desam_nnu.inference.model_folder import FoldSpec, resolve_folds
 from desam_nnu.inference.prompt_free import PromptFreeTiles
-from desam_nnu.inference.prompted import PromptedDeSAM, PromptSettings, TileNetwork
+from desam_nnu.inference.prompted import GridStats, PromptedDeSAM, PromptSettings, TileNetwork
 from desam_nnu.model import DeSAM
 from desam_nnu.planners.plans import DeSAMPlansManager
 
@@ -178,7 +178,8 @@ class DeSAMPredictor(nnUNetPredictor):
         model folder chose them)."""
         if cfg.prompts is None:
             return PromptFreeTiles(network, cfg)
-        prompts = self.prompts or PromptSettings.from_plans(cfg, **self.prompt_overrides)
+        self.prompts = self.prompts or PromptSettings.from_plans(cfg, **self.prompt_overrides)
+        prompts = self.prompts
         return PromptedDeSAM(network, cfg, prompts, ensemble=ensemble)
 
     def choose_prompts(self, folder: str, folds: Sequence[FoldSpec], cfg: DeSAMConfig, labels: Sequence[int]) -> None:
@@ -243,6 +244,17 @@ class DeSAMPredictor(nnUNetPredictor):
                                       f"{cfg.backbone} model ({_one_line(e)[:200]})") from e
         self.model_folder = folder
 
+    def predict_case(self, data: torch.Tensor) -> Tuple[torch.Tensor, GridStats]:
+        """One preprocessed case [C, Z, Y, X] -> (logits, grid statistics): the per-case core of
+        ``desam_predict`` and of the trainers' final validation. With fold weights (a model folder) every
+        fold predicts (nnU-Net's ensembling); without (a trainer's network as it is) one sliding window."""
+        with self.network.collecting() as stats:
+            if self.list_of_parameters:
+                logits = self.predict_logits_from_preprocessed_data(data)
+            else:
+                logits = self.predict_sliding_window_return_logits(data).to("cpu")
+        return logits, stats
+
     def predict_logits_from_preprocessed_data(self, data: torch.Tensor) -> torch.Tensor:
         """One sliding window for a fold ensemble that shares its encoder (its tile network averages the
         folds); otherwise nnU-Net's: each fold's weights loaded in turn, one sliding window each."""
@@ -270,7 +282,7 @@ class DeSAMPredictor(nnUNetPredictor):
         remove_partials(output_folder, inputs.cases)
         atomic_write_json(self.dataset_json, join(output_folder, "dataset.json"))
         atomic_write_json(plans, join(output_folder, "plans.json"))
-        prompts = self.network.prompts
+        prompts = self.prompts
         atomic_write_json({"input_folder": os.path.abspath(input_folder), "model_folder": self.model_folder,
                            "family": self.desam.family, "prompt_mode": prompts and prompts.mode,
                            "grid_points_per_side": prompts and prompts.grid_points_per_side,
@@ -306,9 +318,8 @@ class DeSAMPredictor(nnUNetPredictor):
                     enqueue(i + read_ahead)
                     try:
                         data, properties = job.get()
-                        counts = self.network.grid_counts()
-                        logits = self.predict_logits_from_preprocessed_data(torch.from_numpy(np.asarray(data)))
-                        if self.network.kept_no_prompt_since(counts):
+                        logits, stats = self.predict_case(torch.from_numpy(np.asarray(data)))
+                        if stats.kept_no_prompt:
                             report.all_background.append(case)
                     except Exception as e:  # one bad case must not stop the others
                         report.failures[case] = _one_line(e) if isinstance(e, DeSAMInputError) else \

@@ -8,8 +8,9 @@ over every grid point, PDMM only for the kept prompts, fused at the patch; or on
 ``[0.5, p_1, ..., p_C]`` at the tile's resolution (see ``desam_nnu.planners.plans.desam_probabilities``).
 Averaging probabilities, not logits, is what DeSAM's IoU-weighted fusion does too.
 """
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import List, Optional, Sequence, Tuple
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -47,6 +48,20 @@ class PromptSettings:
         return cls(**settings)
 
 
+@dataclass
+class GridStats:
+    """What grid mode did over one case: tiles it decoded and, of those, tiles where no prompt reached the
+    IoU threshold (their output is background)."""
+
+    tiles: int = 0
+    empty: int = 0
+
+    @property
+    def kept_no_prompt(self) -> bool:
+        """Grid mode decoded tiles and kept no prompt on any: the whole case came out background."""
+        return self.tiles > 0 and self.empty == self.tiles
+
+
 class TileNetwork(nn.Module):
     """``forward(tiles [B, C_in, p, p], 0..255) -> [B, 1 + C, p, p]``: 0.5, then class probabilities.
 
@@ -58,17 +73,18 @@ class TileNetwork(nn.Module):
     def __init__(self, num_classes: int) -> None:
         super().__init__()
         self.num_classes = num_classes
-        self.grid_tiles = 0  # tiles decoded in grid mode ...
-        self.grid_tiles_empty = 0  # ... and of those, tiles where no prompt reached the IoU threshold
+        self._stats: Optional[GridStats] = None
 
-    def grid_counts(self) -> tuple:
-        """(grid tiles decoded, of those kept no prompt) so far; pass it to :meth:`kept_no_prompt_since`."""
-        return self.grid_tiles, self.grid_tiles_empty
-
-    def kept_no_prompt_since(self, counts: tuple) -> bool:
-        """True when grid mode decoded tiles since ``counts`` and kept no prompt on any of them."""
-        tiles, empty = self.grid_tiles - counts[0], self.grid_tiles_empty - counts[1]
-        return tiles > 0 and empty == tiles
+    @contextmanager
+    def collecting(self) -> Iterator["GridStats"]:
+        """``with net.collecting() as stats:`` the grid statistics of the calls inside (one case), returned
+        to the caller as an object instead of counters kept on the module."""
+        stats, previous = GridStats(), self._stats
+        self._stats = stats
+        try:
+            yield stats
+        finally:
+            self._stats = previous
 
     @torch.no_grad()
     def forward(self, tiles: Tensor) -> Tensor:
@@ -85,9 +101,11 @@ class TileNetwork(nn.Module):
         raise NotImplementedError
 
     def _count_grid(self, kept: Tensor) -> None:
-        """Count one grid-decoded tile; kept [k, C] says which prompts it kept."""
-        self.grid_tiles += 1
-        self.grid_tiles_empty += int(not bool(kept.any()))
+        """Count one grid-decoded tile (kept [k, C] says which prompts it kept) into the statistics being
+        collected, if any."""
+        if self._stats is not None:
+            self._stats.tiles += 1
+            self._stats.empty += int(not bool(kept.any()))
 
 
 def grid_probabilities(logits: Tensor, iou: Tensor, iou_threshold: float, top_k: int) -> Tuple[Tensor, Tensor]:

@@ -296,3 +296,26 @@ def test_folds_with_trained_encoders_predict_one_after_the_other(trained, tmp_pa
         outputs.append(p.predict_logits_from_preprocessed_data(torch.from_numpy(data)).float())
     assert not len(p.network.ensemble) and p.network.tile_calls == 2 * 2  # 2 slices, encoded once per fold
     assert torch.allclose(outputs[2], (outputs[0] + outputs[1]) / 2, atol=2e-3)
+
+
+def test_grid_statistics_come_back_per_case_not_as_counters_on_the_module():
+    from desam_nnu.inference.prompted import TileNetwork
+
+    class KeepsOnBrightTiles(TileNetwork):
+        """Keeps a prompt on tiles whose mean exceeds 0.5, none elsewhere."""
+
+        def _probabilities(self, tiles):
+            for t in tiles:
+                self._count_grid(torch.full((2, 1), bool(t.mean() > 0.5)))
+            return torch.zeros(len(tiles), 1, *tiles.shape[-2:])
+
+    net = KeepsOnBrightTiles(1)
+    dark, bright = torch.rand(3, 1, 4, 4) * 0.1, 0.9 + torch.rand(2, 1, 4, 4) * 0.1
+    with net.collecting() as first:
+        net(dark)
+    with net.collecting() as second:
+        net(dark)
+        net(bright)
+    net(bright)  # outside a case: counted nowhere
+    assert (first.tiles, first.empty, first.kept_no_prompt) == (3, 3, True)
+    assert (second.tiles, second.empty, second.kept_no_prompt) == (5, 3, False)

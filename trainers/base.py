@@ -330,8 +330,8 @@ class SAMFamilyTrainer(TimeBudgetMixin, nnUNetTrainer):
                                         self.__class__.__name__, self.inference_allowed_mirroring_axes)
         for key in tqdm(val_keys, desc="Validation"):
             data, _, _, properties = dataset.load_case(key)
-            logits = predictor.predict_sliding_window_return_logits(torch.from_numpy(np.asarray(data)))
-            export_case_atomically(logits.cpu(), properties, self.configuration_manager, self.plans_manager,
+            logits, _ = predictor.predict_case(torch.from_numpy(np.asarray(data)))
+            export_case_atomically(logits, properties, self.configuration_manager, self.plans_manager,
                                    self.dataset_json, folder, key, save_probabilities)
         self._score_validation(folder)
 

@@ -157,9 +157,8 @@ class DeSAMTrainer(SAMFamilyTrainer):
         for key in tqdm(val_keys, desc=f"Validation ({prompts.mode} prompts)"):
             data, _, _, properties = dataset.load_case(key)
             record.tiles = []
-            counts = network.grid_counts()
-            logits = predictor.predict_sliding_window_return_logits(torch.from_numpy(np.asarray(data)))
-            if network.kept_no_prompt_since(counts):
+            logits, stats = predictor.predict_case(torch.from_numpy(np.asarray(data)))
+            if stats.kept_no_prompt:
                 all_background.append(key)
             stored_bytes += candidates.save_case(record, join(store, key + ".npz"))
             export_case_atomically(logits.cpu(), properties, self.configuration_manager, self.plans_manager,

@@ -43,7 +43,7 @@ def predict(input_folder: str, output_folder: str, dataset: Optional[Union[int, 
           + (f"; previews in {output_folder}/previews" if report.previews else ""))
     if report.all_background:
         from desam_nnu.inference.prompted import all_background_warning
-        print(all_background_warning(report.all_background, predictor.network.prompts.iou_threshold), file=sys.stderr)
+        print(all_background_warning(report.all_background, predictor.prompts.iou_threshold), file=sys.stderr)
     if report.failures:
         print(f"{len(report.failures)} case(s) failed:", file=sys.stderr)
         for line in report.failures.values():
