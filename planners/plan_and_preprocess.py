@@ -23,6 +23,7 @@ from desam_nnu.errors import DeSAMInputError
 from desam_nnu.paths import env_dir, resolve_dataset_name
 from desam_nnu.planners.dataset_checks import (check_dataset, check_dataset_json, check_files_complete,
                                                 raise_if_problems)
+from desam_nnu.model.registry import network_family
 from desam_nnu.planners.planner import DeSAMPlanner, backbone_spec, channel_names, family_spec
 from desam_nnu.planners.preprocessor import DeSAMPreprocessor
 
@@ -182,8 +183,11 @@ def _print_summary(plans: dict, plans_file: str) -> None:
     axis = cfg.slicing_axis
     print(f"Plans written to {plans_file}")
     print(f"  {CONFIGURATION}: slices across axis {axis} of the images, patch {list(cfg.patch_size)} voxels at "
-          f"spacing {plans['configurations'][CONFIGURATION]['spacing']}, backbone {cfg.backbone} at "
+          f"spacing {plans['configurations'][CONFIGURATION]['spacing']}, {cfg.family} on {cfg.backbone} at "
           f"{cfg.image_size}x{cfg.image_size}, batch size {cfg.batch_size}")
     c = cfg.cache
+    if not network_family(cfg.family).cacheable_features:
+        print(f"  features: online (the {cfg.family} encoder's adapters train, so no embedding cache)")
+        return
     print(f"  embedding cache estimate ({c.dtype}): {c.bytes_per_slice / 2 ** 20:.2f} MiB/slice x {c.num_slices} "
           f"slices = {c.total_bytes / 2 ** 30:.2f} GiB")

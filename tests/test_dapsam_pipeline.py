@@ -57,8 +57,8 @@ def test_trainer_and_predictor_build_the_same_network_and_train_the_official_par
     trainable = {n for n, p in t.bare_network.named_parameters() if p.requires_grad}
     assert trainable and all("adapter" in n or not n.startswith("image_encoder.") for n in trainable)
     assert "image_encoder.blocks.0.attn.qkv.weight" not in trainable
-    # 4 training iterations into the 250-iteration warm-up: 5e-4 * 5 / 250
-    assert t.optimizer.param_groups[0]["lr"] == pytest.approx(5e-4 * 5 / 250)
+    # a 4-iteration schedule: 1% of it is less than one iteration of warm-up, and the decay ends at 0
+    assert t.lr_scheduler.iteration == 4 and t.optimizer.param_groups[0]["lr"] == 0.0
     assert t.optimizer.param_groups[0]["weight_decay"] == 0.1 and isinstance(t.optimizer, torch.optim.AdamW)
     p = DeSAMPredictor(device=torch.device("cpu"), allow_tqdm=False)
     p.initialize_from_trained_model_folder(str(root / "nnUNet_results" / MODEL), [0], "checkpoint_final.pth")
@@ -71,6 +71,37 @@ def test_trainer_and_predictor_build_the_same_network_and_train_the_official_par
         torch.testing.assert_close(theirs[k], ours[k].cpu(), rtol=0, atol=0)
     options = json.loads((root / "nnUNet_results" / MODEL / "fold_0" / "desam_options.json").read_text())
     assert options["family"] == "dapsam" and options["use_cache"] is False and "prompt_mode" not in options
+
+
+def test_warmup_is_the_officials_250_iterations_or_1_percent_of_a_shorter_schedule():
+    from types import SimpleNamespace
+
+    def schedule(**stub):
+        t = SimpleNamespace(**{**dict(warmup_iterations=250, num_epochs=100, num_iterations_per_epoch=250,
+                                      time_budget=None, budget_spent_s=0.0, _warmup_ended_s=None), **stub})
+        for name in ("_warmup_iterations", "_warmup_progress", "_poly_progress"):
+            setattr(t, name, getattr(DAPSAMTrainer, name).__get__(t))
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        return t, opt, WarmupPolyLR(opt, 5e-4, t._warmup_progress, t._poly_progress)
+
+    t, opt, lr = schedule()  # nnU-Net's 100 x 250 iterations: the official's 250-iteration warm-up
+    assert opt.param_groups[0]["lr"] == pytest.approx(5e-4 / 250)  # the official's first step, 2e-6
+    lr.iteration = 248
+    lr.step_iteration()
+    assert opt.param_groups[0]["lr"] == pytest.approx(5e-4)  # the warm-up's last iteration: the full rate
+    lr.iteration = 25_000 - 2
+    lr.step_iteration()
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
+    t, opt, lr = schedule(time_budget=1800.0)  # 30 minutes: warm-up over 1% of it (18 s), then poly over the rest
+    t.budget_spent_s = 9.0
+    lr.step_iteration()
+    assert opt.param_groups[0]["lr"] == pytest.approx(5e-4 * 0.5)
+    t.budget_spent_s = 18.0
+    lr.step_iteration()
+    assert opt.param_groups[0]["lr"] == pytest.approx(5e-4)
+    t.budget_spent_s = 18.0 + (1800 - 18) / 2
+    lr.step_iteration()
+    assert opt.param_groups[0]["lr"] == pytest.approx(5e-4 * 0.5 ** 0.9)
 
 
 def test_predict_then_evaluate_whole_volumes(trained, tmp_path):
