@@ -64,8 +64,9 @@ BENCHMARKS: List[Benchmark] = [
     Benchmark("robustness", "robustness.py", ("--minutes", "30", "--cases", "10"),
               ("--minutes", "1", "--race-cases", "10", "--cases", "2", "--levels", "1", "--shifts", "blur"),
               "robustness.json"),
-    Benchmark("gpu_check", "gpu_check.py", (), ("--device", "cpu", "--backbones", "tiny", "--iterations", "2"),
-              "gpu_check.json", needs_gpu=True),
+    Benchmark("gpu_check", "gpu_check.py", (),
+              ("--device", "cpu", "--runs", "desam:tiny", "--cases", "5", "--iterations", "2"), "gpu_check.json",
+              needs_gpu=True),
 ]
 BY_NAME: Dict[str, Benchmark] = {b.name: b for b in BENCHMARKS}
 

@@ -29,7 +29,7 @@ from report_speed import (section_cache_bytes, section_cache_dice, section_decod
                           section_encoder, section_preprocess, section_prim_attention, section_train)
 from report_predict import predict_runs, section_memory, section_predict  # noqa: E402
 from report_dice import dice_rows, section_dice, section_lite  # noqa: E402
-from report_gpu import section_gpu  # noqa: E402
+from report_gpu import gpu_device, section_gpu  # noqa: E402
 from report_robustness import section_robustness  # noqa: E402
 
 sys.path.insert(0, str(REPO))
@@ -83,6 +83,9 @@ def header(res: Results) -> str:
         if b.name == "predict":
             for run in predict_runs(d):
                 note(b.name, run.get("machine"), run.get("cpus"))
+        elif b.name == "gpu_check":  # a GPU machine's figures, in a section of their own
+            gpus.setdefault(gpu_device(d), []).append(b.name)
+            continue
         elif b.name == "dice_budget" and not d.get("machine"):
             for r in dice_rows(d)[0].values():
                 note(b.name, r.get("machine"), r.get("cpus"))
@@ -100,7 +103,8 @@ def header(res: Results) -> str:
     else:
         where = "on an unrecorded machine"
     gpu = ("No result has a GPU section yet: every figure is from the CPU." if not gpus else
-           "GPU columns: " + "; ".join(f"{dev} ({', '.join(n)})" for dev, n in gpus.items()) + ".")
+           "GPU figures: " + "; ".join(f"{dev} ({', '.join(n)})" for dev, n in gpus.items())
+           + "; every other figure is from the CPU.")
     return f"""# Benchmarks
 
 Written by `python benchmarks/run_all.py` from the JSON results in `benchmarks/results/` (it runs

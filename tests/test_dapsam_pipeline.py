@@ -11,6 +11,7 @@ import pytest
 import torch
 from conftest import planned_tiny_dataset
 from synthetic import synthetic_case, write_nifti
+from torch._dynamo import OptimizedModule
 
 from desam_nnu.cli.evaluate import main as evaluate_main
 from desam_nnu.cli.predict import main as predict_main
@@ -145,3 +146,25 @@ def test_nnunetv2_train_finds_the_dapsam_trainer(trained):
     assert "Using trainer 'DAPSAMTrainer'" in done.stdout, done.stdout[-2000:] + done.stderr[-2000:]
     assert done.returncode == 0, done.stderr[-2000:]
     assert "Mean Validation Dice" in done.stdout
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here: DAPSAM's CUDA training step and "
+                                                         "prediction run where a GPU is")
+def test_cuda_trains_with_amp_and_predicts(trained, tmp_path, monkeypatch):
+    """nnU-Net's CUDA defaults (compile requested, AMP with its grad scaler): fold 1 trained and predicted on CUDA."""
+    root, _ = trained
+    monkeypatch.delenv("nnUNet_compile", raising=False)
+    t = train(8, 1, device="cuda", epochs=1, iterations_per_epoch=2, val_iterations=1)
+    assert t.grad_scaler is not None and not isinstance(t.network, OptimizedModule)
+    assert next(t.bare_network.parameters()).device.type == "cuda"
+    fold = root / "nnUNet_results" / MODEL / "fold_1"
+    saved = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)["network_weights"]
+    assert list(saved) == list(t.bare_network.state_dict())
+    assert 0 <= json.loads((fold / "validation" / "summary.json").read_text())["foreground_mean"]["Dice"] <= 1
+    (tmp_path / "imagesTs").mkdir()
+    images, _ = synthetic_case((7, 42, 50), np.random.default_rng(3))
+    write_nifti(images[0], str(tmp_path / "imagesTs" / "c_0000.nii.gz"), (0.8, 0.8, 4.0))
+    out = tmp_path / "pred"
+    assert predict_main(["-i", str(tmp_path / "imagesTs"), "-o", str(out), "-d", "8", "-f", "1",
+                         "-device", "cuda"]) == 0
+    assert (out / "c.nii.gz").is_file()

@@ -123,7 +123,11 @@ FABRICATED = {
         {"backbone": "vit_b", "image_size": 1024, "device": "Fake GPU 9000", "batch_size": 8, "cache_s_per_slice": 0.05,
          "train_s_per_iter": 0.25, "predict_box_s_per_slice": 0.06, "predict_grid_s_per_slice": 0.2,
          "cache_peak_gpu_mib": 3000.0, "train_peak_gpu_mib": 9000.0, "predict_box_peak_gpu_mib": 2500.0,
-         "predict_grid_peak_gpu_mib": 4000.0, "command": "python benchmarks/gpu_check.py --out /tmp/g.json"}]},
+         "predict_grid_peak_gpu_mib": 4000.0, "command": "python benchmarks/gpu_check.py --out /tmp/g.json"},
+        {"family": "dapsam", "backbone": "medsam_lite", "image_size": 128, "device": "Fake GPU 9000", "batch_size": 8,
+         "train_s_per_iter": 0.1, "predict_prompt_free_s_per_slice": 0.02, "train_peak_gpu_mib": 2000.0,
+         "predict_prompt_free_peak_gpu_mib": 190.0, "command": "python benchmarks/gpu_check.py"}],
+        "torch": "2.11.0+cu130", "cuda": "13.0", "cuda_tests": {"command": "python -m pytest -k cuda", "result": "4 passed"}},
 }
 
 
@@ -200,10 +204,14 @@ def test_every_area_rendered_with_ratios_from_the_numbers(tmp_path):
     # a GPU section adds a GPU column named after the device, to that area's table only
     assert "| measure | ours | reference | ratio | target | command | GPU (Fake GPU 9000) |" in text
     assert _row(text, "decoder, grid of 81 prompts vs 1 prompt, vit_h dims")[6] == "30 ms vs 10 ms (1 prompt) (3x)"
-    assert "GPU columns: Fake GPU 9000 (decoder)" in text
-    assert _row(text, "vit_b | 1024 | Fake GPU 9000")[3:] == [
-        "0.0500 s", "0.250 s (batch 8)", "0.0600 s", "0.2000 s", "3000 MiB / 9000 MiB / 2500 MiB / 4000 MiB",
+    assert "GPU figures: Fake GPU 9000 (decoder, gpu_check); every other figure is from the CPU." in text
+    assert "16 CPU cores" not in text  # the GPU machine's CPU is not one of the CPU figures' machines
+    assert _row(text, "desam | vit_b | 1024 | Fake GPU 9000")[4:] == [
+        "0.0500 s", "0.250 s (batch 8)", "0.0600 s / 0.2000 s / -", "3000 MiB / 9000 MiB / 2500 MiB / 4000 MiB / -",
         "`python benchmarks/gpu_check.py`"]
+    assert _row(text, "dapsam | medsam_lite | 128")[4:] == [
+        "-", "0.100 s (batch 8)", "- / - / 0.0200 s", "- / 2000 MiB / - / - / 190 MiB", "`python benchmarks/gpu_check.py`"]
+    assert "torch 2.11.0+cu130, CUDA 13.0." in text and "4 passed (`python -m pytest -k cuda`)" in text
 
 
 def test_missing_results_render_as_not_measured_yet(tmp_path):
