@@ -148,3 +148,6 @@ def test_medsam_lite_extension_starts_from_litemedsam_and_adds_only_adapters():
                 module.bias.zero_()
         torch.testing.assert_close(net.image_encoder(images), plain(images)[-1], rtol=1e-5, atol=1e-5)
     assert (before - plain(images)[-1]).abs().max() > 1e-3  # and with their initial weights they act
+    # each block adapter read its MLP's normalised input from the LayerNorm's hook, and let go of it
+    adapters = [m for n, m in net.image_encoder.named_modules() if n.endswith("channel_adapter")]
+    assert len(adapters) == 10 and all(a.normed is None for a in adapters)

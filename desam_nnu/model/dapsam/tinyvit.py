@@ -23,14 +23,19 @@ from ..tinyvit import TinyViTFeatureEncoder
 from .network import BLOCK_ADAPTER_SCALE, BlockAdapter, LAdapter
 
 
+def _keep_normed(norm: nn.Module, inputs: Tuple[Tensor], output: Tensor) -> None:
+    """Forward hook on the MLP's LayerNorm: hands its output (the MLP's normalised input) to the adapter."""
+    norm.channel_adapter.normed = output
+
+
 def _mlp_with_adapter(mlp: nn.Module, inputs: Tuple[Tensor], output: Tensor) -> Tensor:
     """Forward hook on a TinyViT block's MLP: its output plus 0.5 x the block adapter on the MLP's
-    normalised input (the ViT's ``mlp(n2) + 0.5 adapter(n2, E)``). The block sets ``embedding`` on the
-    adapter for the duration of its call. tokens [B, L, C]."""
+    normalised input (the ViT's ``mlp(n2) + 0.5 adapter(n2, E)``), kept by ``_keep_normed`` rather than
+    computed twice. The block sets ``embedding`` on the adapter for the duration of its call. tokens [B, L, C]."""
     adapter = mlp.channel_adapter
     b, length, c = output.shape
     h, w = adapter.resolution
-    xn = mlp.norm(inputs[0]).view(b, h, w, c)
+    xn, adapter.normed = adapter.normed.view(b, h, w, c), None
     return output + BLOCK_ADAPTER_SCALE * adapter(xn, adapter.embedding).reshape(b, length, c)
 
 
@@ -50,6 +55,8 @@ class DAPSAMTinyViT(TinyViTFeatureEncoder):
                 blk.add_module("channel_adapter", adapter)
                 # the MLP reaches its block's adapter through a plain attribute (no second registration)
                 object.__setattr__(blk.mlp, "channel_adapter", adapter)
+                object.__setattr__(blk.mlp.norm, "channel_adapter", adapter)
+                blk.mlp.norm.register_forward_hook(_keep_normed)
                 blk.mlp.register_forward_hook(_mlp_with_adapter)
 
     def forward(self, x: Tensor) -> Tensor:  # type: ignore[override]
