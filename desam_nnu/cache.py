@@ -313,14 +313,19 @@ class EmbeddingCache:
             return
         shutil.rmtree(doomed, ignore_errors=True)
 
-    def remove_stale_tmp(self) -> int:
-        """Delete temporary directories left by dead processes (killed builds); returns how many."""
+    def remove_stale_tmp(self, cases: Optional[Sequence[str]] = None) -> int:
+        """Delete temporary directories left by dead processes (killed builds), of ``cases`` only when given;
+        returns how many. A builder cleans only its own cases' leftovers: builders of other parts may run on
+        other machines sharing the folder, where a process id of theirs means nothing here."""
         if not os.path.isdir(self.folder):
             return 0
+        own = None if cases is None else set(cases)
         removed = 0
         for name in os.listdir(self.folder):
             m = _TMP_RE.match(name)
             path = os.path.join(self.folder, name)
+            if own is not None and (not m or m.group("case") not in own):
+                continue
             if m and os.path.isdir(path) and not pid_alive(int(m.group("pid"))):
                 shutil.rmtree(path, ignore_errors=True)
                 removed += 1
@@ -334,8 +339,8 @@ class EmbeddingCache:
         fraction, against the free space before anything is encoded, so a long build does not die at 95%.
         """
         self._ensure_folder()
-        self.remove_stale_tmp()
         unique = list(dict.fromkeys(cases))
+        self.remove_stale_tmp(unique)
         missing = [c for c in unique if not self.has(c)]
         if not missing:
             return 0

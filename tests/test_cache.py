@@ -196,6 +196,8 @@ def test_stale_tmp_dirs(tmp_path):
             f.write("{}")
     assert cache.cases() == ["done"]
     assert cache.build(["done"], lambda c: pytest.fail("nothing to build"), 1000) == 0
+    assert os.path.isdir(stale)  # another part's case: its builder's process id may be another machine's
+    assert cache.remove_stale_tmp(["case_1", "case_2"]) == 1  # the dead builder's leftovers, not the live one's
     assert not os.path.exists(stale) and os.path.isdir(live)
     assert cache.cases() == ["done"]
 

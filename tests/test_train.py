@@ -132,11 +132,34 @@ def test_corrupt_cache_file_is_rebuilt_with_a_warning(prepared, capsys):
     (["5", "7"], "fold '7': use 0, 1, 2, 3, 4 or all"),
     (["5", "0", "-p", "NoSuchPlans"], "run desam_plan_and_preprocess"),
     (["5", "0", "--sam-checkpoint", "/nonexistent/sam_vit_b.pth"], "/nonexistent/sam_vit_b.pth: SAM checkpoint not found"),
+    (["5", "0", "-num_parts", "2"], "-num_parts/-part_id split the cache build: use them with --cache-only"),
+    (["5", "0", "--cache-only", "-num_parts", "2", "-part_id", "2"], "use a part_id from 0 to num_parts - 1"),
+    (["5", "0", "--cache-only", "--no-cache"], "--cache-only builds the cache and stops"),
 ])
 def test_bad_input_is_one_clear_line(prepared, capsys, args, message):
     _fresh_results(prepared)
     assert main(args + ["-device", "cpu"]) == 2
     assert message in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_cache_parts_fill_one_cache_disjointly_and_train_nothing(prepared):
+    """desam_train --cache-only -num_parts 2: each part encodes every 2nd case; together, the whole cache, equal to
+    encoding the slices directly; no fold is trained."""
+    out = _fresh_results(prepared)
+    cache_root = prepared / "nnUNet_preprocessed" / "Dataset005_Synth" / "desam_cache"
+    shutil.rmtree(cache_root, ignore_errors=True)
+    assert main(["5", "0", "-device", "cpu", "--cache-only", "-num_parts", "2", "-part_id", "1"]) == 0
+    (folder,) = list(cache_root.iterdir())
+    assert sorted(p.name for p in folder.iterdir() if p.is_dir()) == ["case_001", "case_003"]
+    t = train(5, 3, device="cpu", cache_only=True, num_parts=2, part_id=0)
+    assert sorted(p.name for p in folder.iterdir() if p.is_dir()) == [f"case_{i:03d}" for i in range(5)]
+    assert not any(out.glob("fold_*/checkpoint_*.pth"))
+    assert t.cache.build(sorted(t.items.cases), lambda c: pytest.fail("all cached"), 1000) == 0
+    dataset, _, _ = t._index_items()
+    direct, _ = t._encode_case(dataset, "case_003")  # a case of the other part, built by the other run
+    n = len(t.items.items_of("case_003"))
+    for cached, fresh in zip(t.cache.read("case_003").features(np.arange(n)), direct):
+        np.testing.assert_array_equal(cached.numpy(), fresh.astype(np.float16))
 
 
 def test_a_wrong_checkpoint_file_is_refused(prepared, tmp_path, capsys):

@@ -179,15 +179,41 @@ class SAMFamilyTrainer(TimeBudgetMixin, nnUNetTrainer):
         pass  # nnU-Net's plot traces a U-Net with hiddenlayer; not meaningful for a ViT
 
     # ------------------------------------------------------------------ data
+    def _index_items(self):
+        """(dataset, training keys, validation keys), with ``self.items`` indexed over every case of the split."""
+        tr_keys, val_keys = self.do_split()
+        keys = sorted(set(tr_keys) | set(val_keys))
+        dataset = self.dataset_class(self.preprocessed_dataset_folder, keys)
+        self.items = build_item_index(dataset, keys, self.desam.patch_size[0])
+        return dataset, tr_keys, val_keys
+
+    def build_cache(self, num_parts: int = 1, part_id: int = 0) -> List[str]:
+        """Fill the embedding cache with part ``part_id`` of ``num_parts`` of the cases (every ``num_parts``-th in
+        sorted order, as ``desam_predict -num_parts`` splits), without training: processes or machines sharing
+        the preprocessed folder fill one cache at once (cases are published whole, by rename), and training
+        then finds it complete. Returns the cases of this part."""
+        if self.train_encoder or not network_family(self.desam.family).cacheable_features:
+            raise DeSAMInputError(f"--cache-only: {self.desam.family} with this trainer encodes online; there is no "
+                                  "cache to build")
+        if num_parts < 1 or not 0 <= part_id < num_parts:
+            raise DeSAMInputError(f"-num_parts {num_parts} -part_id {part_id}: use a part_id from 0 to num_parts - 1")
+        dataset, _, _ = self._index_items()
+        self.cache = self._open_cache()
+        part = sorted(self.items.cases)[part_id::num_parts]
+        per_item = feature_bytes_per_item(self.desam.cache.feature_shapes, self.cache_dtype)
+        built = self.cache.build(part, lambda case: self._encode_case(dataset, case),
+                                 estimated_bytes=per_item * sum(len(self.items.items_of(c)) for c in part),
+                                 desc=f"Caching encoder features, part {part_id + 1} of {num_parts}")
+        self.print_to_log_file(f"Embedding cache part {part_id} of {num_parts}: {len(part)} cases ({built} encoded "
+                               f"now) in {self.cache.folder}", also_print_to_console=True)
+        return part
+
     def get_dataloaders(self):
         """Item index, the embedding cache (built or reused) and two in-process batch iterators."""
-        tr_keys, val_keys = self.do_split()
         # nnU-Net's data-augmentation setup is not used, but it records the mirror axes that the
         # checkpoint hands to the predictor's test-time mirroring: (0, 1) for 2D
         self.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
-        dataset = self.dataset_class(self.preprocessed_dataset_folder, sorted(set(tr_keys) | set(val_keys)))
-        patch = self.desam.patch_size[0]
-        self.items = build_item_index(dataset, sorted(set(tr_keys) | set(val_keys)), patch)
+        dataset, tr_keys, val_keys = self._index_items()
         rng_tr = np.random.default_rng(self.seed + 1000 * (self.fold if isinstance(self.fold, int) else 99))
         rng_val = np.random.default_rng(self.seed + 1)
         if self.use_cache is not False:

@@ -36,9 +36,11 @@ def train(dataset: Union[int, str], fold: Union[int, str], trainer: Optional[str
           validation_only: bool = False, npz: bool = False, device: Optional[str] = None,
           epochs: Optional[int] = None, iterations_per_epoch: Optional[int] = None,
           val_iterations: Optional[int] = None, cache_dtype: Optional[str] = None, train_encoder: bool = False,
-          use_cache: Optional[bool] = None, time_budget: Optional[float] = None):
+          use_cache: Optional[bool] = None, time_budget: Optional[float] = None, cache_only: bool = False,
+          num_parts: int = 1, part_id: int = 0):
     """Build the trainer (None: the plans' family's own, e.g. DeSAMTrainer), resume or load as asked, train, then
-    run the final validation; returns the trainer."""
+    run the final validation; returns the trainer. ``cache_only``: build part ``part_id`` of ``num_parts`` of the
+    embedding cache instead, and stop."""
     import torch
     from batchgenerators.utilities.file_and_folder_operations import load_json
     from nnunetv2.run.run_training import maybe_load_checkpoint
@@ -56,6 +58,10 @@ def train(dataset: Union[int, str], fold: Union[int, str], trainer: Optional[str
         raise DeSAMInputError(f"{data_dir}: preprocessed data missing; run desam_plan_and_preprocess -d {dataset}")
     if continue_training and validation_only:
         raise DeSAMInputError("--c and --val exclude each other")
+    if cache_only and (continue_training or validation_only or use_cache is False):
+        raise DeSAMInputError("--cache-only builds the cache and stops: not with --c, --val or --no-cache")
+    if (num_parts, part_id) != (1, 0) and not cache_only:
+        raise DeSAMInputError("-num_parts/-part_id split the cache build: use them with --cache-only")
     plans_dict["continue_training"] = continue_training
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     from desam_nnu.model.registry import network_family
@@ -96,6 +102,10 @@ def train(dataset: Union[int, str], fold: Union[int, str], trainer: Optional[str
         t.num_val_iterations_per_epoch = val_iterations
     if time_budget:
         t.time_budget = time_budget * 60
+    if cache_only:
+        t.initialize()
+        t.build_cache(num_parts, part_id)
+        return t
     maybe_load_checkpoint(t, continue_training, validation_only)
     if not validation_only:
         t.run_training()
@@ -137,6 +147,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--time-budget", type=float, default=None,
                    help="train within this many minutes (cache build included, final validation not), the "
                         "learning rate decaying to the budget's end")
+    p.add_argument("--cache-only", action="store_true",
+                   help="build the embedding cache (any fold: it is per dataset) and stop; with -num_parts/-part_id "
+                        "several processes or machines sharing the preprocessed folder build one cache together")
+    p.add_argument("-num_parts", type=int, default=1, help="with --cache-only: split the cases into this many parts")
+    p.add_argument("-part_id", type=int, default=0,
+                   help="with --cache-only: the part this run builds, 0 to num_parts - 1 (every num_parts-th case)")
     return p
 
 
