@@ -28,6 +28,9 @@ plans carried over from an earlier run):
   ``desam_find_best_configuration 4 -f 0``. Its budget counts from its setup on (the embedding cache
   build included) and it stops when another epoch would not fit; its log's ``Budget spent: ...``
   line, kept verbatim, says where the time went.
+- DAPSAM (``--runs dapsam``): the same with ``desam_plan_and_preprocess -d 4 -np 2 --family dapsam``, whose
+  plans make ``desam_train`` use ``DAPSAMTrainer`` (the official recipe); prompt-free, so there is nothing
+  to choose: its Dice is the final validation's, without postprocessing.
 
 Each row is merged into benchmarks/results/dice_budget.json under the key (tool, budget, cases) as
 soon as it is measured; the table printed at the end has one line per budget, the two tools side by
@@ -58,13 +61,13 @@ from train import DATASET  # noqa: E402
 
 from desam_nnu.atomic import atomic_path  # noqa: E402
 from desam_nnu.paths import link_dataset_subset  # noqa: E402
+from desam_nnu.trainers import default_trainer  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
 NNUNET_ITERATIONS = 250  # nnUNetTrainer's iterations per epoch
 NNUNET_FULL_SCHEDULE = 1000  # nnUNetTrainer's epochs
 CLOCK = "wall"  # the marker of this format's rows in the JSON
-DESAM_MODEL = "DeSAMTrainer__DeSAMPlans__desam_2d"
 
 
 # ------------------------------------------------------------------------------------------ commands
@@ -238,38 +241,43 @@ def race_nnunet(folder: Path, minutes: float, cases: Optional[int], epochs: int)
 
 
 def race_desam(folder: Path, minutes: float, cases: Optional[int], backbone: Optional[str],
-               also_default_predict: bool) -> dict:
-    """DeSAM's default plan, train for ``minutes`` of wall time, final validation and configuration choice."""
+               also_default_predict: bool, family: str = "desam") -> dict:
+    """A network family's default plan (``--family``), train for ``minutes`` of wall time with the family's
+    default trainer, final validation and, for a prompted family, the configuration choice. A prompt-free
+    family (DAPSAM) has nothing to choose: its Dice is the final validation's."""
     env = _fresh_env(folder, cases)
     env["DESAM_BUDGET_CLOCK"] = CLOCK
     if backbone is None:  # the default backbone, whatever SAM checkpoint the environment names
         env.pop("DESAM_SAM_CHECKPOINT", None)
-    plan = [BIN / "desam_plan_and_preprocess", "-d", "4", "-np", "2"] + (["--backbone", backbone] if backbone else [])
+    plan = ([BIN / "desam_plan_and_preprocess", "-d", "4", "-np", "2"] + (["--backbone", backbone] if backbone else [])
+            + (["--family", family] if family != "desam" else []))
     train = [BIN / "desam_train", "4", "0", "-device", "cpu", "--time-budget", f"{minutes:g}"]
-    print(f"desam, {minutes:g} min: planning", flush=True)
+    print(f"{family}, {minutes:g} min: planning", flush=True)
     planning_s = _run(plan, env, folder / "plan.log")
-    print(f"desam, {minutes:g} min: training + final validation", flush=True)
+    print(f"{family}, {minutes:g} min: training + final validation", flush=True)
     start = time.time()
     command_s = _run(train, env, folder / "train.log")
-    fold = Path(env["nnUNet_results"]) / DATASET.name / DESAM_MODEL / "fold_0"
+    fold = Path(env["nnUNet_results"]) / DATASET.name / f"{default_trainer(family)}__DeSAMPlans__desam_2d" / "fold_0"
     times = log_times(fold, start)
     options_file = fold / "desam_options.json"
     options = json.loads(options_file.read_text()) if options_file.is_file() else None
-    print(f"desam, {minutes:g} min: desam_find_best_configuration", flush=True)
-    fb = _find_best(env, folder, fold, times["validation_s"])
     final = _dice(fold / "validation" / "summary.json")
     plans = json.loads((Path(env["nnUNet_preprocessed"]) / DATASET.name / "DeSAMPlans.json").read_text())
     cfg = plans["configurations"]["desam_2d"]
-    row = dict(times, tool="desam", backbone_flag=backbone, backbone=cfg["desam"]["backbone"],
+    row = dict(times, tool=family, backbone_flag=backbone, backbone=cfg["desam"]["backbone"],
                image_size=cfg["desam"]["image_size"], batch_size=cfg.get("batch_size"), options=options,
-               iterations_per_epoch=(options or {}).get("num_iterations_per_epoch"),
-               dice={"mean": fb["dice"]["after_postprocessing"], **fb["dice"]["after_postprocessing_per_class"],
+               iterations_per_epoch=(options or {}).get("num_iterations_per_epoch"), dice=final,
+               dice_final_validation=final, postprocessing=[], last_pseudo_dice=_pseudo_dice(fold),
+               planning_s=planning_s, train_command_s=command_s, find_best_s=None,
+               commands={"plan": _shown(plan, {}), "train": _shown(train, {"DESAM_BUDGET_CLOCK": CLOCK})})
+    if cfg["desam"].get("prompts") is None:  # prompt-free: nothing to choose
+        return row
+    print(f"{family}, {minutes:g} min: desam_find_best_configuration", flush=True)
+    fb = _find_best(env, folder, fold, times["validation_s"])
+    row.update(dice={"mean": fb["dice"]["after_postprocessing"], **fb["dice"]["after_postprocessing_per_class"],
                      "cases": final["cases"]},
-               dice_final_validation=final, postprocessing=[step["function"] for step in fb["postprocessing"]],
-               last_pseudo_dice=_pseudo_dice(fold), planning_s=planning_s, train_command_s=command_s,
-               find_best_s=fb["seconds"], find_best=fb,
-               commands={"plan": _shown(plan, {}), "train": _shown(train, {"DESAM_BUDGET_CLOCK": CLOCK}),
-                         "find_best": "desam_find_best_configuration 4 -f 0"})
+               postprocessing=[step["function"] for step in fb["postprocessing"]], find_best_s=fb["seconds"],
+               find_best=fb, commands=dict(row["commands"], find_best="desam_find_best_configuration 4 -f 0"))
     if also_default_predict:
         # the default path: no prompt flags, so desam_predict follows the chosen configuration
         row["dice_default_predict"], row["predict_s_per_volume_default"] = _predict_validation(
@@ -300,8 +308,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     p.add_argument("--minutes", type=float, nargs="+", default=[30.0],
                    help="training budgets in wall minutes, first step to last (default 30); one row per tool and "
                         "budget")
-    p.add_argument("--runs", nargs="+", default=["nnunet", "desam"], choices=["nnunet", "desam"],
-                   help="tools to race, in this order within each budget (default both)")
+    p.add_argument("--runs", nargs="+", default=["nnunet", "desam"], choices=["nnunet", "desam", "dapsam"],
+                   help="tools to race, in this order within each budget (default nnunet desam; dapsam: the DAPSAM "
+                        "family, planned with --family dapsam)")
     p.add_argument("--nnunet-epoch-seconds", type=float, default=1500.0,
                    help="nnU-Net's wall seconds per epoch (250 iterations), for the epochs that fit a budget; "
                         "measured on a 2-core CPU with the 200 cases (default 1500)")
@@ -343,8 +352,8 @@ def main(argv: Optional[List[str]] = None) -> None:
                 row = race_nnunet(work / key, minutes, args.cases, epochs)
                 row["nnunet_epoch_seconds"] = None if args.nnunet_epochs else args.nnunet_epoch_seconds
             else:
-                key = f"desam_{tag}" if args.backbone is None else f"desam_{args.backbone}_{tag}"
-                row = race_desam(work / key, minutes, args.cases, args.backbone, args.also_default_predict)
+                key = f"{run}_{tag}" if args.backbone is None else f"{run}_{args.backbone}_{tag}"
+                row = race_desam(work / key, minutes, args.cases, args.backbone, args.also_default_predict, run)
             iterations = row["epochs"] * row["iterations_per_epoch"] if row.get("iterations_per_epoch") else None
             wall = row["train_wall_s"]
             row.update(budget_clock=CLOCK, minutes=minutes, budget_s=minutes * 60, cases=cases, iterations=iterations,

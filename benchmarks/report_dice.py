@@ -96,7 +96,7 @@ no automatic model does. 256 px is LiteMedSAM's native size; 128 px shows what a
 
 # ------------------------------------------------------------------------------------------ Dice, same wall budget
 RACE_CLOCK = "wall"  # dice_budget.py's marker of its equal-wall-budget rows ("budget_clock")
-TOOLS = ("nnunet", "desam")
+TOOLS = ("nnunet", "desam", "dapsam")  # nnU-Net's 2D U-Net, then the SAM families beside it
 
 
 def dice_rows(d: dict) -> Tuple[Dict[str, dict], int]:
@@ -111,6 +111,12 @@ def dice_rows(d: dict) -> Tuple[Dict[str, dict], int]:
 
 def _tool(key: str, row: dict) -> str:
     return row.get("tool") or ("nnunet" if key.startswith("nnunet") else "desam")
+
+
+def _name(key: str, row: dict) -> str:
+    """A row's tool and configuration as the tables and the plot name it."""
+    tool = _tool(key, row)
+    return "nnU-Net 2D" if tool == "nnunet" else f"{'DAPSAM' if tool == 'dapsam' else 'DeSAM'} {_desam_config(row)}"
 
 
 def _dice_cell(row: Optional[dict], key: str = "dice") -> str:
@@ -153,8 +159,7 @@ def plot_curve(rows: Dict[str, dict], path: Path) -> Optional[Path]:
     for key, r in rows.items():
         wall, mean = num(r.get("train_wall_s")), _mean(r)
         if r.get("cases") == cases and wall is not None and mean is not None:
-            name = "nnU-Net 2D" if _tool(key, r) == "nnunet" else f"DeSAM {_desam_config(r)}"
-            lines.setdefault(name, []).append((wall / 60, mean))
+            lines.setdefault(_name(key, r), []).append((wall / 60, mean))
     if not lines:
         return None
     import matplotlib
@@ -178,24 +183,27 @@ def plot_curve(rows: Dict[str, dict], path: Path) -> Optional[Path]:
 
 
 def budget_table(rows: Dict[str, dict]) -> Tuple[List[str], List[List[str]]]:
-    """Header and lines: one line per budget and case count (and DeSAM configuration), nnU-Net 2D and DeSAM
-    side by side: Dice per class and mean (after each tool's own choice), iterations, seconds per iteration,
-    training wall, planning and final validation seconds."""
+    """Header and lines: one line per budget and case count (and SAM family and configuration), nnU-Net 2D and
+    the SAM model side by side: Dice per class and mean (after each tool's own choice), iterations, seconds per
+    iteration, training wall, planning and final validation seconds."""
     groups: Dict[Tuple[float, int], Dict[str, List[dict]]] = {}
     for key, row in rows.items():
         g = groups.setdefault((num(row.get("minutes")) or 0.0, row.get("cases") or 0), {t: [] for t in TOOLS})
         g.setdefault(_tool(key, row), []).append(row)
     header = ["budget (wall)", "cases", "nnU-Net 2D Dice 1 / 2 / mean", "nnU-Net iterations", "nnU-Net s / it",
-              "DeSAM", "DeSAM Dice 1 / 2 / mean", "DeSAM iterations", "DeSAM s / it", "DeSAM / nnU-Net mean Dice",
-              "training wall nnU-Net / DeSAM", "planning nnU-Net / DeSAM", "final validation nnU-Net / DeSAM"]
+              "SAM model (DeSAM unless named)", "SAM Dice 1 / 2 / mean", "SAM iterations", "SAM s / it",
+              "SAM / nnU-Net mean Dice", "training wall nnU-Net / SAM", "planning nnU-Net / SAM",
+              "final validation nnU-Net / SAM"]
     body = []
     for (minutes, cases), g in sorted(groups.items()):
         nn = g["nnunet"][0] if g["nnunet"] else None
-        desams = sorted(g["desam"], key=lambda r: (r.get("backbone_flag") is not None, str(r.get("backbone_flag"))))
-        for ds in desams or [None]:
+        sams = [(t, r) for t in TOOLS[1:] for r in sorted(g[t], key=lambda r: (r.get("backbone_flag") is not None,
+                                                                               str(r.get("backbone_flag"))))]
+        for tool, ds in sams or [("desam", None)]:
             volumes = ((nn or ds or {}).get("dice") or {}).get("cases")
+            config = f"DAPSAM {_desam_config(ds)}" if tool == "dapsam" else _desam_config(ds)
             body.append([f"{minutes:g} min", f"{cases}" + (f" ({volumes} val.)" if volumes else ""), _dice_cell(nn),
-                         _iterations(nn), fmt_s((nn or {}).get("s_per_iteration")), _desam_config(ds), _dice_cell(ds),
+                         _iterations(nn), fmt_s((nn or {}).get("s_per_iteration")), config, _dice_cell(ds),
                          _iterations(ds), fmt_s((ds or {}).get("s_per_iteration")),
                          fmt_ratio(ratio(_mean(ds), _mean(nn))), _pair(nn, ds, "train_wall_s", _minutes),
                          _pair(nn, ds, "planning_s", fmt_s), _pair(nn, ds, "validation_s", fmt_s)])
@@ -210,11 +218,13 @@ def _schedule(row: dict) -> str:
     o = row.get("options") if isinstance(row.get("options"), dict) else {}
     feats = "train encoder" if o.get("train_encoder") else ("cache" if o.get("use_cache") else "online encoding")
     epochs = "epochs until the budget" if o.get("time_budget") else f"{o.get('num_epochs', '?')} epochs"
-    return (f"{epochs}, {o.get('num_iterations_per_epoch', '?')} it each{batch}, {o.get('prompt_mode', '?')} "
-            f"prompts, {feats}")
+    prompts = f"{o['prompt_mode']} prompts" if o.get("prompt_mode") else "prompt-free"
+    return f"{epochs}, {o.get('num_iterations_per_epoch', '?')} it each{batch}, {prompts}, {feats}"
 
 
 def _choice(row: dict) -> str:
+    if row.get("tool") == "dapsam":
+        return "nothing to choose (prompt-free, no postprocessing)"
     pp = ", largest component" if row.get("postprocessing") else ", no postprocessing"
     fb = row.get("find_best") if isinstance(row.get("find_best"), dict) else {}
     what = f"prompts {fb['label']}" if fb.get("label") else ""
@@ -226,7 +236,7 @@ def _details(rows: Dict[str, dict]) -> str:
     for key in sorted(rows, key=lambda k: (num(rows[k].get("minutes")) or 0.0, rows[k].get("cases") or 0,
                                            _tool(k, rows[k]) != "nnunet", k)):
         r = dict(rows[key], tool=_tool(key, rows[key]))
-        name = "nnU-Net 2D" if r["tool"] == "nnunet" else f"DeSAM {_desam_config(r)}"
+        name = _name(key, r)
         budget_s, wall = num(r.get("budget_s")), num(r.get("train_wall_s"))
         share = f" ({wall / budget_s:.0%})" if wall is not None and budget_s else ""
         final, chosen = _mean({"dice": r.get("dice_final_validation")}), _mean(r)

@@ -306,10 +306,21 @@ def test_dice_race_details_show_the_schedule_the_budget_and_the_choice(tmp_path)
                             postprocessing=["remove_all_but_largest_component_from_segmentation"],
                             budget_spent="Budget spent: 1790 s of 1800 s: setup (data, cache) 40 s",
                             dice_final_validation={"1": 0.6, "2": 0.6, "mean": 0.6, "cases": 8})
+    dapsam = dict(_desam_race_row(0.5, train_wall_s=1700.0, find_best_s=None, dice_final_validation=None,
+                                  options={"num_iterations_per_epoch": 50, "use_cache": False, "time_budget": 1800.0}),
+                  tool="dapsam")
     rows = {"nnunet_2d_30min_40cases": _dice_row("nnunet", 0.25, trainer="nnUNetTrainer_1epoch", planned_epochs=1),
-            "desam_30min_40cases": desam}
+            "desam_30min_40cases": desam, "dapsam_30min_40cases": dapsam}
     text = _render(tmp_path, dict(FABRICATED, **{"dice_budget.json": {"rows": rows}}))
+    assert "| SAM model (DeSAM unless named) |" in text
+    race = [ln for ln in text.splitlines() if ln.startswith("| 30 min |")]
+    assert [c.strip() for c in race[0].split("|")[6:7] + race[1].split("|")[6:7]] == [
+        "default (medsam_lite 128 px)", "DAPSAM default (medsam_lite 128 px)"]  # DeSAM first, then DAPSAM
     assert _row(text, "30 min")[9] == "2.5x"  # DeSAM's mean after its choice against nnU-Net's
+    assert race[1].split("|")[10].strip() == "2x"
+    details = _row(text, "DAPSAM default (medsam_lite 128 px)")
+    assert details[2] == "epochs until the budget, 50 it each, prompt-free, online encoding"
+    assert details[6] == "nothing to choose (prompt-free, no postprocessing)"
     details = _row(text, "DeSAM default (medsam_lite 128 px)")
     assert details[2] == "epochs until the budget, 50 it each, mixed prompts, online encoding"
     assert details[3] == "29.2 min (97%)"
