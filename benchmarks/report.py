@@ -53,6 +53,7 @@ BENCHMARKS: List[Benchmark] = [
               ("--backbone", "tiny", "--cases", "10", "--epochs", "1", "--iterations", "5"), "cache_dice.json"),
     Benchmark("predict", "predict.py", ("--backbones", "tiny", "vit_b", "--cases", "3", "--ct"),
               ("--backbones", "tiny", "--cases", "1"), "predict.json"),
+    Benchmark("ensemble", "ensemble.py", ("--cases", "2"), ("--backbone", "tiny", "--cases", "1"), "ensemble.json"),
     Benchmark("litemedsam_box", "litemedsam_box.py", ("--cases", "100", "--sizes", "128"),
               ("--sizes", "128", "256", "--cases", "10"), "litemedsam_box.json",
               more=(("--cases", "100", "--sizes", "256", "--volumes", "8"),)),

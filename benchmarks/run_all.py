@@ -31,6 +31,7 @@ from report_predict import predict_runs, section_memory, section_predict  # noqa
 from report_dice import dice_rows, section_dice, section_lite  # noqa: E402
 from report_gpu import gpu_device, section_gpu  # noqa: E402
 from report_robustness import section_robustness  # noqa: E402
+from report_ensemble import section_ensemble  # noqa: E402
 
 sys.path.insert(0, str(REPO))
 from desam_nnu.atomic import atomic_path  # noqa: E402  (a plain-Python module: no torch import)
@@ -48,6 +49,8 @@ SECTIONS: List[Tuple[str, str, Tuple[str, ...], Callable[[Results], str]]] = [
     ("Cache precision: int8 against float16", "cache_dice.py", ("cache_dice",), section_cache_dice),
     ("Prediction: grid against box, against nnU-Net's 2D predictor, CT memory", "predict.py", ("predict",),
      section_predict),
+    ("Fold ensembles of a ViT-B model: model-folder bytes, time and memory", "ensemble.py", ("ensemble",),
+     section_ensemble),
     ("Peak memory", "plan_preprocess.py, train.py, predict.py", ("plan_preprocess", "train", "predict"),
      section_memory),
     ("LiteMedSAM with a box per slice from the ground truth (no training)", "litemedsam_box.py", ("litemedsam_box",),

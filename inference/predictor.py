@@ -36,6 +36,7 @@ from tqdm import tqdm
 from desam_nnu.atomic import atomic_write_json, pid_alive
 from desam_nnu.config import DeSAMConfig
 from desam_nnu.errors import DeSAMInputError
+from desam_nnu.frozen_encoder import FrozenEncoderError, expand_weights
 from desam_nnu.inference.configuration import (InferenceConfiguration, read_configuration, serving_defaults,
                                               trained_predict_modes)
 from desam_nnu.inference.inputs import collect_cases
@@ -138,7 +139,8 @@ def _same_encoder(parameters: List[dict]) -> bool:
     """More than one fold, and all with the same image encoder weights (the encoder was frozen)."""
     keys = [k for k in parameters[0] if k.startswith("image_encoder.")]
     return len(parameters) > 1 and all(keys == [k for k in p if k.startswith("image_encoder.")] and
-                                       all(torch.equal(parameters[0][k], p[k]) for k in keys)
+                                       all(parameters[0][k] is p[k] or torch.equal(parameters[0][k], p[k])
+                                           for k in keys)
                                        for p in parameters[1:])
 
 
@@ -212,16 +214,20 @@ class DeSAMPredictor(nnUNetPredictor):
         folds = resolve_folds(folder, use_folds, checkpoint_name)
         plans_manager = DeSAMPlansManager(load_json(join(folder, "plans.json")))
         dataset_json = load_json(join(folder, "dataset.json"))
-        parameters, first = [], None
+        parameters, first, frozen = [], None, {}
         for f in folds:
             path = join(folder, f"fold_{f}", checkpoint_name)
             try:
                 checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-                parameters.append(checkpoint["network_weights"])
+                weights = checkpoint["network_weights"]
                 first = first or checkpoint
                 configuration = first["init_args"]["configuration"]
             except Exception as e:
                 raise DeSAMInputError(f"{path}: not a readable desam_train checkpoint ({_one_line(e)[:200]})") from e
+            try:  # a slim checkpoint's frozen encoder, held once in the model folder and shared by the folds
+                parameters.append(expand_weights(weights, folder, path, frozen))
+            except FrozenEncoderError as e:
+                raise DeSAMInputError(str(e)) from e
         configuration_manager = plans_manager.get_configuration(configuration)
         cfg = configuration_manager.desam
         if cfg.prompts is not None:

@@ -14,6 +14,7 @@ from conftest import trained_tiny_model
 from synthetic import ROTATED, synthetic_case, write_nifti
 
 from desam_nnu.cli.predict import main
+from desam_nnu.frozen_encoder import MARKER, expand_weights
 from desam_nnu.inference.predictor import DeSAMPredictor
 from desam_nnu.model import DeSAM
 
@@ -283,7 +284,8 @@ def test_folds_with_trained_encoders_predict_one_after_the_other(trained, tmp_pa
     path = model / "fold_1" / "checkpoint_final.pth"
     checkpoint = torch.load(path, weights_only=False)
     key = "image_encoder.patch_embed.proj.weight"
-    checkpoint["network_weights"][key] = checkpoint["network_weights"][key] * 1.5
+    full = expand_weights(checkpoint["network_weights"], str(model), str(path))
+    checkpoint["network_weights"][key] = full[key] * 1.5  # a trained tensor: a slim checkpoint keeps it
     torch.save(checkpoint, path)
     _write_case(tmp_path / "in", "c", shape_zyx=(2, 40, 48))
     outputs = []
@@ -319,3 +321,49 @@ def test_grid_statistics_come_back_per_case_not_as_counters_on_the_module():
     net(bright)  # outside a case: counted nowhere
     assert (first.tiles, first.empty, first.kept_no_prompt) == (3, 3, True)
     assert (second.tiles, second.empty, second.kept_no_prompt) == (5, 3, False)
+
+
+def _box_logits(model: Path, case: Path) -> torch.Tensor:
+    p = DeSAMPredictor(device=torch.device("cpu"), allow_tqdm=False, use_mirroring=False,
+                       prompt_overrides={"mode": "box"})
+    p.initialize_from_trained_model_folder(str(model), [0, 1], "checkpoint_final.pth")
+    data, _, _ = p.configuration_manager.preprocessor_class().run_case(
+        [str(case)], None, p.plans_manager, p.configuration_manager, p.dataset_json)
+    return p.predict_logits_from_preprocessed_data(torch.from_numpy(data)).float()
+
+
+def test_the_frozen_encoder_is_held_once_and_full_checkpoints_still_load(trained, tmp_path, capsys):
+    """Both folds' checkpoints leave the frozen encoder out (the model folder holds it once); a folder of full
+    checkpoints (as desam_train wrote them before) predicts the same; a copied folder without the encoder file, or
+    with another, is refused in one line naming it, before anything is written."""
+    model = tmp_path / "model"
+    shutil.copytree(_model(trained), model)
+    (frozen,) = model.glob("frozen_encoder_*.pth")
+    encoder_keys = [k for k in torch.load(frozen, weights_only=True)["tensors"] if k.startswith("image_encoder.")]
+    assert encoder_keys
+    for fold in ("fold_0", "fold_1"):
+        for name in ("checkpoint_final.pth", "checkpoint_best.pth"):
+            weights = torch.load(model / fold / name, weights_only=False)["network_weights"]
+            assert MARKER in weights and not any(k.startswith("image_encoder.") for k in weights), (fold, name)
+    case = _write_case(tmp_path / "in", "c", shape_zyx=(2, 40, 48))
+    slim = _box_logits(model, case)
+    old = tmp_path / "old"
+    shutil.copytree(model, old)
+    for fold in ("fold_0", "fold_1"):
+        path = old / fold / "checkpoint_final.pth"
+        checkpoint = torch.load(path, weights_only=False)
+        checkpoint["network_weights"] = expand_weights(checkpoint["network_weights"], str(old), str(path))
+        assert set(encoder_keys) <= checkpoint["network_weights"].keys()
+        torch.save(checkpoint, path)
+    (old / frozen.name).unlink()
+    assert torch.equal(_box_logits(old, case), slim)
+    # a different encoder under the same name, then none
+    other = torch.load(frozen, weights_only=True)
+    other["tensors"] = {k: v + 1 if v.is_floating_point() else v for k, v in other["tensors"].items()}
+    torch.save(other, frozen)
+    for expected in ("not the frozen image encoder", "missing: copy the whole model folder"):
+        assert main(["-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "-m", str(model)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert str(frozen) in err and expected in err, err
+        assert not (tmp_path / "out").exists()
+        frozen.unlink(missing_ok=True)

@@ -119,6 +119,14 @@ FABRICATED = {
                                                            "weighted": 0.7},
                                                   "motion": {"dice": {"0": 0.8}, "drop": {"1": 0.0, "3": 0.1, "5": 0.2},
                                                              "weighted": 0.75}}}},
+    "ensemble.json": {"backbone": "vit_b", "cases": 2, "folds": 5, "cpus": 2, "machine": "x86_64",
+                      "command": "python benchmarks/ensemble.py --cases 2", "rows": {
+                          "before": {"folder_bytes": 3600 * 2 ** 20, "predict": {
+                              "1": {"seconds": 40.0, "peak_tree_rss": 1024 * 2 ** 20},
+                              "5": {"seconds": 200.0, "peak_tree_rss": 4096 * 2 ** 20}}},
+                          "after": {"folder_bytes": 400 * 2 ** 20, "predict": {
+                              "1": {"seconds": 40.0, "peak_tree_rss": 1024 * 2 ** 20},
+                              "5": {"seconds": 50.0, "peak_tree_rss": 1100 * 2 ** 20}}}}},
     "gpu_check.json": {"machine": "x86_64", "cpus": 16, "rows": [
         {"backbone": "vit_b", "image_size": 1024, "device": "Fake GPU 9000", "batch_size": 8, "cache_s_per_slice": 0.05,
          "train_s_per_iter": 0.25, "predict_box_s_per_slice": 0.06, "predict_grid_s_per_slice": 0.2,
@@ -185,6 +193,10 @@ def test_every_area_rendered_with_ratios_from_the_numbers(tmp_path):
     assert ct[1].startswith("3072 MiB") and ct[4] == "<= 6 GB, met"
     assert _row(text, "mean Dice, box per slice, 128 px vs 256 px (the 8 volumes both have)")[3] == "0.5x"
     assert _row(text, "s / volume, 128 px vs 256 px")[3] == "0.25x"
+    # fold ensembles: bytes, one fold against five, before and after, and the goal
+    assert _row(text, "before")[1:8] == ["3,600 MiB", "40 s", "200 s", "5x", "1,024 MiB", "4,096 MiB"]
+    assert _row(text, "after")[1:8] == ["400 MiB", "40 s", "50 s", "1.25x", "1,024 MiB", "1,100 MiB"]
+    assert "now takes 1.25x one fold's time (goal: at most 1.5x): met" in text
     # the Dice race: one line per budget, both tools side by side, the LiteMedSAM reference (same 8 volumes)
     line = _row(text, "30 min")
     assert line[1:5] == ["40 (8 val.)", "0.600 / 0.600 / 0.600", "250 (1 x 250)", "6 s"]

@@ -51,6 +51,15 @@ def test_tiny_trains_caches_checkpoints_and_validates(prepared):
     assert t.use_cache and not any(p.requires_grad for p in t.network.image_encoder.parameters())
 
 
+def test_a_trained_encoder_keeps_full_weights_in_its_checkpoints(prepared):
+    from desam_nnu.frozen_encoder import MARKER
+    out = _fresh_results(prepared)
+    train(5, 0, device="cpu", epochs=1, iterations_per_epoch=2, val_iterations=1, train_encoder=True)
+    weights = torch.load(out / "fold_0" / "checkpoint_final.pth", weights_only=False)["network_weights"]
+    assert MARKER not in weights and any(k.startswith("image_encoder.") for k in weights)
+    assert not list(out.glob("frozen_encoder_*.pth"))
+
+
 def test_validation_logs_cases_where_grid_mode_kept_no_prompt(prepared, monkeypatch):
     from fake_decoders import fixed_grid
     from desam_nnu.model import DeSAM
@@ -250,7 +259,7 @@ def test_mixed_prompts_decode_points_and_boxes_per_slice():
     torch.manual_seed(0)
     net = build_desam("tiny", image_size=64, num_classes=2).eval()
     cfg = SimpleNamespace(image_size=64, patch_size=(32, 32), patch_to_input_scale=2.0, num_classes=2)
-    stub = SimpleNamespace(prompt_mode="mixed", network=net, desam=cfg, device=torch.device("cpu"))
+    stub = SimpleNamespace(prompt_mode="mixed", bare_network=net, desam=cfg, device=torch.device("cpu"))
     images = torch.rand(8, 3, 64, 64) * 255
     seg = torch.randint(0, 3, (8, 32, 32))
     with torch.no_grad():

@@ -4,6 +4,8 @@ nnU-Net 2.8.1 wraps ``self.network`` in ``torch.compile`` on CUDA unless ``nnUNe
 The CPU tests force that wrapping, so the CUDA path's key handling is tested on every machine; the
 CUDA test runs a real training step and the final validation (a prediction) where a GPU is.
 """
+import os
+
 import pytest
 import torch
 from conftest import planned_tiny_dataset
@@ -11,6 +13,7 @@ from test_model_checkpoints import sam_state_dict
 from torch._dynamo import OptimizedModule
 
 from desam_nnu.cli.train import train
+from desam_nnu.frozen_encoder import expand_weights
 from desam_nnu.model import build_desam
 import desam_nnu.trainers
 from desam_nnu.trainers.desam_trainer import DeSAMTrainer
@@ -44,7 +47,10 @@ def _assert_sam_weights_and_plain_keys(trainer: DeSAMTrainer, sam: dict, checkpo
                 "image_encoder.neck.0.weight"):
         torch.testing.assert_close(net.state_dict()[key].cpu(), sam[key], rtol=0, atol=0)
     saved = torch.load(checkpoint, map_location="cpu", weights_only=False)["network_weights"]
-    assert set(saved) == set(build_desam("tiny", image_size=64, num_classes=2).state_dict())
+    assert not any(k.startswith("_orig_mod.") for k in saved)
+    # a slim checkpoint: the frozen encoder comes from the model folder (desam_nnu.frozen_encoder)
+    full = expand_weights(saved, os.path.dirname(os.path.dirname(checkpoint)), str(checkpoint))
+    assert set(full) == set(build_desam("tiny", image_size=64, num_classes=2).state_dict())
     torch.testing.assert_close(saved["prim.iou_token.weight"], net.prim.iou_token.weight.detach().cpu())
 
 

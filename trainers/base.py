@@ -26,6 +26,7 @@ from typing import Dict, List, Optional
 import numpy as np
 import torch
 from torch._dynamo import OptimizedModule
+from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 from batchgenerators.utilities.file_and_folder_operations import join, maybe_mkdir_p
 from nnunetv2.evaluation.evaluate_predictions import compute_metrics_on_folder
@@ -36,11 +37,14 @@ from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 from desam_nnu.cache import CacheCorruptError, EmbeddingCache, feature_bytes_per_item, file_sha256
 from desam_nnu.config import DeSAMConfig
 from desam_nnu.errors import DeSAMInputError
+from desam_nnu.frozen_encoder import (FrozenEncoder, FrozenEncoderError, filled_on_load, slim_on_save,
+                                     write_frozen_encoder)
 from desam_nnu.model import BACKBONES, CheckpointError, network_family
 from desam_nnu.planners.plans import DeSAMPlansManager
 from desam_nnu.rgb import to_network_input
 from desam_nnu.trainers.augmentation import training_transforms
 from desam_nnu.trainers.batches import _Batches
+from desam_nnu.trainers.distributed import average_gradients, barrier, from_rank0, rank_share
 from desam_nnu.trainers.features import FeatureChoice, choose_features
 from desam_nnu.trainers.loss import one_hot_classes
 from desam_nnu.trainers.slices import ItemIndex, build_item_index, load_case_patches
@@ -49,6 +53,7 @@ from desam_nnu.trainers.time_budget import TimeBudgetMixin
 CACHE_LAYOUT_VERSION = 1
 BUDGET_EPOCH_ITERATIONS = 50
 BUDGET_MAX_EPOCHS = 10 ** 6
+RANK_SEED_STEP = 7919  # added to the batch draws' seeds per DDP rank (rank 0: a single process's draws)
 VAL_PER_TRAIN_ITERATION = 50 / 250  # nnU-Net's per-epoch pseudo-validation, relative to its training iterations
 ENCODE_BATCH = 8
 MAX_OPEN_CASES = 256
@@ -62,6 +67,8 @@ class SAMFamilyTrainer(TimeBudgetMixin, nnUNetTrainer):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")) -> None:
         super().__init__(plans, configuration, fold, dataset_json, device)
+        if self.is_ddp and device.type != "cuda":  # nnU-Net's DDP puts rank r on cuda:r; gloo ranks keep the CPU
+            self.device = device
         # nnU-Net resolves plans with its own PlansManager, which cannot find our classes by name
         self.plans_manager = DeSAMPlansManager(self.plans_manager.plans)
         self.configuration_manager = self.plans_manager.get_configuration(configuration)
@@ -90,6 +97,7 @@ class SAMFamilyTrainer(TimeBudgetMixin, nnUNetTrainer):
         self.cache: Optional[EmbeddingCache] = None
         self._open_cases: Dict[str, object] = {}
         self.time_budget: Optional[float] = None  # seconds of training (final validation excluded), for fair CPU budgets
+        self.frozen_encoder: Optional[FrozenEncoder] = None  # set when training starts: checkpoints leave it out
 
     # ------------------------------------------------------------------ network
     @staticmethod
@@ -116,7 +124,7 @@ class SAMFamilyTrainer(TimeBudgetMixin, nnUNetTrainer):
     def bare_network(self) -> torch.nn.Module:
         """``self.network`` without nnU-Net's DDP or torch.compile wrappers: the module whose state-dict keys
         are SAM's, into which SAM checkpoints load (nnU-Net's own checkpoints unwrap it the same way)."""
-        net = self.network.module if self.is_ddp else self.network
+        net = self.network.module if isinstance(self.network, DDP) else self.network
         return net._orig_mod if isinstance(net, OptimizedModule) else net
 
     def _resolve_schedule(self) -> None:
@@ -139,7 +147,11 @@ class SAMFamilyTrainer(TimeBudgetMixin, nnUNetTrainer):
         self._check_sam_checkpoint()
         torch.manual_seed(self.seed)
         np.random.seed(self.seed)
-        super().initialize()
+        ddp, self.is_ddp = self.is_ddp, False  # nnU-Net would wrap before the SAM weights and the trainable set
+        try:
+            super().initialize()
+        finally:
+            self.is_ddp = ddp
         if self.sam_checkpoint:
             try:
                 network_family(self.desam.family).load_pretrained(self.sam_checkpoint, self.bare_network)
@@ -148,6 +160,8 @@ class SAMFamilyTrainer(TimeBudgetMixin, nnUNetTrainer):
         self._set_trainable()
         if self.train_encoder or not network_family(self.desam.family).cacheable_features:
             self.use_cache = False  # a trained encoder's features change every step
+        if self.is_ddp:
+            self._wrap_ddp()
         # the optimiser must see the final set of trainable parameters
         self.optimizer, self.lr_scheduler = self.configure_optimizers()
         trainable = sum(p.numel() for p in self.network.parameters() if p.requires_grad)
@@ -158,6 +172,16 @@ class SAMFamilyTrainer(TimeBudgetMixin, nnUNetTrainer):
     def _set_trainable(self) -> None:
         """Which parameters train (the family's recipe)."""
         raise NotImplementedError
+
+    def _wrap_ddp(self) -> None:
+        """nnU-Net's DDP setup, after the SAM weights and the trainable set (which DDP fixes when it wraps): each
+        rank's share of the plans' batch, and the wrapper (device ids on CUDA only: gloo ranks are on the CPU).
+        No SyncBatchNorm: only frozen encoders (TinyViT) have BatchNorm. The trainers call the network's
+        ``encode``/``decode``, never the wrapper's ``forward``, so its gradient hooks never fire and
+        ``train_step`` averages the gradients itself (``distributed.average_gradients``)."""
+        self._set_batch_size_and_oversample()
+        cuda = self.device.type == "cuda"
+        self.network = DDP(self.network, device_ids=[self.device.index or 0] if cuda else None)
 
     def _setup_summary(self) -> str:
         """What the log's setup line adds for this family (e.g. ``"prompts: mixed, "``)."""
@@ -214,19 +238,22 @@ class SAMFamilyTrainer(TimeBudgetMixin, nnUNetTrainer):
         # checkpoint hands to the predictor's test-time mirroring: (0, 1) for 2D
         self.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
         dataset, tr_keys, val_keys = self._index_items()
-        rng_tr = np.random.default_rng(self.seed + 1000 * (self.fold if isinstance(self.fold, int) else 99))
-        rng_val = np.random.default_rng(self.seed + 1)
+        rank = RANK_SEED_STEP * self.local_rank  # each rank draws its own share of the batch
+        rng_tr = np.random.default_rng(self.seed + 1000 * (self.fold if isinstance(self.fold, int) else 99) + rank)
+        rng_val = np.random.default_rng(self.seed + 1 + rank)
         if self.use_cache is not False:
             self.cache = self._open_cache()
             if self.use_cache is None:
-                choice = self._choose_features(dataset, tr_keys)
+                choice = from_rank0(self._choose_features(dataset, tr_keys))  # measured: every rank takes rank 0's
                 self.use_cache = choice.use_cache
                 self.print_to_log_file(f"Features: {'cache' if self.use_cache else 'online'} ({choice.reason})",
                                        also_print_to_console=True)
-        if self.use_cache:
+        if self.use_cache:  # built once, each rank encoding its share, then read by all
             per_item = feature_bytes_per_item(self.desam.cache.feature_shapes, self.cache_dtype)
-            self.cache.build(list(self.items.cases), lambda case: self._encode_case(dataset, case),
-                             estimated_bytes=per_item * len(self.items.case_of_item))
+            share = rank_share(list(self.items.cases))
+            self.cache.build(share, lambda case: self._encode_case(dataset, case),
+                             estimated_bytes=per_item * sum(len(self.items.items_of(c)) for c in share))
+            barrier()
         transforms = training_transforms(self) if self.augment_online and not self.use_cache else None
         return (_Batches(self, dataset, tr_keys, rng_tr, transforms), _Batches(self, dataset, val_keys, rng_val))
 
@@ -317,12 +344,16 @@ class SAMFamilyTrainer(TimeBudgetMixin, nnUNetTrainer):
             loss, _, _ = self._forward(batch)
         if self.grad_scaler is not None:
             self.grad_scaler.scale(loss).backward()
+            if self.is_ddp:
+                average_gradients(list(self.network.parameters()))
             self.grad_scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
             self.grad_scaler.step(self.optimizer)
             self.grad_scaler.update()
         else:
             loss.backward()
+            if self.is_ddp:
+                average_gradients(list(self.network.parameters()))
             torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
             self.optimizer.step()
         return {"loss": loss.detach().cpu().numpy()}
@@ -345,6 +376,8 @@ class SAMFamilyTrainer(TimeBudgetMixin, nnUNetTrainer):
         this to store candidates for the configuration choice."""
         from desam_nnu.inference.predictor import DeSAMPredictor, export_case_atomically
 
+        if self.local_rank != 0:  # under DDP, rank 0 validates every case
+            return None
         self.network.eval()
         _, val_keys = self.do_split()
         dataset = self.dataset_class(self.preprocessed_dataset_folder, val_keys)
@@ -383,8 +416,45 @@ class SAMFamilyTrainer(TimeBudgetMixin, nnUNetTrainer):
 
     def on_train_start(self) -> None:
         super().on_train_start()
+        if self.local_rank != 0:  # rank 0 writes for all
+            return
         with open(join(self.output_folder, "desam_options.json"), "w") as f:
             json.dump(self.training_options(), f, indent=2)
+        if not self.train_encoder:  # a trained encoder's weights stay in the checkpoints
+            self.frozen_encoder = write_frozen_encoder(self.bare_network, self.output_folder_base,
+                                                       self._encoder_identity())
+
+    # ------------------------------------------------------------------ checkpoints
+    def _encoder_identity(self) -> Dict[str, str]:
+        """What the frozen encoder is, for slim checkpoints' records and their error messages."""
+        spec = BACKBONES[self.desam.backbone]
+        if self.sam_checkpoint:
+            source = {"sam_checkpoint": os.path.basename(self.sam_checkpoint),
+                      "sam_checkpoint_sha256": file_sha256(self.sam_checkpoint)}
+        elif spec.packaged_checkpoint is not None:
+            source = {"weights": f"{spec.packaged_checkpoint_name} (packaged)"}
+        else:
+            source = {"weights": "random"}
+        return {"backbone": self.desam.backbone, **source}
+
+    def save_checkpoint(self, filename: str) -> None:
+        """nnU-Net's checkpoint, slim when the encoder is frozen (``desam_nnu.frozen_encoder``). nnU-Net takes the
+        weights from ``state_dict()`` inside ``save_checkpoint``, with no seam, so they are narrowed around it."""
+        if self.frozen_encoder is None:
+            return super().save_checkpoint(filename)
+        with slim_on_save(self.bare_network, self.frozen_encoder, self.output_folder_base):
+            super().save_checkpoint(filename)
+
+    def load_checkpoint(self, filename_or_checkpoint) -> None:
+        """nnU-Net's (``--c``, ``--val``), taking slim checkpoints: their frozen encoder from the model folder."""
+        if not self.was_initialized:
+            self.initialize()
+        with filled_on_load(self.bare_network, self.output_folder_base, str(filename_or_checkpoint)):
+            try:
+                super().load_checkpoint(filename_or_checkpoint)
+            except FrozenEncoderError as e:
+                raise DeSAMInputError(str(e)) from e
+
 
 def _state_hash(module: torch.nn.Module) -> str:
     """A cheap fingerprint of a module's weights (sum and a few values per tensor)."""

@@ -21,6 +21,7 @@ import torch
 
 from desam_nnu.inference.prompt_free import family_logits
 from desam_nnu.trainers.base import SAMFamilyTrainer
+from desam_nnu.trainers.distributed import from_rank0
 from desam_nnu.trainers.loss import DAPSAMLoss
 
 WARMUP_ITERATIONS = 250
@@ -92,9 +93,10 @@ class DAPSAMTrainer(SAMFamilyTrainer):
         if self.time_budget is not None:
             if self._warmup_ended_s is not None:
                 return 1.0
-            w = max((iteration + 1) / self.warmup_iterations, self.budget_spent_s / (WARMUP_SHARE * self.time_budget))
+            spent = from_rank0(self.budget_spent_s)  # under DDP, rank 0's clock: the ranks' rates stay equal
+            w = max((iteration + 1) / self.warmup_iterations, spent / (WARMUP_SHARE * self.time_budget))
             if w >= 1:
-                self._warmup_ended_s = self.budget_spent_s  # the budget's poly decay starts here
+                self._warmup_ended_s = spent  # the budget's poly decay starts here
         return w
 
     def _poly_progress(self, iteration: int) -> float:
@@ -102,7 +104,8 @@ class DAPSAMTrainer(SAMFamilyTrainer):
         if self.time_budget is None:
             start = self._warmup_iterations()
             return (iteration + 1 - start) / max(self.num_epochs * self.num_iterations_per_epoch - start, 1)
-        return (self.budget_spent_s - self._warmup_ended_s) / max(self.time_budget - self._warmup_ended_s, 1e-6)
+        spent = from_rank0(self.budget_spent_s)
+        return (spent - self._warmup_ended_s) / max(self.time_budget - self._warmup_ended_s, 1e-6)
 
     def on_train_start(self) -> None:
         super().on_train_start()
@@ -116,7 +119,7 @@ class DAPSAMTrainer(SAMFamilyTrainer):
 
     def _forward(self, batch: Dict[str, object]):
         seg = batch["seg"].to(self.device)
-        logits = family_logits(self.network, batch["images"].to(self.device), self.desam)
+        logits = family_logits(self.bare_network, batch["images"].to(self.device), self.desam)
         loss, _ = self.loss(logits, seg)
         return loss, logits, seg
 

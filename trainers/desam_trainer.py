@@ -66,7 +66,7 @@ class DeSAMTrainer(SAMFamilyTrainer):
             features = [f.to(self.device) for f in batch["features"]]
         else:
             x = to_network_input(batch["images"].to(self.device), self.desam.channel_to_rgb, self.desam.image_size)
-            features = self.network.encode(x)
+            features = self.bare_network.encode(x)
         seg = batch["seg"].to(self.device)
         logits, iou, iou_target = self._decode_training_prompts(features, seg, batch["generator"])
         logits = F.interpolate(logits, size=seg.shape[-2:], mode="bilinear", align_corners=False)
@@ -94,11 +94,12 @@ class DeSAMTrainer(SAMFamilyTrainer):
                 continue
             feats = features if idx.numel() == b else [f[idx.to(f.device)] for f in features]
             if boxed:
-                part, _ = self.network.decode(feats, boxes=whole_boxes(idx.numel(), self.desam.image_size).to(self.device))
+                boxes = whole_boxes(idx.numel(), self.desam.image_size).to(self.device)
+                part, _ = self.bare_network.decode(feats, boxes=boxes)
             else:
                 coords, labels, target = sample_training_points(seg[idx.to(seg.device)].cpu(), self.desam.num_classes,
                                                                 self.desam.patch_to_input_scale, generator=generator)
-                part, iou = self.network.decode(feats, points=(coords.to(self.device), labels.to(self.device)))
+                part, iou = self.bare_network.decode(feats, points=(coords.to(self.device), labels.to(self.device)))
                 iou_target = target.to(self.device)
             if idx.numel() == b:
                 logits = part
@@ -126,6 +127,8 @@ class DeSAMTrainer(SAMFamilyTrainer):
         from desam_nnu.inference.predictor import DeSAMPredictor, export_case_atomically
         from desam_nnu.inference.prompted import CandidateRecord, PromptedDeSAM, all_background_warning
 
+        if self.local_rank != 0:  # under DDP, rank 0 validates every case
+            return None
         self.network.eval()
         _, val_keys = self.do_split()
         dataset = self.dataset_class(self.preprocessed_dataset_folder, val_keys)

@@ -21,6 +21,8 @@ from typing import Callable, Dict, Optional
 
 from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 
+from desam_nnu.trainers.distributed import from_rank0
+
 CLOCKS = {"wall": time.monotonic, "cpu": time.process_time}
 
 
@@ -87,8 +89,9 @@ class TimeBudgetMixin:
         super().on_train_start()
         if self.time_budget is not None:
             # after nnU-Net's setup, which builds the epoch-based scheduler in initialize()
+            # under DDP every rank's learning rate follows rank 0's clock, so that the ranks' weights stay equal
             self.lr_scheduler = BudgetPolyLRScheduler(self.optimizer, self.initial_lr, self.time_budget,
-                                                      lambda: self.budget_spent_s)
+                                                      lambda: from_rank0(self.budget_spent_s))
         self._spend("setup (data, cache)", self._clock() - start)
 
     # phases timed at nnU-Net's hooks, not around train_step / validation_step, which trainers override
@@ -116,7 +119,7 @@ class TimeBudgetMixin:
     def on_epoch_end(self) -> None:
         super().on_epoch_end()
         self._last_epoch_s = self._clock() - self._epoch_started
-        spent = self.budget_spent_s
+        spent, self._last_epoch_s = from_rank0((self.budget_spent_s, self._last_epoch_s))  # all ranks stop together
         if (self.time_budget is not None and spent + self._last_epoch_s > self.time_budget
                 and self.current_epoch < self.num_epochs):
             self.print_to_log_file(f"Time budget of {self.time_budget:.0f} s: stopping after {self.current_epoch} "

@@ -37,10 +37,12 @@ def train(dataset: Union[int, str], fold: Union[int, str], trainer: Optional[str
           epochs: Optional[int] = None, iterations_per_epoch: Optional[int] = None,
           val_iterations: Optional[int] = None, cache_dtype: Optional[str] = None, train_encoder: bool = False,
           use_cache: Optional[bool] = None, time_budget: Optional[float] = None, cache_only: bool = False,
-          num_parts: int = 1, part_id: int = 0):
+          num_parts: int = 1, part_id: int = 0, num_gpus: int = 1):
     """Build the trainer (None: the plans' family's own, e.g. DeSAMTrainer), resume or load as asked, train, then
     run the final validation; returns the trainer. ``cache_only``: build part ``part_id`` of ``num_parts`` of the
-    embedding cache instead, and stop."""
+    embedding cache instead, and stop. ``num_gpus`` > 1: as many DDP processes (GPUs, or CPU processes with
+    ``device="cpu"``), each running this function as one rank; returns None."""
+    given = dict(locals())
     import torch
     from batchgenerators.utilities.file_and_folder_operations import load_json
     from nnunetv2.run.run_training import maybe_load_checkpoint
@@ -64,6 +66,11 @@ def train(dataset: Union[int, str], fold: Union[int, str], trainer: Optional[str
         raise DeSAMInputError("-num_parts/-part_id split the cache build: use them with --cache-only")
     plans_dict["continue_training"] = continue_training
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if num_gpus != 1:
+        _check_processes(num_gpus, dev, cache_only, plans_dict["configurations"][CONFIGURATION]["batch_size"])
+        from desam_nnu.trainers.distributed import spawn
+        spawn(num_gpus, dev.type, _train_rank, dict(given, device=dev.type, num_gpus=1))
+        return None
     from desam_nnu.model.registry import network_family
     if trainer is None:
         from desam_nnu.trainers import default_trainer
@@ -113,6 +120,24 @@ def train(dataset: Union[int, str], fold: Union[int, str], trainer: Optional[str
     return t
 
 
+def _check_processes(num_gpus: int, device, cache_only: bool, batch_size: int) -> None:
+    import torch
+    if num_gpus < 1:
+        raise DeSAMInputError(f"-num_gpus {num_gpus}: use 1 or more")
+    if cache_only:
+        raise DeSAMInputError("-num_gpus: --cache-only splits with -num_parts/-part_id, one process per part")
+    if device.type == "cuda" and num_gpus > torch.cuda.device_count():
+        raise DeSAMInputError(f"-num_gpus {num_gpus}: only {torch.cuda.device_count()} GPU(s) visible")
+    if batch_size < num_gpus:
+        raise DeSAMInputError(f"-num_gpus {num_gpus}: the plans' batch size {batch_size} cannot be shared by "
+                              f"{num_gpus} processes")
+
+
+def _train_rank(kwargs: dict) -> None:
+    """One DDP rank (``distributed.spawn``): the same training, in a process of the group."""
+    train(**kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="desam_train", description="Train DeSAM (configuration desam_2d of "
                                 "DeSAMPlans.json) on one fold; results go to $nnUNet_results as nnU-Net's do.")
@@ -130,6 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val", action="store_true", dest="validation_only", help="only run the final validation")
     p.add_argument("--npz", action="store_true", help="also save validation probabilities")
     p.add_argument("-device", choices=["cpu", "cuda"], default=None, help="default: cuda when available")
+    p.add_argument("-num_gpus", type=int, default=1,
+                   help="train on this many GPUs with torch.distributed (DDP, as nnUNetv2_train -num_gpus); with "
+                        "-device cpu, this many CPU processes (gloo)")
     p.add_argument("--epochs", type=int, default=None, help="default 100; with --time-budget, as many as fit")
     p.add_argument("--iterations", type=int, default=None, dest="iterations_per_epoch",
                    help="training iterations per epoch (default nnU-Net's 250; 50 with --time-budget)")
