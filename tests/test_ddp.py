@@ -9,13 +9,17 @@ import torch
 import torch.distributed as dist
 from batchgenerators.utilities.file_and_folder_operations import load_json
 from conftest import planned_tiny_dataset
+from test_model_checkpoints import sam_state_dict
+from test_train_devices import TINY_SAM
 
 from desam_nnu.cli.train import main, train
+from desam_nnu.frozen_encoder import expand_weights
 from desam_nnu.trainers.batches import _Batches
 from desam_nnu.trainers.distributed import spawn
 
 RESULT = "DeSAMTrainer__DeSAMPlans__desam_2d"
 BATCH = 8
+ENCODER_KEY = "image_encoder.patch_embed.proj.weight"
 
 
 @pytest.fixture(scope="module")
@@ -35,16 +39,25 @@ def _trained_parameters(network: torch.nn.Module) -> dict:
 def _train_and_keep(out: str, kwargs: dict) -> None:
     """One rank: desam_train's function, then this rank's trained parameters to ``out``."""
     t = train(**kwargs)
-    torch.save(_trained_parameters(t.bare_network), os.path.join(out, f"rank{dist.get_rank()}.pt"))
+    kept = dict(_trained_parameters(t.bare_network), **{ENCODER_KEY: t.bare_network.state_dict()[ENCODER_KEY]})
+    torch.save(kept, os.path.join(out, f"rank{dist.get_rank()}.pt"))
 
 
 def test_two_processes_train_as_one_model_and_rank_0_writes(prepared, tmp_path):
+    """With a SAM checkpoint loaded into the DDP-wrapped network: both ranks hold its encoder, the saved keys have
+    no wrapper prefix."""
     out = prepared / "nnUNet_results" / "Dataset008_Synth" / RESULT / "fold_0"
+    sam = sam_state_dict(64, TINY_SAM, seed=5)
+    torch.save(sam, tmp_path / "sam_tiny.pth")
     spawn(2, "cpu", _train_and_keep, str(tmp_path),
-          dict(dataset=8, fold=0, device="cpu", epochs=2, iterations_per_epoch=3, val_iterations=1, use_cache=True))
+          dict(dataset=8, fold=0, device="cpu", epochs=2, iterations_per_epoch=3, val_iterations=1, use_cache=True,
+               sam_checkpoint=str(tmp_path / "sam_tiny.pth")))
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
     assert ranks[0] and all(torch.equal(ranks[0][k], ranks[1][k]) for k in ranks[0])  # identical after 6 steps
-    final = torch.load(out / "checkpoint_final.pth", weights_only=False)["network_weights"]
+    assert torch.equal(ranks[0][ENCODER_KEY], sam[ENCODER_KEY])
+    saved = torch.load(out / "checkpoint_final.pth", weights_only=False)["network_weights"]
+    assert not any(k.startswith(("module.", "_orig_mod.")) for k in saved)
+    final = expand_weights(saved, str(out.parent), "checkpoint_final.pth")
     assert all(torch.equal(final[k], ranks[0][k]) for k in ranks[0])
     (log,) = out.glob("training_log_*.txt")  # one log: rank 0's
     assert "Epoch 1" in log.read_text()
