@@ -108,28 +108,35 @@ def read_meta(folder: str) -> Optional[dict]:
 
 class CandidateReplay(TileNetwork):
     """The tile network of a stored case: nnU-Net's sliding window calls it as it called DeSAM, and each
-    informative tile's output is composed from the record for ``prompts``, with no network at all."""
+    informative tile's output is composed from the record for ``prompts``, with no network at all.
+
+    A tile is found by its fingerprint among the stored tiles not used yet, not by its place: with many
+    tiles per call and mirroring, the order of the calls depends on how many tiles a call took, which
+    depends on the device (``inference/tiles.py``). Equal fingerprints are equal tiles, with equal records."""
 
     def __init__(self, num_classes: int, record: CandidateRecord, prompts: PromptSettings, case: str) -> None:
         super().__init__(num_classes)
         self.record, self.prompts, self.case = record, prompts, case
-        self.next_tile = 0
+        self.fingerprints = np.asarray([t.fingerprint for t in record.tiles], np.float64).reshape(-1, 2)
+        self.used = np.zeros(len(record.tiles), bool)
 
     def _probabilities(self, tiles: Tensor) -> Tensor:
         out = torch.zeros((len(tiles), self.num_classes, *tiles.shape[-2:]))
         for i in range(len(tiles)):
-            if self.next_tile >= len(self.record.tiles):
+            if self.used.all():
                 raise DeSAMInputError(f"{self.case}: stored candidates hold {len(self.record.tiles)} tiles, the "
                                       f"sliding window asks for more; rerun desam_train DATASET FOLD --val")
-            stored = self.record.tiles[self.next_tile]
-            if not np.allclose(tile_fingerprint(tiles[i]), stored.fingerprint, rtol=FINGERPRINT_RTOL, atol=1e-9):
-                raise DeSAMInputError(f"{self.case}: tile {self.next_tile} differs from the one whose candidates "
-                                      f"were stored (preprocessed data changed?); rerun desam_train DATASET FOLD --val")
-            out[i] = self.record.compose(stored, self.prompts, self)
-            self.next_tile += 1
+            match = np.isclose(self.fingerprints, tile_fingerprint(tiles[i]), rtol=FINGERPRINT_RTOL,
+                               atol=1e-9).all(1) & ~self.used
+            if not match.any():
+                raise DeSAMInputError(f"{self.case}: a tile differs from every one whose candidates were stored "
+                                      f"(preprocessed data changed?); rerun desam_train DATASET FOLD --val")
+            j = int(np.argmax(match))
+            self.used[j] = True
+            out[i] = self.record.compose(self.record.tiles[j], self.prompts, self)
         return out
 
     def check_finished(self) -> None:
-        if self.next_tile != len(self.record.tiles):
-            raise DeSAMInputError(f"{self.case}: the sliding window used {self.next_tile} of "
+        if not self.used.all():
+            raise DeSAMInputError(f"{self.case}: the sliding window used {int(self.used.sum())} of "
                                   f"{len(self.record.tiles)} stored tiles; rerun desam_train DATASET FOLD --val")

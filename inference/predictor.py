@@ -31,6 +31,7 @@ from batchgenerators.utilities.file_and_folder_operations import join, load_json
 from nnunetv2.inference.export_prediction import export_prediction_from_logits
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 from nnunetv2.postprocessing.remove_connected_components import load_postprocess_save
+from nnunetv2.utilities.helpers import empty_cache
 from tqdm import tqdm
 
 from desam_nnu.atomic import atomic_write_json, pid_alive
@@ -43,6 +44,7 @@ from desam_nnu.inference.inputs import collect_cases
 from desam_nnu.inference.model_folder import FoldSpec, resolve_folds
 from desam_nnu.inference.prompt_free import PromptFreeTiles
 from desam_nnu.inference.prompted import GridStats, PromptedDeSAM, PromptSettings, TileNetwork
+from desam_nnu.inference.tiles import memory_cap, sliding_window_batched, tile_working_bytes, tiles_per_call
 from desam_nnu.model import DeSAM
 from desam_nnu.planners.plans import DeSAMPlansManager
 
@@ -154,11 +156,15 @@ class DeSAMPredictor(nnUNetPredictor):
     Prompts and postprocessing come from the configuration ``desam_find_best_configuration`` chose
     (``desam_inference.json`` in the model folder) or, without one, from the plans' defaults in a mode
     the folds were trained for; ``prompt_overrides`` (mode, grid_points_per_side, iou_threshold,
-    top_k; None = not given) win over either. ``configuration_note`` says in one line which applied."""
+    top_k; None = not given) win over either. ``configuration_note`` says in one line which applied.
+
+    The network gets many tiles per call (``inference/tiles.py``): ``tiles_per_call`` sets how many, else
+    as many as fit in ``tile_memory_cap`` bytes (default: a share of the device's free memory)."""
 
     def __init__(self, tile_step_size: float = 0.5, use_mirroring: bool = True,
                  device: torch.device = torch.device("cpu"), prompt_overrides: Optional[dict] = None,
-                 verbose: bool = False, allow_tqdm: bool = True) -> None:
+                 verbose: bool = False, allow_tqdm: bool = True, tiles_per_call: Optional[int] = None,
+                 tile_memory_cap: Optional[int] = None) -> None:
         super().__init__(tile_step_size=tile_step_size, use_gaussian=True, use_mirroring=use_mirroring,
                          perform_everything_on_device=device.type == "cuda", device=device, verbose=verbose,
                          allow_tqdm=allow_tqdm)
@@ -169,10 +175,40 @@ class DeSAMPredictor(nnUNetPredictor):
         self.postprocessing: Optional[Tuple[list, list]] = None  # nnU-Net's (pp_fns, pp_fn_kwargs)
         self.trained_modes: Tuple[str, ...] = ()
         self.configuration_note = ""
+        if tiles_per_call is not None and tiles_per_call < 1:
+            raise ValueError(f"tiles per call {tiles_per_call}: use 1 or more")
+        self._tiles_per_call, self.tile_memory_cap = tiles_per_call, tile_memory_cap
 
     @property
     def desam(self) -> DeSAMConfig:
         return self.configuration_manager.desam
+
+    @property
+    def tiles_per_call(self) -> int:
+        """Tiles per network call: as set, or as many as fit under the memory cap (decided on first use)."""
+        if self._tiles_per_call is None:
+            cap = self.tile_memory_cap if self.tile_memory_cap is not None else memory_cap(self.device)
+            self._tiles_per_call = tiles_per_call(tile_working_bytes(self.desam), cap)
+        return self._tiles_per_call
+
+    @torch.inference_mode()
+    def _internal_predict_sliding_window_return_logits(self, data: torch.Tensor, slicers,
+                                                       do_on_device: bool = True) -> torch.Tensor:
+        """nnU-Net's tile loop, many tiles per call (see ``inference/tiles.py``): the one method of its sliding
+        window that holds more than one tile; the slicers, padding, mirroring and OOM fallback stay nnU-Net's."""
+        results_device = self.device if do_on_device else torch.device("cpu")
+        while True:
+            empty_cache(self.device)
+            try:
+                return sliding_window_batched(data, slicers, self.tiles_per_call,
+                                              self.label_manager.num_segmentation_heads,
+                                              self.configuration_manager.patch_size,
+                                              self._internal_maybe_mirror_and_predict, self.device, results_device,
+                                              self.use_gaussian, self.allow_tqdm)
+            except torch.cuda.OutOfMemoryError:  # the estimate was short for this GPU: half the tiles, again
+                if self.tiles_per_call == 1:
+                    raise
+                self._tiles_per_call = self.tiles_per_call // 2
 
     def wrap(self, network: torch.nn.Module, cfg: DeSAMConfig, ensemble: Sequence[DeSAM] = ()) -> TileNetwork:
         """The plans' network -> the tile network nnU-Net's sliding window calls: a prompt-free family's
@@ -193,7 +229,8 @@ class DeSAMPredictor(nnUNetPredictor):
             self.prompts = replace(self.chosen.prompts, **self.prompt_overrides)
             self.postprocessing = self.chosen.postprocessing_functions()
             self.configuration_note = (f"using the configuration chosen from cross-validation ({self.chosen.path}): "
-                                       f"{self.chosen.describe()}" + (f"; from the command line: {given}" if given else ""))
+                                       f"{self.chosen.describe()}"
+                                       + (f"; from the command line: {given}" if given else ""))
         else:
             base = serving_defaults(cfg, self.trained_modes)
             self.prompts = replace(base, **self.prompt_overrides)
@@ -270,7 +307,8 @@ class DeSAMPredictor(nnUNetPredictor):
 
     # ------------------------------------------------------------------ whole folders
     def _done(self, output_folder: str, case: str, save_probabilities: bool) -> bool:
-        names = [case + self.dataset_json["file_ending"]] + ([case + ".npz", case + ".pkl"] if save_probabilities else [])
+        names = [case + self.dataset_json["file_ending"]]
+        names += [case + ".npz", case + ".pkl"] if save_probabilities else []
         return all(os.path.isfile(join(output_folder, n)) for n in names)
 
     def predict_folder(self, input_folder: str, output_folder: str, save_probabilities: bool = False,
@@ -296,6 +334,7 @@ class DeSAMPredictor(nnUNetPredictor):
                            "chosen_configuration": self.chosen.path if self.chosen else None,
                            "postprocessing": [fn.__name__ for fn in (self.postprocessing or [[]])[0]],
                            "tile_step_size": self.tile_step_size, "use_mirroring": self.use_mirroring,
+                           "tiles_per_call": self.tiles_per_call,
                            "folds": len(self.list_of_parameters), "save_probabilities": save_probabilities},
                           join(output_folder, "predict_args.json"))
         todo = []

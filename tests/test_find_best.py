@@ -240,3 +240,25 @@ def test_a_mode_the_folds_were_not_trained_for_is_refused(trained, tmp_path):
     assert modes == ("grid",)
     with pytest.raises(DeSAMInputError, match="chooses box prompts, but the folds were trained for grid"):
         read_configuration(str(model), modes, [1, 2])
+
+
+def test_replay_finds_each_tile_by_its_fingerprint_in_any_order():
+    """Many tiles per call with mirroring change the order of the calls with the device's batch: the replay
+    finds each stored tile by its fingerprint, uses each once, and names a tile it never stored."""
+    from desam_nnu.inference.prompted import CandidateRecord, PromptSettings, TileCandidates, tile_fingerprint
+    tiles = torch.rand(4, 1, 8, 8) * 255
+    record = CandidateRecord(modes=("box",), top_k=1)
+    record.tiles = [TileCandidates(tile_fingerprint(t), box=torch.full((2, 8, 8), float(i)))
+                    for i, t in enumerate(tiles)]
+    replay = candidates.CandidateReplay(2, record, PromptSettings(mode="box"), "case")
+    out = replay(tiles[[2, 0]])
+    assert out[:, 1:].flatten(1).mean(1).tolist() == [2.0, 0.0]  # each tile's own stored output
+    with pytest.raises(DeSAMInputError, match="used 2 of 4 stored tiles"):
+        replay.check_finished()
+    replay(tiles[[3, 1]])
+    replay.check_finished()
+    with pytest.raises(DeSAMInputError, match="asks for more"):
+        replay(tiles[:1])
+    fresh = candidates.CandidateReplay(2, record, PromptSettings(mode="box"), "case")
+    with pytest.raises(DeSAMInputError, match="case: a tile differs from every one"):
+        fresh(tiles[:1] + 1)

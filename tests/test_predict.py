@@ -367,3 +367,69 @@ def test_the_frozen_encoder_is_held_once_and_full_checkpoints_still_load(trained
         assert str(frozen) in err and expected in err, err
         assert not (tmp_path / "out").exists()
         frozen.unlink(missing_ok=True)
+
+
+def _preprocessed(p: DeSAMPredictor, image: Path) -> torch.Tensor:
+    data, _, _ = p.configuration_manager.preprocessor_class().run_case(
+        [str(image)], None, p.plans_manager, p.configuration_manager, p.dataset_json)
+    return torch.from_numpy(np.asarray(data))
+
+
+def _batch_sizes(p: DeSAMPredictor) -> list:
+    """The tile counts the network is called with, from here on."""
+    sizes: list = []
+    p.network.register_forward_pre_hook(lambda module, args: sizes.append(args[0].shape[0]))
+    return sizes
+
+
+@pytest.mark.parametrize("mode, mirroring", [("grid", False), ("box", True)])
+def test_many_tiles_per_call_predict_as_one_at_a_time(trained, tmp_path, mode, mirroring):
+    """Several tiles per slice, 7 per call against 1 per call: equal logits (fp32 rounding, fp16 sums)."""
+    image = _write_case(tmp_path / "in", "big", shape_zyx=(1 if mirroring else 2, 80, 96))
+    outputs, sizes = [], []
+    for per_call in (1, 7):
+        p = _predictor(trained, use_mirroring=mirroring, tiles_per_call=per_call,
+                       prompt_overrides={"mode": mode, "iou_threshold": 0.0})
+        sizes.append(_batch_sizes(p))
+        outputs.append(p.predict_logits_from_preprocessed_data(_preprocessed(p, image)).float())
+        assert p.tiles_per_call == per_call
+    assert set(sizes[0]) == {1} and max(sizes[1]) == 7 and sum(sizes[0]) == sum(sizes[1])
+    assert len(sizes[0]) == p.network.tile_calls > 8  # every tile (every flip) went through the network
+    assert outputs[0][1:].amax() > 0.1  # not all background: the comparison means something
+    torch.testing.assert_close(outputs[1], outputs[0], rtol=0, atol=2e-3)
+
+
+def test_the_memory_cap_sets_the_tiles_per_call(trained, tmp_path):
+    from desam_nnu.inference.tiles import tile_working_bytes
+    image = _write_case(tmp_path / "in", "big", shape_zyx=(1, 80, 96))
+    p = _predictor(trained, use_mirroring=False, prompt_overrides={"mode": "box"}, tile_memory_cap=1)  # a tiny cap: one tile a call
+    sizes = _batch_sizes(p)
+    p.predict_logits_from_preprocessed_data(_preprocessed(p, image))
+    assert p.tiles_per_call == 1 and set(sizes) == {1}
+    per_tile = tile_working_bytes(p.desam)
+    assert 0 < per_tile < 2 ** 24  # the tiny encoder at 64 px: well under 16 MiB a tile
+    p = _predictor(trained, use_mirroring=False, prompt_overrides={"mode": "box"},
+                   tile_memory_cap=3 * per_tile + per_tile // 2)
+    sizes = _batch_sizes(p)
+    p.predict_logits_from_preprocessed_data(_preprocessed(p, image))
+    assert p.tiles_per_call == 3 and max(sizes) == 3
+    with pytest.raises(ValueError, match="tiles per call 0"):
+        DeSAMPredictor(tiles_per_call=0)
+
+
+def test_blank_tiles_are_skipped_in_batches_too(trained, tmp_path, monkeypatch):
+    """Slices 1 and 3 of 5 blank (inside: nnU-Net's crop keeps them): their tiles never reach the network,
+    and come out background."""
+    images, _ = synthetic_case((5, 40, 48), np.random.default_rng(5))
+    images[0, [1, 3]] = 0
+    write_nifti(images[0], str(tmp_path / "c_0000.nii.gz"), SPACING)
+    monkeypatch.setattr(DeSAM, "grid_candidates", _sure_of_class_one)
+    p = _predictor(trained, use_mirroring=False, tiles_per_call=8)
+    data = _preprocessed(p, tmp_path / "c_0000.nii.gz")
+    logits = p.predict_logits_from_preprocessed_data(data).float()
+    slicers = p._internal_get_sliding_window_slicers(data.shape[1:])
+    informative = [s for s in slicers if data[s].amax() > data[s].amin()]
+    assert 0 < len(informative) < len(slicers) and p.network.tile_calls == len(informative)
+    blank = [i for i in range(data.shape[1]) if data[:, i].amax() == data[:, i].amin()]
+    assert blank == [1, 3] and (logits[:, blank].argmax(0) == 0).all()
+    assert (logits[:, [i for i in range(data.shape[1]) if i not in blank]].argmax(0) == 1).float().mean() > 0.5

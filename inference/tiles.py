@@ -1,0 +1,113 @@
+"""Batched tiles: nnU-Net's sliding window with many tiles per network call.
+
+nnU-Net's ``_internal_predict_sliding_window_return_logits`` calls the network once per tile. A SAM
+image encoder on a 2D tile is a few small matrix products per block, so at batch 1 most of the call is
+per-call overhead on a CPU and idle streams on a GPU. :func:`sliding_window_batched` keeps nnU-Net's
+semantics (its slicers, Gaussian weighting, padding by the caller, mirroring through
+``_internal_maybe_mirror_and_predict``, half-precision sums in tile order) and only gathers up to
+``tiles_per_call`` tiles per call.
+
+How many: a memory cap from the device (:func:`memory_cap`) over one tile's working memory
+(:func:`tile_working_bytes`: the peak of the live tensors of the plans' image encoder on one tile, followed
+on the meta device), at most :data:`MAX_TILES_PER_CALL`; on a CUDA out-of-memory error the predictor
+halves it and tries again.
+"""
+import weakref
+from functools import lru_cache
+from typing import Callable, List, Sequence, Tuple
+
+import psutil
+import torch
+from nnunetv2.inference.sliding_window_prediction import compute_gaussian
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+from tqdm import tqdm
+
+from desam_nnu.config import DeSAMConfig
+
+MAX_TILES_PER_CALL = 32  # beyond this a CPU gains nothing measurable (benchmarks/predict.py) and memory only grows
+CPU_SHARE = 0.25  # of the memory available when prediction starts: preprocessing and export workers need the rest
+CUDA_SHARE = 0.5  # of the GPU memory free when prediction starts
+
+
+class _PeakBytes(TorchDispatchMode):
+    """The peak of live bytes of the tensors made by the ops inside (views and in-place results excluded):
+    each output is counted when made and uncounted when Python frees it, as an allocator would see it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live = self.peak = 0
+
+    def _free(self, n: int) -> None:
+        self.live -= n
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func.is_view:
+            return out
+        inputs = {id(a) for a in tree_leaves((args, kwargs)) if isinstance(a, torch.Tensor)}
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor) and id(t) not in inputs:
+                n = t.numel() * t.element_size()
+                self.live += n
+                self.peak = max(self.peak, self.live)
+                weakref.finalize(t, self._free, n)
+        return out
+
+
+@lru_cache(maxsize=8)
+def tile_working_bytes(cfg: DeSAMConfig) -> int:
+    """The bytes one tile costs in a call: the peak of the plans' image encoder on one float32 tile, run on
+    the meta device (nothing allocated, no weights). ViT-B at 1024 px: 2.4 GiB (the cache build on an H200
+    peaked at 12 GiB for 8 such tiles in fp16, weights included: BENCHMARKS, GPU). The decoders are small
+    beside it and grid mode decodes tile by tile, so they do not grow with the batch."""
+    with torch.device("meta"):
+        encoder = cfg.build_network().image_encoder
+        image = torch.empty(1, 3, cfg.image_size, cfg.image_size)
+        with torch.no_grad(), _PeakBytes() as counted:
+            encoder(image)
+    return max(int(counted.peak), 1)
+
+
+def memory_cap(device: torch.device) -> int:
+    """Bytes the tiles of one call may take on ``device``: a share of what is free when prediction starts."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free * CUDA_SHARE)
+    return int(psutil.virtual_memory().available * CPU_SHARE)
+
+
+def tiles_per_call(bytes_per_tile: int, cap_bytes: int, limit: int = MAX_TILES_PER_CALL) -> int:
+    """As many tiles as fit under ``cap_bytes``, at least one, at most ``limit``."""
+    return max(1, min(limit, cap_bytes // max(bytes_per_tile, 1)))
+
+
+def sliding_window_batched(data: torch.Tensor, slicers: Sequence[Tuple], per_call: int, num_heads: int,
+                           patch_size: Sequence[int], predict: Callable[[torch.Tensor], torch.Tensor],
+                           device: torch.device, results_device: torch.device, use_gaussian: bool = True,
+                           allow_tqdm: bool = True) -> torch.Tensor:
+    """nnU-Net's sliding-window sum over ``slicers`` of ``data`` [C, *spatial] (already padded), calling
+    ``predict`` (tiles [B, C, *patch] -> logits [B, num_heads, *patch], mirroring included) on up to
+    ``per_call`` tiles at a time. Returns the Gaussian-weighted mean [num_heads, *spatial] in half
+    precision on ``results_device``, summed tile by tile in slicer order as nnU-Net sums."""
+    data = data.to(results_device)
+    logits = torch.zeros((num_heads, *data.shape[1:]), dtype=torch.half, device=results_device)
+    weights = torch.zeros(data.shape[1:], dtype=torch.half, device=results_device)
+    gaussian = compute_gaussian(tuple(patch_size), sigma_scale=1. / 8, value_scaling_factor=10,
+                                device=results_device) if use_gaussian else 1
+    with tqdm(total=len(slicers), disable=not allow_tqdm) as bar:
+        for start in range(0, len(slicers), per_call):
+            chunk: List[Tuple] = list(slicers[start:start + per_call])
+            tiles = torch.stack([data[s] for s in chunk]).to(device)  # [B, C, *patch]
+            predicted = predict(tiles).to(results_device)  # [B, num_heads, *patch]
+            for s, prediction in zip(chunk, predicted):
+                if use_gaussian:
+                    prediction *= gaussian
+                logits[s] += prediction
+                weights[s[1:]] += gaussian
+            bar.update(len(chunk))
+    torch.div(logits, weights, out=logits)
+    if torch.isinf(logits).any():
+        raise RuntimeError("inf in the predicted logits: the half-precision sum overflowed")
+    return logits
+
