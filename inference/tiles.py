@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from desam_nnu.config import DeSAMConfig
 
-MAX_TILES_PER_CALL = 32  # beyond this a CPU gains nothing measurable (benchmarks/predict.py) and memory only grows
+MAX_TILES_PER_CALL = 32  # a bound on memory and latency, not yet tuned: benchmarks/predict.py is to measure it
 CPU_SHARE = 0.25  # of the memory available when prediction starts: preprocessing and export workers need the rest
 CUDA_SHARE = 0.5  # of the GPU memory free when prediction starts
 
@@ -110,4 +110,3 @@ def sliding_window_batched(data: torch.Tensor, slicers: Sequence[Tuple], per_cal
     if torch.isinf(logits).any():
         raise RuntimeError("inf in the predicted logits: the half-precision sum overflowed")
     return logits
-
