@@ -29,8 +29,8 @@ plans carried over from an earlier run):
   build included) and it stops when another epoch would not fit; its log's ``Budget spent: ...``
   line, kept verbatim, says where the time went.
 - DAPSAM (``--runs dapsam``): the same with ``desam_plan_and_preprocess -d 4 -np 2 --family dapsam``, whose
-  plans make ``desam_train`` use ``DAPSAMTrainer`` (the official recipe); prompt-free, so there is nothing
-  to choose: its Dice is the final validation's, without postprocessing.
+  plans make ``desam_train`` use ``DAPSAMTrainer`` (the official recipe); prompt-free, so
+  ``desam_find_best_configuration`` chooses only nnU-Net's postprocessing.
 
 Each row is merged into benchmarks/results/dice_budget.json under the key (tool, budget, cases) as
 soon as it is measured; the table printed at the end has one line per budget, the two tools side by
@@ -167,8 +167,8 @@ def _find_best(env: dict, logs: Path, fold: Path, validation_s: Optional[float])
         return {"mean": c["dice"], **(c["dice_per_class"] or {})}
 
     table = {c["label"]: per_class(c) for c in chosen["candidates"]}
-    return {"seconds": seconds, "validation_pass_s": validation_s, "prompts": chosen["prompts"],
-            "label": next(c["label"] for c in chosen["candidates"] if c["prompts"] == chosen["prompts"]),
+    label = next((c["label"] for c in chosen["candidates"] if c["prompts"] == chosen["prompts"]), "prompt-free")
+    return {"seconds": seconds, "validation_pass_s": validation_s, "prompts": chosen["prompts"], "label": label,
             "dice": chosen["dice"], "postprocessing": chosen["postprocessing"],
             "grid_0.5_top1": table.get("grid iou>=0.5 top-1"), "box": table.get("box"),
             "candidates": table}
@@ -243,8 +243,8 @@ def race_nnunet(folder: Path, minutes: float, cases: Optional[int], epochs: int)
 def race_desam(folder: Path, minutes: float, cases: Optional[int], backbone: Optional[str],
                also_default_predict: bool, family: str = "desam") -> dict:
     """A network family's default plan (``--family``), train for ``minutes`` of wall time with the family's
-    default trainer, final validation and, for a prompted family, the configuration choice. A prompt-free
-    family (DAPSAM) has nothing to choose: its Dice is the final validation's."""
+    default trainer, final validation and the configuration choice: prompts and postprocessing, or for a
+    prompt-free family (DAPSAM) the postprocessing alone."""
     env = _fresh_env(folder, cases)
     env["DESAM_BUDGET_CLOCK"] = CLOCK
     if backbone is None:  # the default backbone, whatever SAM checkpoint the environment names
@@ -270,8 +270,6 @@ def race_desam(folder: Path, minutes: float, cases: Optional[int], backbone: Opt
                dice_final_validation=final, postprocessing=[], last_pseudo_dice=_pseudo_dice(fold),
                planning_s=planning_s, train_command_s=command_s, find_best_s=None,
                commands={"plan": _shown(plan, {}), "train": _shown(train, {"DESAM_BUDGET_CLOCK": CLOCK})})
-    if cfg["desam"].get("prompts") is None:  # prompt-free: nothing to choose
-        return row
     print(f"{family}, {minutes:g} min: desam_find_best_configuration", flush=True)
     fb = _find_best(env, folder, fold, times["validation_s"])
     row.update(dice={"mean": fb["dice"]["after_postprocessing"], **fb["dice"]["after_postprocessing_per_class"],

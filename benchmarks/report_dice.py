@@ -223,11 +223,12 @@ def _schedule(row: dict) -> str:
 
 
 def _choice(row: dict) -> str:
-    if row.get("tool") == "dapsam":
+    fb = row.get("find_best") if isinstance(row.get("find_best"), dict) else {}
+    if row.get("tool") == "dapsam" and not fb:  # raced before prompt-free models had their postprocessing chosen
         return "nothing to choose (prompt-free, no postprocessing)"
     pp = ", largest component" if row.get("postprocessing") else ", no postprocessing"
-    fb = row.get("find_best") if isinstance(row.get("find_best"), dict) else {}
-    what = f"prompts {fb['label']}" if fb.get("label") else ""
+    what = "prompt-free" if fb and "prompts" in fb and fb["prompts"] is None else \
+        f"prompts {fb['label']}" if fb.get("label") else ""
     return (what + pp).lstrip(", ") + f" ({fmt_s(row.get('find_best_s'))})"
 
 
@@ -283,7 +284,7 @@ budget. Hippocampus, fold 0 of nnU-Net's 5-fold split (the same `splits_final.js
 training / 40 validation volumes of the 200, or the row's case count), Dice per class and mean
 scored by nnU-Net's metrics on the fold's validation volumes after each tool's own choice from them
 (`nnUNetv2_find_best_configuration 4 -c 2d -tr T -f 0`: postprocessing; `desam_find_best_configuration
-4 -f 0`: prompts and postprocessing).
+4 -f 0`: prompts and postprocessing, for prompt-free DAPSAM the postprocessing alone).
 
 - nnU-Net: `nnUNetv2_plan_and_preprocess -d 4 -c 2d -np 2`, then `nnUNetv2_train 4 2d 0 -device cpu -tr T`
   with its augmentation in 2 background workers (`nnUNet_n_proc_DA=2`, `nnUNet_compile=f`). T is

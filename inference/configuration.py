@@ -59,10 +59,11 @@ def serving_defaults(cfg: DeSAMConfig, modes: Sequence[str]) -> PromptSettings:
 
 @dataclass(frozen=True)
 class InferenceConfiguration:
-    """What ``desam_find_best_configuration`` chose: the prompts and nnU-Net's postprocessing."""
+    """What ``desam_find_best_configuration`` chose: the prompts (None for a prompt-free family) and nnU-Net's
+    postprocessing."""
 
     path: str
-    prompts: PromptSettings
+    prompts: Optional[PromptSettings]
     postprocessing: Tuple[Tuple[str, Dict], ...]  # (nnU-Net function name, its kwargs), applied in order
     folds: Tuple[str, ...]
     dice: Optional[float]
@@ -73,7 +74,7 @@ class InferenceConfiguration:
 
     def describe(self) -> str:
         p = self.prompts
-        prompts = "whole-box prompts" if p.mode == "box" else \
+        prompts = "no prompts" if p is None else "whole-box prompts" if p.mode == "box" else \
             f"grid {p.grid_points_per_side}x{p.grid_points_per_side}, IoU >= {p.iou_threshold:g}, top-{p.top_k}"
         pp = "; ".join(f"largest component of {_labels(kw)}" for _, kw in self.postprocessing) or "no postprocessing"
         dice = f", cross-validation Dice {self.dice:.4f}" if self.dice is not None else ""
@@ -98,9 +99,10 @@ def write_configuration(model_folder: str, data: dict) -> str:
     return path
 
 
-def read_configuration(model_folder: str, trained_modes: Sequence[str],
-                       labels: Sequence[int]) -> Optional[InferenceConfiguration]:
-    """The chosen configuration, None when there is none; DeSAMInputError when it is damaged or no longer fits."""
+def read_configuration(model_folder: str, trained_modes: Sequence[str], labels: Sequence[int],
+                       prompted: bool = True) -> Optional[InferenceConfiguration]:
+    """The chosen configuration, None when there is none; DeSAMInputError when it is damaged or no longer fits.
+    ``prompted``: the model's family takes prompts (its configuration must choose them; a prompt-free one's not)."""
     path = os.path.join(model_folder, FILE)
     if not os.path.isfile(path):
         return None
@@ -111,8 +113,12 @@ def read_configuration(model_folder: str, trained_modes: Sequence[str],
         if not isinstance(data, dict) or data.get("version") != VERSION:
             raise ValueError(f"not a version-{VERSION} desam_inference.json")
         p = data["prompts"]
-        prompts = PromptSettings(mode=str(p["mode"]), grid_points_per_side=_int(p["grid_points_per_side"]),
-                                 iou_threshold=_float(p["iou_threshold"]), top_k=_int(p["top_k"]))
+        if (p is None) == prompted:
+            raise ValueError("chooses prompts for a prompt-free model" if p is not None else
+                             "chooses no prompts, but the model is prompted")
+        prompts = None if p is None else PromptSettings(
+            mode=str(p["mode"]), grid_points_per_side=_int(p["grid_points_per_side"]),
+            iou_threshold=_float(p["iou_threshold"]), top_k=_int(p["top_k"]))
         pp = []
         for step in data["postprocessing"]:
             name, kwargs = step["function"], step["kwargs"]
@@ -132,7 +138,7 @@ def read_configuration(model_folder: str, trained_modes: Sequence[str],
             from e
     if expected_sha != plans_sha256(model_folder):
         raise DeSAMInputError(f"{path}: chosen for other plans than {os.path.join(model_folder, 'plans.json')}; {fix}")
-    if prompts.mode not in trained_modes:
+    if prompts is not None and prompts.mode not in trained_modes:
         raise DeSAMInputError(f"{path}: chooses {prompts.mode} prompts, but the folds were trained for "
                               f"{', '.join(trained_modes) or 'none'}; {fix}")
     return InferenceConfiguration(path, prompts, tuple(pp), folds, None if dice is None else float(dice))

@@ -1,5 +1,5 @@
 """desam_find_best_configuration: DeSAM's inference choices made from cross-validation, as nnU-Net's
-``find_best_configuration`` makes its own.
+``find_best_configuration`` makes its own (for a prompt-free family such as DAPSAM: the postprocessing alone).
 
 From the folds' stored validation candidates (``inference/candidates.py``) every candidate setting
 (whole-box prompts, and the grid at each IoU threshold and top-k of the plans' search, within the
@@ -29,10 +29,11 @@ from desam_nnu.config import CONFIGURATION, PLANS_NAME
 from desam_nnu.errors import DeSAMInputError
 from desam_nnu.inference import candidates
 from desam_nnu.inference.configuration import plans_sha256, postprocessing_to_json, write_configuration
+from desam_nnu.inference.model_folder import resolve_model_folder
 from desam_nnu.inference.predictor import DeSAMPredictor, export_case_atomically
 from desam_nnu.inference.prompted import PROMPT_MODES, PromptSettings
 from desam_nnu.model import select_kept
-from desam_nnu.paths import env_dir, resolve_dataset_name
+from desam_nnu.paths import env_dir
 from desam_nnu.planners.plans import DeSAMPlansManager
 
 
@@ -80,26 +81,24 @@ def _signature(prompts: PromptSettings, ious: List[np.ndarray]) -> str:
     return h.hexdigest()
 
 
-def model_folder_of(dataset: Union[int, str], trainer: str, plans: str) -> Tuple[str, str]:
-    root = env_dir("nnUNet_results")
-    name = resolve_dataset_name(dataset, root)
-    folder = join(root, name, f"{trainer}__{plans}__{CONFIGURATION}")
-    if not os.path.isdir(folder):
-        raise DeSAMInputError(f"{folder}: no trained model; run desam_train {dataset} FOLD first")
-    return name, folder
+def model_folder_of(dataset: Union[int, str], trainer: Optional[str], plans: str) -> Tuple[str, str, str]:
+    """(dataset name, model folder, trainer): without ``trainer`` the model desam_predict -d would use."""
+    folder = resolve_model_folder(None, dataset, trainer, plans)
+    return os.path.basename(os.path.dirname(folder)), folder, os.path.basename(folder).split("__")[0]
 
 
 def find_best_configuration(dataset: Union[int, str], folds: Sequence[Union[int, str]] = (0, 1, 2, 3, 4),
-                            trainer: str = "DeSAMTrainer", plans: str = PLANS_NAME, num_processes: int = 1,
+                            trainer: Optional[str] = None, plans: str = PLANS_NAME, num_processes: int = 1,
                             allow_tqdm: bool = True) -> dict:
     """Choose prompts and postprocessing from the folds' validation; write and return the configuration."""
     start = time.perf_counter()
-    name, folder = model_folder_of(dataset, trainer, plans)
-    family = load_json(join(folder, "plans.json"))["configurations"][CONFIGURATION]["desam"].get("family", "desam")
-    if family != "desam":
-        raise DeSAMInputError(f"{folder}: {family} is prompt-free, so there are no prompts to choose; desam_predict "
-                              f"uses the model as it is")
+    name, folder, trainer = model_folder_of(dataset, trainer, plans)
+    plans_manager = DeSAMPlansManager(load_json(join(folder, "plans.json")))
+    configuration_manager = plans_manager.get_configuration(CONFIGURATION)
+    cfg = configuration_manager.desam
     folds = [str(f) for f in folds]
+    if cfg.prompts is None:  # a prompt-free family (DAPSAM)
+        return prompt_free_postprocessing(name, folder, folds, trainer, plans, num_processes, start)
     metas: Dict[str, dict] = {}
     for f in folds:
         meta = candidates.read_meta(candidates.store_folder(join(folder, f"fold_{f}", "validation")))
@@ -109,10 +108,7 @@ def find_best_configuration(dataset: Union[int, str], folds: Sequence[Union[int,
     if missing:
         raise DeSAMInputError(f"{folder}: no stored validation results for fold(s) {', '.join(missing)}; make them "
                               f"with desam_train {dataset} FOLD --val (after training that fold)")
-    plans_manager = DeSAMPlansManager(load_json(join(folder, "plans.json")))
     dataset_json = load_json(join(folder, "dataset.json"))
-    configuration_manager = plans_manager.get_configuration(CONFIGURATION)
-    cfg = configuration_manager.desam
     modes = tuple(m for m in PROMPT_MODES if all(m in metas[f]["modes"] for f in folds))
     top_k = min(int(metas[f]["top_k"]) for f in folds)
     grids = {int(metas[f]["grid_points_per_side"]) for f in folds}
@@ -204,6 +200,67 @@ def find_best_configuration(dataset: Union[int, str], folds: Sequence[Union[int,
     return result
 
 
+def prompt_free_postprocessing(name: str, folder: str, folds: Sequence[str], trainer: str, plans: str,
+                               num_processes: int, start: float) -> dict:
+    """A prompt-free family has no prompts to choose: only nnU-Net's postprocessing, decided as its own
+    ``find_best_configuration`` decides it, on the folds' final-validation outputs merged into one folder."""
+    dataset_json = load_json(join(folder, "dataset.json"))
+    plans_dict = load_json(join(folder, "plans.json"))
+    ending = dataset_json["file_ending"]
+    gt_folder = join(env_dir("nnUNet_preprocessed"), name, "gt_segmentations")
+    found = {f: sorted(n for n in os.listdir(v) if n.endswith(ending)) if os.path.isdir(v) else []
+             for f, v in ((f, join(folder, f"fold_{f}", "validation")) for f in folds)}
+    missing = [f for f, names in found.items() if not names]
+    if missing:
+        raise DeSAMInputError(f"{folder}: no final validation for fold(s) {', '.join(missing)}; make it with "
+                              f"desam_train {name} FOLD --val (after training that fold)")
+    if not os.path.isdir(gt_folder):
+        raise DeSAMInputError(f"{gt_folder}: missing; the references are the preprocessed ground truth (run "
+                              f"desam_plan_and_preprocess -d {name})")
+    # nnU-Net's accumulate_cv_results merges the same way, but reads nnUNet_raw when nnunetv2 is first imported
+    # and copies every file; links in a scratch folder leave the model folder as it was
+    work = join(folder, f".find_best-{os.getpid()}")
+    merged, references = join(work, "crossval"), join(work, "references")
+    try:
+        os.makedirs(merged)
+        os.makedirs(references)
+        for f, names in found.items():
+            for n in names:
+                if os.path.lexists(join(merged, n)):
+                    raise DeSAMInputError(f"{folder}: {n} is in the validation of more than one of folds "
+                                          f"{', '.join(folds)}")
+                os.symlink(os.path.abspath(join(folder, f"fold_{f}", "validation", n)), join(merged, n))
+                os.symlink(os.path.abspath(join(gt_folder, n)), join(references, n))
+        pp_fns, pp_kwargs = determine_postprocessing(merged, references, plans_dict, dataset_json,
+                                                     max(1, num_processes), keep_postprocessed_files=False)
+        pp = load_json(join(merged, "postprocessing.json"))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    before, after = pp["input_folder"], pp["postprocessed"]
+    result = {
+        "created_by": "desam_find_best_configuration",
+        "dataset": name, "trainer": trainer, "plans": plans, "configuration": CONFIGURATION,
+        "folds": list(folds), "plans_sha256": plans_sha256(folder), "prompts": None,
+        "postprocessing": postprocessing_to_json(pp_fns, pp_kwargs),
+        "dice": {"selected": float(before["foreground_mean"]["Dice"]),
+                 "selected_per_class": {str(k): float(v["Dice"]) for k, v in before["mean"].items()},
+                 "after_postprocessing": float(after["foreground_mean"]["Dice"]),
+                 "after_postprocessing_per_class": {str(k): float(v["Dice"]) for k, v in after["mean"].items()}},
+        "candidates": [], "validation_cases": sum(len(n) for n in found.values()),
+        "seconds": time.perf_counter() - start,
+    }
+    result["path"] = write_configuration(folder, result)
+    result["table"] = (f"prompt-free: no prompts to choose; postprocessing: {_pp_text(result['postprocessing'])}; "
+                       f"Dice {result['dice']['selected']:.4f} -> {result['dice']['after_postprocessing']:.4f} after "
+                       f"postprocessing; {result['validation_cases']} validation cases, {result['seconds']:.1f} s")
+    return result
+
+
+def _pp_text(steps: List[dict]) -> str:
+    return ("; ".join(f"keep the largest component of {s['kwargs']['labels_or_regions']}" for s in steps)
+            or "none (it did not help)")
+
+
 def _replay_all(cases, stores, metas: Dict[str, dict], distinct: List[Candidate], outputs: Dict[str, str], folder: str,
                 plans_manager, configuration_manager, dataset_json: dict, data_folder: str, allow_tqdm: bool) -> None:
     """Every validation case, loaded once, through nnU-Net's sliding window and export for each distinct setting."""
@@ -241,9 +298,7 @@ def render_table(table: List[Candidate], best: Candidate, result: dict) -> str:
         note = f"  (= {c.same_as})" if c.same_as else ""
         lines.append(f"{'*' if c is best else ' ':2}{c.label:<26}{c.dice:>10.4f}{per}{note}")
     pp = result["postprocessing"]
-    lines.append(f"chosen: {best.label}; postprocessing: "
-                 + ("; ".join(f"keep the largest component of {s['kwargs']['labels_or_regions']}" for s in pp)
-                    or "none (it did not help)")
+    lines.append(f"chosen: {best.label}; postprocessing: {_pp_text(pp)}"
                  + f"; Dice {result['dice']['selected']:.4f} -> {result['dice']['after_postprocessing']:.4f} "
                    f"after postprocessing; {result['validation_cases']} validation cases, {result['seconds']:.1f} s")
     return "\n".join(lines)

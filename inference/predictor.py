@@ -267,11 +267,17 @@ class DeSAMPredictor(nnUNetPredictor):
                 raise DeSAMInputError(str(e)) from e
         configuration_manager = plans_manager.get_configuration(configuration)
         cfg = configuration_manager.desam
+        labels = plans_manager.get_label_manager(dataset_json).foreground_labels
         if cfg.prompts is not None:
-            self.choose_prompts(folder, folds, cfg, plans_manager.get_label_manager(dataset_json).foreground_labels)
+            self.choose_prompts(folder, folds, cfg, labels)
         else:
+            self.chosen = read_configuration(folder, (), labels, prompted=False)
             ignored = f"; ignored: {', '.join(self.prompt_overrides)}" if self.prompt_overrides else ""
             self.configuration_note = f"{cfg.family} is prompt-free: every class from the image alone{ignored}"
+            if self.chosen is not None:
+                self.postprocessing = self.chosen.postprocessing_functions()
+                self.configuration_note += (f"; using the postprocessing chosen from cross-validation "
+                                            f"({self.chosen.path}): {self.chosen.describe()}")
         network = cfg.build_network()
         # folds that froze the same encoder hold it once and encode each tile once (see PromptedDeSAM)
         ensemble = [network] + [copy.deepcopy(network, {id(network.image_encoder): network.image_encoder})

@@ -124,11 +124,52 @@ def test_predict_then_evaluate_whole_volumes(trained, tmp_path):
     assert all(0.0 <= summary["mean"][k]["Dice"] <= 1.0 for k in summary["mean"])
 
 
-def test_family_mismatch_and_prompt_options_are_refused(trained):
-    from desam_nnu.inference.find_best import find_best_configuration
+def test_find_best_chooses_only_the_postprocessing_and_predict_applies_it(trained, tmp_path, capsys):
+    """Prompt-free: nothing to choose but nnU-Net's postprocessing, decided on the fold's final validation and
+    written for desam_predict, which applies it as nnU-Net's predictor would."""
+    import SimpleITK as sitk
+    from nnunetv2.postprocessing.remove_connected_components import remove_all_but_largest_component_from_segmentation
 
-    with pytest.raises(DeSAMInputError, match="dapsam is prompt-free, so there are no prompts to choose"):
-        find_best_configuration(8, folds=[0], trainer="DAPSAMTrainer")
+    from desam_nnu.cli.find_best_configuration import main as find_best_main
+    root, _ = trained
+    model = root / "nnUNet_results" / MODEL
+    assert find_best_main(["8", "-f", "0"]) == 0  # the dataset's only model: DAPSAMTrainer's, as desam_predict -d
+    assert "prompt-free: no prompts to choose; postprocessing:" in capsys.readouterr().out
+    data = json.loads((model / "desam_inference.json").read_text())
+    assert data["prompts"] is None and data["folds"] == ["0"] and data["candidates"] == []
+    validation = model / "fold_0" / "validation"
+    assert data["validation_cases"] == len(list(validation.glob("*.nii.gz"))) > 0
+    summary = json.loads((validation / "summary.json").read_text())  # the final validation's own scores
+    assert data["dice"]["selected"] == pytest.approx(summary["foreground_mean"]["Dice"])
+    assert not list(model.glob(".find_best-*"))
+    (tmp_path / "in").mkdir()
+    images, _ = synthetic_case((7, 42, 50), np.random.default_rng(5))
+    write_nifti(images[0], str(tmp_path / "in" / "c_0000.nii.gz"), (0.8, 0.8, 4.0))
+    saved = (model / "desam_inference.json").read_text()
+    args = ["-i", str(tmp_path / "in"), "-d", "8", "--disable-tta", "-npp", "0", "-nps", "0"]
+    try:  # whatever the tiny model's validation chose, here: keep the largest component of each class
+        step = {"function": remove_all_but_largest_component_from_segmentation.__name__,
+                "kwargs": {"labels_or_regions": [1, 2]}}
+        (model / "desam_inference.json").unlink()
+        assert predict_main(args + ["-o", str(tmp_path / "raw")]) == 0
+        (model / "desam_inference.json").write_text(json.dumps(dict(data, postprocessing=[step])))
+        assert predict_main(args + ["-o", str(tmp_path / "pp")]) == 0
+        assert "using the postprocessing chosen from cross-validation" in capsys.readouterr().out
+        assert json.loads((tmp_path / "pp" / "predict_args.json").read_text())["postprocessing"] == [step["function"]]
+        raw, pp = (sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / n / "c.nii.gz"))) for n in ("raw", "pp"))
+        np.testing.assert_array_equal(pp, remove_all_but_largest_component_from_segmentation(raw, [1, 2]))
+    finally:
+        (model / "desam_inference.json").write_text(saved)
+    # a choice of prompts does not fit a prompt-free model: named, never used
+    (model / "desam_inference.json").write_text(json.dumps(dict(data, prompts={"mode": "box"})))
+    try:
+        assert predict_main(args + ["-o", str(tmp_path / "bad")]) == 2
+        assert "chooses prompts for a prompt-free model" in capsys.readouterr().err
+    finally:
+        (model / "desam_inference.json").write_text(saved)
+
+
+def test_family_mismatch_and_prompt_options_are_refused(trained):
     with pytest.raises(DeSAMInputError, match="DeSAMTrainer trains the desam family but the plans are for dapsam"):
         train(8, 0, trainer="DeSAMTrainer", device="cpu", epochs=1)
     with pytest.raises(DeSAMInputError, match="the dapsam family has no prompts"):

@@ -212,6 +212,7 @@ def test_without_a_choice_predict_says_how_to_make_one(trained, tmp_path, capsys
     (lambda m: _write_choice(m, postprocessing=[{"function": "os.system", "kwargs": {"labels_or_regions": 1}}]),
      "unknown postprocessing function"),
     (lambda m: _write_choice(m, plans_sha256="0" * 64), "chosen for other plans"),
+    (lambda m: _write_choice(m, prompts=None), "chooses no prompts, but the model is prompted"),
 ])
 def test_damaged_configuration_stops_prediction(trained, tmp_path, capsys, damage, message):
     _case(tmp_path / "in", "x")
