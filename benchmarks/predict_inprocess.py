@@ -82,6 +82,8 @@ def one_run(backbone: str, input_root: str, output_root: str, repeats: int, prof
             net.prompts = settings[mode]
             net(tile)
     best_iou.clear()
+    encoder_ms = _encoder_ms_per_tile(desam, cfg, sorted({1, predictor.tiles_per_call}))
+    parts.clear()
     volumes = sorted(os.listdir(input_root))
     runs = {m: {v: [] for v in volumes} for m in MODES}  # seconds, parts, tiles, peak RSS per run
     for r in range(repeats):
@@ -109,6 +111,7 @@ def one_run(backbone: str, input_root: str, output_root: str, repeats: int, prof
                                            "load_before": load})
     out = {"backbone": backbone, "image_size": cfg.image_size, "patch_size": list(cfg.patch_size),
            "volumes": volumes, "repeats": repeats, "init_s": init_s, "threads": torch.get_num_threads(),
+           "tiles_per_call": predictor.tiles_per_call, "encoder_ms_per_tile": encoder_ms,
            "peak_rss_mib_process": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "modes": {}}
     for mode in MODES:
         best = [min(runs[mode][v], key=lambda x: x["seconds"]) for v in volumes]  # best of repeats per volume
@@ -127,6 +130,25 @@ def one_run(backbone: str, input_root: str, output_root: str, repeats: int, prof
                                 tiles_passing_plans_thresh=sum(i >= cfg.prompts.iou_threshold for i in best_iou))
     if profiler is not None:
         out["profile_top"] = _profile_top(profiler, 25)
+    return out
+
+
+def _encoder_ms_per_tile(desam, cfg, batches: List[int], rounds: int = 3) -> Dict[str, float]:
+    """The image encoder alone (``DeSAM.encode``) on ``b`` random RGB tiles [b, 3, S, S] at once, for each ``b`` in
+    ``batches`` (1 and the predictor's tiles per call): milliseconds per tile, best of ``rounds`` calls,
+    after one warm-up call per batch size. Says what batching the tiles buys in the encoder itself."""
+    import torch
+    out = {}
+    with torch.inference_mode():
+        for b in batches:
+            x = torch.rand(b, 3, cfg.image_size, cfg.image_size) * 255
+            desam.encode(x)
+            best = float("inf")
+            for _ in range(rounds):
+                start = time.perf_counter()
+                desam.encode(x)
+                best = min(best, time.perf_counter() - start)
+            out[str(b)] = 1000 * best / b
     return out
 
 

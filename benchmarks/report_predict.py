@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import List
 
-from report import (BY_NAME, MIB, Results, Row, clean_command, code, fmt_mib, fmt_ratio, fmt_s, md_table,
+from report import (BY_NAME, MIB, Results, Row, clean_command, code, fmt_mib, fmt_ms, fmt_ratio, fmt_s, md_table,
                     not_measured, num, ratio, standard_table, target_text)
 from report_speed import (_train_by, rows_preprocess, train_command)
 
@@ -41,6 +41,7 @@ def rows_predict(d: dict) -> List[Row]:
                 out.append(Row(f"CPU s / volume in-process, {name}, grid 81 vs box",
                                fmt_s(gm.get("cpu_s_per_volume")), f"{fmt_s(bm.get('cpu_s_per_volume'))} (box)",
                                ratio(gm.get("cpu_s_per_volume"), bm.get("cpu_s_per_volume")), "-", cmd))
+        out += _batch_rows(one, cmd)
         vs = run.get("vs_nnunet", [])
         ref = next((r for r in vs if r.get("variant") == "nnunet"), None)
         n = (run.get("counts") or [run.get("cases", "?")])[0]
@@ -54,6 +55,17 @@ def rows_predict(d: dict) -> List[Row]:
         ct = run.get("ct")
         if isinstance(ct, dict):
             out.append(_ct_row(ct, cmd))
+    return out
+
+
+def _batch_rows(one: dict, cmd: str) -> List[Row]:
+    """The encoder's milliseconds per tile at the predictor's tiles per call against one tile per call."""
+    out = []
+    for b, o in one.items():
+        ms, n = o.get("encoder_ms_per_tile") or {}, o.get("tiles_per_call")
+        if n and n != 1 and str(n) in ms and "1" in ms:
+            out.append(Row(f"encoder ms / tile, {b} ({o.get('image_size')} px), {n} tiles per call vs 1",
+                           fmt_ms(ms[str(n)]), f"{fmt_ms(ms['1'])} (1 per call)", ratio(ms[str(n)], ms["1"]), "-", cmd))
     return out
 
 

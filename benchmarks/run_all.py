@@ -32,6 +32,7 @@ from report_dice import dice_rows, section_dice, section_lite  # noqa: E402
 from report_gpu import gpu_device, section_gpu  # noqa: E402
 from report_robustness import section_robustness  # noqa: E402
 from report_ensemble import section_ensemble  # noqa: E402
+from report_encoder_levers import section_encoder_levers  # noqa: E402
 
 sys.path.insert(0, str(REPO))
 from desam_nnu.atomic import atomic_path  # noqa: E402  (a plain-Python module: no torch import)
@@ -46,6 +47,8 @@ SECTIONS: List[Tuple[str, str, Tuple[str, ...], Callable[[Results], str]]] = [
     ("Training step: embedding cache against online encoding", "train.py", ("train",), section_train),
     ("Cache bytes per slice against the official float32 layout", "train.py", ("train",), section_cache_bytes),
     ("Encoder cost per slice", "encoder.py", ("encoder",), section_encoder),
+    ("Encoder levers at prediction: batch, threads, channels-last, compile, bf16, int8", "encoder_levers.py",
+     ("encoder_levers",), section_encoder_levers),
     ("Cache precision: int8 against float16", "cache_dice.py", ("cache_dice",), section_cache_dice),
     ("Prediction: grid against box, against nnU-Net's 2D predictor, CT memory", "predict.py", ("predict",),
      section_predict),

@@ -44,7 +44,8 @@ from desam_nnu.inference.inputs import collect_cases
 from desam_nnu.inference.model_folder import FoldSpec, resolve_folds
 from desam_nnu.inference.prompt_free import PromptFreeTiles
 from desam_nnu.inference.prompted import GridStats, PromptedDeSAM, PromptSettings, TileNetwork
-from desam_nnu.inference.tiles import memory_cap, sliding_window_batched, tile_working_bytes, tiles_per_call
+from desam_nnu.inference.tiles import (memory_cap, per_call_limit, sliding_window_batched, tile_working_bytes,
+                                       tiles_per_call)
 from desam_nnu.model import DeSAM
 from desam_nnu.planners.plans import DeSAMPlansManager
 
@@ -185,10 +186,11 @@ class DeSAMPredictor(nnUNetPredictor):
 
     @property
     def tiles_per_call(self) -> int:
-        """Tiles per network call: as set, or as many as fit under the memory cap (decided on first use)."""
+        """Tiles per network call: as set, or as many as fit under the memory cap up to the device's limit (one on a
+        CPU), decided on first use."""
         if self._tiles_per_call is None:
             cap = self.tile_memory_cap if self.tile_memory_cap is not None else memory_cap(self.device)
-            self._tiles_per_call = tiles_per_call(tile_working_bytes(self.desam), cap)
+            self._tiles_per_call = tiles_per_call(tile_working_bytes(self.desam), cap, per_call_limit(self.device))
         return self._tiles_per_call
 
     @torch.inference_mode()

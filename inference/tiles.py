@@ -9,8 +9,9 @@ semantics (its slicers, Gaussian weighting, padding by the caller, mirroring thr
 
 How many: a memory cap from the device (:func:`memory_cap`) over one tile's working memory
 (:func:`tile_working_bytes`: the peak of the live tensors of the plans' image encoder on one tile, followed
-on the meta device), at most :data:`MAX_TILES_PER_CALL`; on a CUDA out-of-memory error the predictor
-halves it and tries again.
+on the meta device), at most :func:`per_call_limit` of the device; on a CUDA out-of-memory error the
+predictor halves it and tries again. On a CPU the limit is one tile: batching made the encoder slower there
+(below).
 """
 import weakref
 from functools import lru_cache
@@ -25,7 +26,11 @@ from tqdm import tqdm
 
 from desam_nnu.config import DeSAMConfig
 
-MAX_TILES_PER_CALL = 32  # a bound on memory and latency, not yet tuned: benchmarks/predict.py is to measure it
+MAX_TILES_PER_CALL = 32  # on a GPU: a bound on memory and latency (BENCHMARKS, GPU: batch 8 is measured there)
+# On a CPU, one tile per call: medsam_lite's encoder at 128 px on the 2-core CPU takes 340 ms a tile one at a time,
+# 370 at 2, 462 at 4 and 780 at 32 (benchmarks/results/encoder_batches.json). Its stage 0 works on 256 channels at
+# 128x128 per tile, 16 MiB: one tile's maps stay in the caches, a batch's go to memory and wait on it.
+CPU_TILES_PER_CALL = 1
 CPU_SHARE = 0.25  # of the memory available when prediction starts: preprocessing and export workers need the rest
 CUDA_SHARE = 0.5  # of the GPU memory free when prediction starts
 
@@ -75,6 +80,11 @@ def memory_cap(device: torch.device) -> int:
         free, _ = torch.cuda.mem_get_info(device)
         return int(free * CUDA_SHARE)
     return int(psutil.virtual_memory().available * CPU_SHARE)
+
+
+def per_call_limit(device: torch.device) -> int:
+    """The most tiles one call takes on ``device``, whatever memory is free."""
+    return CPU_TILES_PER_CALL if device.type == "cpu" else MAX_TILES_PER_CALL
 
 
 def tiles_per_call(bytes_per_tile: int, cap_bytes: int, limit: int = MAX_TILES_PER_CALL) -> int:

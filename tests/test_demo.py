@@ -144,13 +144,6 @@ def test_an_interrupted_write_leaves_no_half_dataset(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == [NAME] and Path(folder).name == NAME
 
 
-def test_synthetic_reexports_the_package_generators():
-    import synthetic
-
-    assert synthetic.make_dataset is demo.make_dataset and synthetic.write_nifti is demo.write_nifti
-    assert synthetic.synthetic_case is demo.synthetic_case and synthetic.ROTATED == demo.ROTATED
-
-
 def test_the_installed_entry_point_writes_the_dataset(tmp_path):
     exe = os.path.join(os.path.dirname(sys.executable), "desam_demo_dataset")
     env = {**os.environ, "nnUNet_raw": str(tmp_path / "raw")}

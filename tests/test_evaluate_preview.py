@@ -108,6 +108,27 @@ def test_nsd_leaves_out_the_ignore_label():
     assert normalised_surface_dice(ref, pred, (1, 1, 1), 0.5, ignore_mask=ignore) == 1.0
 
 
+def test_nsd_is_monais_boundary_voxel_nsd_on_random_shapes():
+    """Ours is MONAI's ``compute_surface_dice`` (Nikolov et al.; boundary voxels by erosion, Euclidean distances
+    in mm), exactly. The ``surface-distance`` package weighs each boundary element by its surface area instead
+    (MONAI's ``use_subvoxels=True``); ours counts boundary voxels, as nnU-Net's metrics count voxels."""
+    import torch
+    from monai.metrics import compute_surface_dice
+    from scipy import ndimage
+
+    rng = np.random.default_rng(0)
+    spacing = (4.0, 0.8, 0.8)  # array (z, y, x), as hippocampus-like MRI
+    for _ in range(3):
+        shape, smooth = (6, 24, 28), (0.5, 2.5, 2.5)
+        noise = ndimage.gaussian_filter(rng.normal(size=shape), smooth)
+        ref = noise > 0  # blobs; the prediction overlaps them, not equal
+        pred = noise + 0.5 * ndimage.gaussian_filter(rng.normal(size=shape), smooth) > 0
+        one_hot = [torch.from_numpy(np.stack([~m, m]))[None] for m in (pred, ref)]  # [1, 2, Z, Y, X]
+        for tolerance in (0.5, 0.8, 1.2, 4.0):
+            theirs = float(compute_surface_dice(*one_hot, [tolerance], spacing=spacing))  # [1, 1], float32
+            assert normalised_surface_dice(ref, pred, spacing, tolerance) == pytest.approx(theirs, rel=1e-6)
+
+
 # --- evaluation of a folder ----------------------------------------------------------------------
 
 def test_perfect_case_scores_one(evaluated):

@@ -91,12 +91,25 @@ def test_slices_larger_than_the_patch_are_tiled(trained, tmp_path):
     assert sitk.ReadImage(str(tmp_path / "out" / "big.nii.gz")).GetSize() == (170, 150, 3)
 
 
-def test_mirroring_runs_every_flip_and_stays_symmetric(trained, tmp_path):
+def test_mirroring_runs_every_flip_and_makes_the_prediction_flip_equivariant(trained, tmp_path):
+    """Averaged over all four in-plane flips, predicting a mirrored slice gives the mirrored prediction; without
+    mirroring the (tiny, briefly trained) network alone does not."""
     _write_case(tmp_path / "in", "c", shape_zyx=(2, 40, 48))
-    p = _predictor(trained, use_mirroring=True)
-    p.predict_folder(str(tmp_path / "in"), str(tmp_path / "out"), num_processes_preprocessing=0,
-                     num_processes_export=0)
-    assert p.network.tile_calls == 2 * 4  # per slice: the tile, flipped along y, x, and both
+    logits = {}
+    for mirroring in (True, False):
+        p = _predictor(trained, use_mirroring=mirroring, prompt_overrides={"iou_threshold": 0.0})
+        data = p.configuration_manager.preprocessor_class().run_case(
+            [str(tmp_path / "in" / "c_0000.nii.gz")], None, p.plans_manager, p.configuration_manager,
+            p.dataset_json)[0]
+        for axis in (None, -1, -2):  # as is, mirrored along x, mirrored along y: [C, Z, Y, X]
+            x = torch.from_numpy(data if axis is None else np.flip(data, axis).copy())
+            out = p.predict_logits_from_preprocessed_data(x).float()  # [classes, Z, Y, X]
+            logits[mirroring, axis] = out if axis is None else torch.flip(out, (axis,))
+        if mirroring:
+            assert p.network.tile_calls == 2 * 4 * 3  # per slice: the tile, flipped along y, x, and both; 3 inputs
+    for axis in (-1, -2):
+        assert torch.allclose(logits[True, axis], logits[True, None], atol=2e-3)
+        assert not torch.allclose(logits[False, axis], logits[False, None], atol=1e-2)
 
 
 _sure_of_class_one = fixed_grid(0.9)  # a network sure that everything is class 1
@@ -399,9 +412,15 @@ def test_many_tiles_per_call_predict_as_one_at_a_time(trained, tmp_path, mode, m
     torch.testing.assert_close(outputs[1], outputs[0], rtol=0, atol=2e-3)
 
 
-def test_the_memory_cap_sets_the_tiles_per_call(trained, tmp_path):
+def test_the_memory_cap_sets_the_tiles_per_call(trained, tmp_path, monkeypatch):
+    from desam_nnu.inference import tiles
     from desam_nnu.inference.tiles import tile_working_bytes
     image = _write_case(tmp_path / "in", "big", shape_zyx=(1, 80, 96))
+    p = _predictor(trained, use_mirroring=False, prompt_overrides={"mode": "box"})  # a CPU, no cap given: one a call
+    sizes = _batch_sizes(p)
+    p.predict_logits_from_preprocessed_data(_preprocessed(p, image))
+    assert p.tiles_per_call == 1 and set(sizes) == {1} and len(sizes) > 1
+    monkeypatch.setattr(tiles, "CPU_TILES_PER_CALL", tiles.MAX_TILES_PER_CALL)  # a device that gains from batches
     p = _predictor(trained, use_mirroring=False, prompt_overrides={"mode": "box"}, tile_memory_cap=1)  # a tiny cap: one tile a call
     sizes = _batch_sizes(p)
     p.predict_logits_from_preprocessed_data(_preprocessed(p, image))

@@ -178,7 +178,7 @@ def test_a_wrong_checkpoint_file_is_refused(prepared, tmp_path, capsys):
     torch.save({"image_encoder.patch_embed.proj.weight": torch.zeros(3)}, bad)
     assert main(["5", "0", "-device", "cpu", "--sam-checkpoint", str(bad), "--epochs", "1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert str(bad) in err or "missing" in err
+    assert str(bad) in err and "does not fit DeSAM(tiny" in err and "shape mismatches" in err
 
 
 def test_out_of_disk_refuses_before_caching_and_keeps_what_was_trained(prepared, monkeypatch, capsys):
