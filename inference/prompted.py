@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from desam_nnu.config import DeSAMConfig
+from desam_nnu.inference.tiles import grid_prompts_per_call
 from desam_nnu.model import DeSAM, fuse_candidates, make_point_grid, select_kept
 from desam_nnu.prompts import whole_boxes
 from desam_nnu.rgb import to_network_input
@@ -170,7 +171,8 @@ class PromptedDeSAM(TileNetwork):
         out = torch.zeros((len(features[-1]), self.num_classes, *size), device=features[-1].device)
         for i in range(len(out)):
             cand = desam.grid_candidates([f[i:i + 1] for f in features], self.grid, top_k=self.prompts.top_k,
-                                         iou_thresh=self.prompts.iou_threshold)
+                                         iou_thresh=self.prompts.iou_threshold,
+                                         prompts_per_batch=grid_prompts_per_call(features[-1].device))
             self._count_grid(cand.kept)
             if not cand.empty:
                 out[i] = fuse_candidates(self._to_patch(cand.logits, size), cand.iou, cand.kept)
@@ -189,7 +191,8 @@ class PromptedDeSAM(TileNetwork):
         for i in range(len(tiles)):
             tile = TileCandidates(fingerprint=tile_fingerprint(tiles[i]), box=None if box is None else box[i])
             if "grid" in record.modes:
-                cand = self.desam.grid_candidates([f[i:i + 1] for f in features], self.grid, top_k=record.top_k)
+                cand = self.desam.grid_candidates([f[i:i + 1] for f in features], self.grid, top_k=record.top_k,
+                                                  prompts_per_batch=grid_prompts_per_call(features[-1].device))
                 tile.grid_logits, tile.grid_iou = self._to_patch(cand.logits, size), cand.iou
             record.tiles.append(tile)
             out[i] = record.compose(tile, self.prompts, self)

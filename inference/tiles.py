@@ -15,7 +15,7 @@ predictor halves it and tries again. On a CPU the limit is one tile: batching ma
 """
 import weakref
 from functools import lru_cache
-from typing import Callable, List, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import psutil
 import torch
@@ -31,6 +31,10 @@ MAX_TILES_PER_CALL = 32  # on a GPU: a bound on memory and latency (BENCHMARKS, 
 # 370 at 2, 462 at 4 and 780 at 32 (benchmarks/results/encoder_batches.json). Its stage 0 works on 256 channels at
 # 128x128 per tile, 16 MiB: one tile's maps stay in the caches, a batch's go to memory and wait on it.
 CPU_TILES_PER_CALL = 1
+# Grid mode on a CPU: PRIM over 9 of the 81 prompts at a time (a row of the 9 x 9 grid). Each prompt holds its own
+# image side ([prompts, tokens, 256] float32, 1 MiB a prompt at medsam_lite's 1024 neck tokens), which 9 prompts keep
+# in the caches: 0.81 s a tile against 1.03 s with all 81 at once, 1.05 s with 3 (medsam_lite, 128 px, 2 cores).
+CPU_GRID_PROMPTS_PER_CALL = 9
 CPU_SHARE = 0.25  # of the memory available when prediction starts: preprocessing and export workers need the rest
 CUDA_SHARE = 0.5  # of the GPU memory free when prediction starts
 
@@ -85,6 +89,11 @@ def memory_cap(device: torch.device) -> int:
 def per_call_limit(device: torch.device) -> int:
     """The most tiles one call takes on ``device``, whatever memory is free."""
     return CPU_TILES_PER_CALL if device.type == "cpu" else MAX_TILES_PER_CALL
+
+
+def grid_prompts_per_call(device: torch.device) -> Optional[int]:
+    """Grid prompts PRIM takes at a time on ``device`` (None: all of them, on a GPU)."""
+    return CPU_GRID_PROMPTS_PER_CALL if device.type == "cpu" else None
 
 
 def tiles_per_call(bytes_per_tile: int, cap_bytes: int, limit: int = MAX_TILES_PER_CALL) -> int:

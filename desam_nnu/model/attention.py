@@ -10,8 +10,11 @@ broadcasts. In DeSAM's grid mode PRIM decodes 81 prompts on one image:
 * image -> token attention: 1024-4096 image-token queries against only 7 prompt tokens. Per head
   that is a [N, 7] softmax; SAM splits heads with transposes (copies of the image side) and torch's
   softmax over a last dimension of 7 is slow. Here the keys and values of all heads go into
-  block-diagonal [C, H*M] and [H*M, C] matrices, so two plain matmuls on the image tokens as they lie
-  give every head's logits and the heads' recombined output directly.
+  block-diagonal [W, H*M] and [H*M, W] matrices with the query and output projections folded in
+  (q_h . k = x . (W_q,h^T k) + b_q,h . k; out_proj is linear), so two plain matmuls on the
+  unprojected image tokens as they lie give every head's logits and the projected output: per image
+  token 2 * W * H * M multiply-adds instead of 2 * W * c for the projections plus 2 * c * H * M (SAM's
+  sizes: 0.36x).
 * token -> image attention with per-prompt image keys (later layers, the final attention, and
   training): 7 queries against 1024-4096 keys. Instead of projecting every image token to keys and
   values, each head's few queries are mapped into the image tokens' space (W_k^T q) and the
@@ -42,14 +45,15 @@ class PromptAttention(Attention):
     Bq, Bk each 1 or B (broadcast), returning [B, N, C]."""
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:  # type: ignore[override]
-        q = self.q_proj(q)
         b, n, m = max(q.shape[0], k.shape[0], v.shape[0]), q.shape[1], k.shape[1]
-        if k.shape[0] == 1 < q.shape[0] and v.shape[0] == 1:
+        shared_keys = k.shape[0] == 1 < q.shape[0] and v.shape[0] == 1
+        if not shared_keys and m * self.num_heads * _FEW_KEYS_RATIO <= n:
+            return self._few_keys(q, self.k_proj(k), self.v_proj(v), b)  # projections folded in
+        q = self.q_proj(q)
+        if shared_keys:
             out = self._fused(q.reshape(1, b * n, -1), self.k_proj(k), self.v_proj(v)).reshape(b, n, -1)
         elif n * self.num_heads < self.internal_dim and m >= _FEW_KEYS_RATIO * n:
             out = self._few_queries(q, k, v, b)
-        elif m * self.num_heads * _FEW_KEYS_RATIO <= n:
-            out = self._few_keys(q, self.k_proj(k), self.v_proj(v), b)
         else:
             out = self._fused(*(t.expand(b, -1, -1) for t in (q, self.k_proj(k), self.v_proj(v))))
         return self.out_proj(out)
@@ -76,19 +80,26 @@ class PromptAttention(Attention):
         heads = [self._separate_heads(t, self.num_heads) for t in (q, k, v)]
         return self._recombine_heads(F.scaled_dot_product_attention(*heads))
 
-    def _few_keys(self, q: Tensor, k: Tensor, v: Tensor, b: int) -> Tensor:
-        """Attention of many queries on few keys (M per head) through block-diagonal key / value matrices."""
-        h, (_, m, c) = self.num_heads, k.shape
+    def _few_keys(self, x: Tensor, k: Tensor, v: Tensor, b: int) -> Tensor:
+        """Attention of many unprojected queries x [Bq, N, W] on few projected keys and values [Bk, M, c]
+        (M per head), the query and output projections folded into block-diagonal key and value matrices;
+        returns the projected output [B, N, W_out]."""
+        h, (bk, m, c) = self.num_heads, k.shape
         d = c // h
-        eye = torch.eye(h, dtype=k.dtype, device=k.device)[None, :, None, :, None]
-        # keys [Bk, C, H*M]: head j's keys in rows j*d..(j+1)*d and columns j*m..(j+1)*m, zero elsewhere
-        kb = (k.reshape(k.shape[0], m, h, d).permute(0, 2, 3, 1).unsqueeze(3) * eye).reshape(k.shape[0], c, h * m)
-        # values [Bk, H*M, C]: head j's values in rows j*m..(j+1)*m and columns j*d..(j+1)*d
-        vb = (v.reshape(v.shape[0], m, h, d).permute(0, 2, 1, 3).unsqueeze(3) * eye).reshape(v.shape[0], h * m, c)
-        logits = torch.matmul(q, kb / math.sqrt(d)).view(b, -1, h, m)  # [B, N, H, M]
+        kh, vh = k.reshape(bk, m, h, d), v.reshape(bk, m, h, d)
+        scale = 1 / math.sqrt(d)
+        # keys in the queries' space [Bk, W, H*M]: column (j, m) = W_q,j^T k_j(m), scaled; bias row b_q,j . k_j(m)
+        keys = torch.einsum("bmhd,hdw->bwhm", kh, self.q_proj.weight.view(h, d, -1) * scale).reshape(bk, -1, h * m)
+        bias = torch.einsum("bmhd,hd->bhm", kh, self.q_proj.bias.view(h, d) * scale).reshape(bk, 1, h * m)
+        # values in the output's space [Bk, H*M, W_out]: row (j, m) = v_j(m) @ out_proj's columns of head j, plus
+        # out_proj's bias / H: each head's weights sum to 1, so the rows add the bias once (no pass over the output)
+        values = torch.einsum("bmhd,ohd->bhmo", vh, self.out_proj.weight.view(-1, h, d)) + self.out_proj.bias / h
+        values = values.reshape(bk, h * m, -1)
+        logits = torch.baddbmm(bias, x, keys) if x.shape[0] == bk else torch.matmul(x, keys) + bias
+        logits = logits.view(b, -1, h, m)  # [B, N, H, M]
         weights = (logits - logits.amax(-1, keepdim=True)).exp()
         weights = weights / weights.sum(-1, keepdim=True)  # softmax over each head's M keys
-        return torch.matmul(weights.view(b, -1, h * m), vb)  # [B, N, C], heads already recombined
+        return torch.matmul(weights.view(b, -1, h * m), values)  # [B, N, W_out]
 
 
 def use_prompt_attention(module: nn.Module) -> nn.Module:

@@ -97,6 +97,6 @@ class PRIM(nn.Module):
         hs, keys = self.transformer(src, image_pe, tokens)  # image_pe broadcasts too
         if keys.shape[0] != p:  # only with a depth-0 transformer
             keys = keys.expand(p, -1, -1)
-        mask_embedding = keys.transpose(1, 2).reshape(p, c, h, w)
+        mask_embedding = keys.transpose(1, 2).unflatten(2, (h, w))  # a view: grid mode decodes only a few of them
         iou = self.iou_prediction_head(hs[:, 0, :])[:, : self.num_classes]
         return mask_embedding, iou
