@@ -99,9 +99,9 @@ def test_sweep_equals_brute_force_reprediction(trained, chosen, tmp_path):
     for i, c in enumerate(distinct):
         brute[c["label"]] = _brute_force_dice(trained, c["prompts"], tmp_path / f"bf{i}")
         assert abs(brute[c["label"]] - c["dice"]) <= 1e-6, (c["label"], brute[c["label"]], c["dice"])
-    for c in table:  # settings scored as twins of another really give its outputs
-        if c["same_outputs_as"] is not None:
-            assert c["dice"] == brute[c["same_outputs_as"]]
+    for c in table:  # settings scored as twins of another really give its outputs (to float rounding: on a CPU
+        if c["same_outputs_as"] is not None:  # PRIM recomputes the kept prompts, a batch that differs per setting)
+            assert abs(c["dice"] - brute[c["same_outputs_as"]]) <= 1e-6
     assert len(set(round(v, 6) for v in brute.values())) > 1  # the sweep really had something to choose
     best = max(brute.values())
     assert abs(chosen["dice"]["selected"] - best) <= 1e-6
