@@ -19,6 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(__file__))
 from train import DATASET, _link_subset  # noqa: E402
+from results_file import record_run  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 
@@ -76,13 +77,9 @@ def main() -> None:
         print(f"| {r['dtype']} | {d['1']:.4f} | {d['2']:.4f} | {r['mean_dice']:.4f} | {q[0]:.4f} | {q[1]:.4f} | "
               f"{r['pseudo_dice_ema']:.4f} |")
     print(f"int8 - float16: volume {diff:+.4f}, pseudo (EMA) {diff_pseudo:+.4f}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"backbone": args.backbone, "cases": args.cases, "epochs": args.epochs,
-                                    "iterations": args.iterations, "rows": rows, "int8_minus_float16": diff,
-                                    "int8_minus_float16_pseudo_ema": diff_pseudo,
-                                    "command": f"python benchmarks/cache_dice.py --backbone {args.backbone} "
-                                               f"--cases {args.cases} --epochs {args.epochs} "
-                                               f"--iterations {args.iterations}"}, indent=2))
+    record_run(args.out, {"backbone": args.backbone, "cases": args.cases, "epochs": args.epochs,
+                          "iterations": args.iterations, "rows": rows, "int8_minus_float16": diff,
+                          "int8_minus_float16_pseudo_ema": diff_pseudo}, "cache_dice.py")
     print(f"written {args.out}")
 
 

@@ -14,7 +14,6 @@ PDMM paths always run (the worst case).
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import time
@@ -25,6 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from desam_nnu.model import build_desam, make_point_grid  # noqa: E402
+from results_file import record_run  # noqa: E402
 
 
 def timed(fn: Callable[[], object], repeats: int, device: torch.device) -> float:
@@ -145,8 +145,7 @@ def main(argv: List[str] | None = None) -> int:
         "repeats": args.repeats,
         "iou_thresh": "-inf (worst case: top_k PDMM paths always run)",
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"meta": meta, "results": rows}, indent=2) + "\n")
+    record_run(args.out, {"meta": meta, "results": rows}, "decoder.py", argv)
     print(f"wrote {args.out}", file=sys.stderr)
     return 0
 

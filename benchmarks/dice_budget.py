@@ -55,11 +55,11 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 sys.path.insert(0, os.path.dirname(__file__))
-from report import md_table  # noqa: E402
+from report import BY_NAME, md_table  # noqa: E402
 from report_dice import budget_table, dice_rows, plot_curve  # noqa: E402
+from results_file import combined, invocation_args, read_runs, record_run  # noqa: E402
 from train import DATASET  # noqa: E402
 
-from desam_nnu.atomic import atomic_path  # noqa: E402
 from desam_nnu.paths import link_dataset_subset  # noqa: E402
 from desam_nnu.trainers import default_trainer  # noqa: E402
 
@@ -284,21 +284,15 @@ def race_desam(folder: Path, minutes: float, cases: Optional[int], backbone: Opt
 
 
 # ------------------------------------------------------------------------------------------ main
-def write_rows(out: Path, rows: Dict[str, dict]) -> Dict[str, dict]:
-    """Merge ``rows`` into ``out`` (whole or not at all); the merged rows."""
-    old = json.loads(out.read_text()) if out.is_file() else {}
-    merged, earlier = {}, dict(old.get("earlier", {}))
-    for k, v in old.get("rows", {}).items():
-        # rows of the earlier formats move to "earlier", kept as the record the README cites but out of the race:
-        # they raced a CPU-time budget with nnU-Net cut to 5-iteration epochs and its augmentation in-process,
-        # and DeSAM with non-default flags (not each tool as its users run it)
-        (merged if isinstance(v, dict) and v.get("budget_clock") == CLOCK else earlier)[k] = v
-    merged.update(rows)
-    note = ("hippocampus fold 0; per budget, nnU-Net 2D and DeSAM as their users run them, each trained for the same "
-            "wall-clock budget (see each row's minutes), one after the other")
-    with atomic_path(str(out)) as tmp:
-        Path(tmp).write_text(json.dumps({"note": note, "rows": merged, "earlier": earlier}, indent=2))
-    return merged
+NOTE = ("hippocampus fold 0; per budget, nnU-Net 2D and DeSAM as their users run them, each trained for the same "
+        "wall-clock budget (see each row's minutes), one after the other")
+
+
+def record_rows(out: Path, rows: Dict[str, dict], argv: Optional[Sequence[str]]) -> Dict[str, dict]:
+    """This invocation's ``rows`` so far, recorded as its run (after each row: a race takes hours); every run's
+    rows, the newest per key."""
+    runs = record_run(out, {"note": NOTE, "rows": rows}, "dice_budget.py", argv)
+    return combined(runs, BY_NAME["dice_budget"].merge)["rows"]
 
 
 def main(argv: Optional[List[str]] = None) -> None:
@@ -329,7 +323,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     p.add_argument("--plot-only", action="store_true", help="race nothing: redraw the plot from the results JSON")
     args = p.parse_args(argv)
     if args.plot_only:
-        print(f"written {plot_curve(dice_rows(json.loads(args.out.read_text()))[0], args.out.with_suffix('.png'))}")
+        view = combined(read_runs(args.out), BY_NAME["dice_budget"].merge)
+        print(f"written {plot_curve(dice_rows(view)[0], args.out.with_suffix('.png'))}")
         return
     if args.nnunet_epochs and len(args.nnunet_epochs) not in (1, len(args.minutes)):
         p.error("--nnunet-epochs: give one count, or one per budget of --minutes")
@@ -340,6 +335,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     work = args.work
     cases = args.cases or 200
     merged: Dict[str, dict] = {}
+    done: Dict[str, dict] = {}  # this invocation's rows
     for i, minutes in enumerate(args.minutes):
         for run in args.runs:
             tag = f"{minutes:g}min_{cases}cases"
@@ -356,10 +352,12 @@ def main(argv: Optional[List[str]] = None) -> None:
             wall = row["train_wall_s"]
             row.update(budget_clock=CLOCK, minutes=minutes, budget_s=minutes * 60, cases=cases, iterations=iterations,
                        s_per_iteration=wall / iterations if wall is not None and iterations else None,
-                       cpus=os.cpu_count(), machine=platform.machine(), command="python " + " ".join(sys.argv))
+                       cpus=os.cpu_count(), machine=platform.machine(),
+                       command=" ".join(["python", "benchmarks/dice_budget.py", *invocation_args(argv)]))
             if wall is not None and wall > 1.05 * minutes * 60:
                 print(f"note: {key} trained {wall / 60:.1f} min for a budget of {minutes:g} min", flush=True)
-            merged = write_rows(args.out, {key: row})
+            done[key] = row
+            merged = record_rows(args.out, done, argv)
             plot_curve(merged, args.out.with_suffix(".png"))
             summary = {k: row.get(k) for k in ("dice", "epochs", "iterations", "s_per_iteration", "planning_s",
                                                  "train_wall_s", "validation_s", "find_best_s", "budget_spent")}

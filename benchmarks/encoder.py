@@ -14,7 +14,6 @@ fp16) and the mask-logit size PDMM produces at that input size.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -26,6 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from desam_nnu.model import build_desam  # noqa: E402
+from results_file import record_run  # noqa: E402
 
 DEFAULT_CONFIGS = ["medsam_lite:128", "medsam_lite:192", "medsam_lite:256", "tiny:256", "vit_b:1024"]
 
@@ -108,8 +108,7 @@ def main(argv: List[str] | None = None) -> int:
         "python": platform.python_version(),
         "processor": platform.processor() or platform.machine(),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"meta": meta, "results": list(rows)}, indent=2) + "\n")
+    record_run(args.out, {"meta": meta, "results": list(rows)}, "encoder.py", argv)
     print(f"wrote {args.out}", file=sys.stderr)
     return 0
 

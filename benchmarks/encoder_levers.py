@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import platform
 import sys
@@ -43,6 +42,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from desam_nnu.model import build_desam  # noqa: E402
+from results_file import record_run  # noqa: E402
 
 LEVERS = ("baseline", "threads1", "channels_last", "compile", "bf16", "int8")
 DEFAULT_LEVERS = ("baseline", "threads1", "channels_last", "compile", "int8")
@@ -127,15 +127,10 @@ def main(argv: Optional[List[str]] = None) -> int:
               f"| {r.get('max_abs_diff_vs_baseline', '-')} |")
     meta = {"backbone": args.backbone, "image_size": args.image_size, "rounds": args.rounds,
             "threads": torch.get_num_threads(), "interop_threads": torch.get_num_interop_threads(),
-            "command": " ".join(["python", "benchmarks/encoder_levers.py",
-                                 *(argv if argv is not None else sys.argv[1:])]),
             "load_average_at_end": [round(v, 2) for v in os.getloadavg()], "cpus": os.cpu_count(),
             "torch": torch.__version__, "python": platform.python_version(),
             "processor": platform.processor() or platform.machine()}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_name(f".{args.out.name}.tmp")
-    tmp.write_text(json.dumps({"meta": meta, "results": rows}, indent=2) + "\n")
-    tmp.replace(args.out)
+    record_run(args.out, {"meta": meta, "results": rows}, "encoder_levers.py", argv)
     print(f"wrote {args.out}", file=sys.stderr)
     return 0
 

@@ -20,7 +20,6 @@ What is measured, on this CPU, with random weights (SAM's ViT weights cannot be 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil
@@ -31,6 +30,7 @@ from typing import Dict, List
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from predict_setup import BIN, MIB, _check_run, _env, _input_folder, _measured  # noqa: E402
+from results_file import record_run  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 DATASET = HERE.parent.parent / "shared" / "datasets" / "Dataset004_Hippocampus"
@@ -119,10 +119,8 @@ def main(argv: List[str] = None) -> None:
                 print(f"{kind}: {len(folds)} fold(s): {m['seconds']:.1f} s, peak RSS of the process tree "
                       f"{m['peak_tree_rss'] / MIB:.0f} MiB", flush=True)
         result = {"backbone": args.backbone, "cases": args.cases, "folds": FOLDS, "checkpoints": list(CHECKPOINTS),
-                  "rows": rows, "cpus": os.cpu_count(), "machine": platform.machine(),
-                  "command": "python benchmarks/ensemble.py " + " ".join(argv if argv is not None else sys.argv[1:])}
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2))
+                  "rows": rows, "cpus": os.cpu_count(), "machine": platform.machine()}
+        record_run(args.out, result, "ensemble.py", argv)
         print(f"written {args.out}")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -18,7 +18,6 @@ same steps on the CPU (a smoke check of the script; no GPU figures).
     python benchmarks/gpu_check.py [--runs desam:vit_b desam:medsam_lite dapsam:medsam_lite] [--cases 10]
 """
 import argparse
-import json
 import os
 import platform
 import subprocess
@@ -27,6 +26,10 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Callable, Optional
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from proc_tree import child_result, serve_one  # noqa: E402
+from results_file import record_run  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 DATASET = HERE.parent.parent / "shared" / "datasets" / "Dataset004_Hippocampus"
@@ -123,8 +126,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=HERE / "results" / "gpu_check.json")
     p.add_argument("--one", nargs=4, metavar=("FAMILY", "BACKBONE", "DEVICE", "ITERS"), help=argparse.SUPPRESS)
     args = p.parse_args()
-    if args.one:
-        print("RESULT " + json.dumps(one_run(args.one[0], args.one[1], args.one[2], int(args.one[3]))))
+    if serve_one(args.one, one_run):
         return
     args.dataset = args.dataset.resolve()  # the subset links to it from elsewhere
     if not args.dataset.is_dir():
@@ -153,12 +155,8 @@ def main() -> None:
                                      cwd=tmp, capture_output=True, text=True)
             if planned.returncode:
                 sys.exit(f"error: planning {family} on {backbone} failed:\n{planned.stderr[-3000:]}")
-            done = subprocess.run([sys.executable, __file__, "--one", family, backbone, args.device,
-                                   str(args.iterations)], env=env, capture_output=True, text=True)
-            line = [ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")]
-            if done.returncode or not line:
-                sys.exit(f"error: {family} on {backbone} on {args.device} failed:\n{done.stderr[-3000:]}")
-            rows.append(json.loads(line[0][len("RESULT "):]))
+            rows.append(child_result([sys.executable, __file__, "--one", family, backbone, args.device,
+                                      str(args.iterations)], env, f"{family} on {backbone} on {args.device}"))
             print(f"{family} {backbone}: {rows[-1]}", flush=True)
     print(f"\nCUDA path check, {args.dataset.name} subset ({args.cases} cases), {args.device}, AMP on CUDA")
     print("| family | backbone | input | device | cache s/slice | train s/iter (batch) | predict s/slice: box / grid "
@@ -171,16 +169,14 @@ def main() -> None:
               f"{_s(r, 'train_s_per_iter', 3)} ({r['batch_size']}) | "
               f"{' / '.join(_s(r, f'predict_{m}_s_per_slice') for m in modes)} | "
               f"{' / '.join(_mib(r.get(k)) for k in peaks)} |")
-    command = "python " + " ".join(sys.argv)
     for r in rows:
-        r.update(cases=args.cases, iterations=args.iterations, command=command)
+        r.update(cases=args.cases, iterations=args.iterations)
     if args.device != "cuda":
         print("(--device cpu: a smoke check; nothing written)")
         return
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     import torch
-    args.out.write_text(json.dumps({"machine": platform.machine(), "cpus": os.cpu_count(), "torch": torch.__version__,
-                                    "cuda": torch.version.cuda, "rows": rows}, indent=2))
+    record_run(args.out, {"machine": platform.machine(), "cpus": os.cpu_count(), "torch": torch.__version__,
+                          "cuda": torch.version.cuda, "rows": rows}, "gpu_check.py")
     print(f"written {args.out}")
 
 

@@ -37,6 +37,8 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from train import DATASET  # noqa: E402
+from report import BY_NAME  # noqa: E402
+from results_file import combined, invocation_args, record_run  # noqa: E402
 
 
 def fold0_validation_cases(num_cases: int) -> List[str]:
@@ -139,14 +141,12 @@ def main() -> None:
         mean = {str(c): float(np.nanmean([d[str(c)] for d in per_case.values()])) for c in labels}
         results[str(size)] = {"dice": {**mean, "mean": float(np.mean(list(mean.values())))},
                               "s_per_volume": seconds / len(cases), "per_case": per_case,
-                              "command": "python " + " ".join(sys.argv)}
-    old = json.loads(args.out.read_text()) if args.out.is_file() else {}
-    if old.get("split_cases") == args.cases:  # the same split: keep the other sizes' results
-        results = {**old["results"], **results}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"machine": platform.machine(), "cpus": os.cpu_count(), "threads": args.threads,
-                                    "split_cases": args.cases, "axis": args.axis, "results": results,
-                                    "command": "python " + " ".join(sys.argv)}, indent=2))
+                              "command": "python benchmarks/litemedsam_box.py " + " ".join(invocation_args())}
+    runs = record_run(args.out, {"machine": platform.machine(), "cpus": os.cpu_count(), "threads": args.threads,
+                                 "split_cases": args.cases, "axis": args.axis, "results": results},
+                      "litemedsam_box.py")
+    results = combined([r for r in runs if r.get("split_cases") == args.cases], BY_NAME["litemedsam_box"].merge)[
+        "results"]  # every size measured on this split, for the table below
     print(f"\nLiteMedSAM (pretrained, no training), box around the ground truth per slice and label; hippocampus "
           f"fold-0 validation of {args.cases} cases, {args.threads} threads")
     common = sorted(set.intersection(*(set(r["per_case"]) for r in results.values())))

@@ -8,7 +8,6 @@ in wall time and in peak memory.
     python benchmarks/plan_preprocess.py [--dataset DIR] [-np 2] [--repeats 1]
 """
 import argparse
-import json
 import os
 import platform
 import shutil
@@ -18,6 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(__file__))
 from proc_tree import measure  # noqa: E402
+from results_file import record_run  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_DATASET = HERE.parent.parent / "shared" / "datasets" / "Dataset004_Hippocampus"
@@ -72,17 +72,14 @@ def main() -> None:
                      "ratio": round(ours / ref, 3), "target": f"<= {TARGET}x", "met": ours / ref <= TARGET})
     result = {"dataset": name, "cases": len(os.listdir(args.dataset / "labelsTr")),
               "num_processes": args.num_processes, "repeats": args.repeats, "machine": platform.processor() or
-              platform.machine(), "cpus": os.cpu_count(), "rows": rows, "runs": runs,
-              "command": "python benchmarks/plan_preprocess.py -np %d --repeats %d" % (args.num_processes,
-                                                                                        args.repeats)}
+              platform.machine(), "cpus": os.cpu_count(), "rows": rows, "each_repeat": runs}
     print(f"\nplan + preprocess, {name} ({result['cases']} cases), -np {args.num_processes}, best of "
           f"{args.repeats}")
     print("| measure | ours | nnU-Net 2d | ratio | target |\n|---|---|---|---|---|")
     for row in rows:
         print(f"| {row['measure']} ({row['unit']}) | {row['ours']} | {row['nnunet']} | {row['ratio']} | "
               f"{row['target']} {'met' if row['met'] else 'MISSED'} |")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
+    record_run(args.out, result, "plan_preprocess.py")
     print(f"written {args.out}")
 
 

@@ -29,11 +29,9 @@ every measurement R times and keeps the best (other processes only ever add time
 Each invocation's results are merged into the JSON's ``runs`` under a key naming what it measured.
 """
 import argparse
-import json
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -43,6 +41,8 @@ from typing import Dict, List
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import predict_setup  # noqa: E402
+from proc_tree import child_result, serve_one  # noqa: E402
+from results_file import record_run  # noqa: E402
 from predict_ct import synthetic_ct  # noqa: E402
 from predict_inprocess import DATASET_ID, GRID_IOU_THRESH, MODES, one_run  # noqa: E402
 from predict_setup import (BIN, MIB, _check_run, _env, _input_folder, _measured, _predict_cmd,  # noqa: E402
@@ -103,11 +103,7 @@ def hippocampus(args, tmp: Path, t_start: float) -> dict:
     for backbone in args.backbones:
         cmd = [sys.executable, __file__, "--one", backbone, str(per_volume), str(tmp / "out_one"), str(args.repeats)] + \
             (["--profile"] if args.profile else [])
-        done = subprocess.run(cmd, env=envs[backbone], capture_output=True, text=True)
-        line = [ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")]
-        if done.returncode or not line:
-            sys.exit(f"error: {backbone} in-process run failed:\n{done.stderr[-3000:]}")
-        r = one[backbone] = json.loads(line[0][len("RESULT "):])
+        r = one[backbone] = child_result(cmd, envs[backbone], f"{backbone} in-process run")
         shutil.rmtree(tmp / "out_one", ignore_errors=True)
         for mode in MODES:
             m = r["modes"][mode]
@@ -238,9 +234,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=HERE / "results" / "predict.json")
     p.add_argument("--one", nargs=4, metavar=("BACKBONE", "INPUTS", "OUTPUTS", "REPEATS"), help=argparse.SUPPRESS)
     args = p.parse_args()
-    if args.one:
-        b, i, o, r = args.one
-        print("RESULT " + json.dumps(one_run(b, i, o, int(r), args.profile)))
+    if serve_one(args.one, one_run, args.profile):
         return
     if args.cases < 0 or args.repeats < 1 or args.threads < 0:
         sys.exit("error: --cases and --threads must be >= 0 and --repeats >= 1")
@@ -278,14 +272,7 @@ def main() -> None:
     # one run per invocation, merged by what it measured: several invocations build one table
     parts = ([f"{'_'.join(args.backbones)}_hippocampus_{args.cases}_volume{'s' if args.cases != 1 else ''}"]
              if args.cases else []) + ([f"ct_512x512x{args.ct_depth}"] if args.ct else [])
-    old = json.loads(args.out.read_text()) if args.out.is_file() else {}
-    runs = old.get("runs", {"earlier": old} if old else {})
-    runs["_".join(parts) or "empty"] = result
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = args.out.with_name(args.out.name + ".partial")
-    tmp_out.write_text(json.dumps({"note": old.get("note", "runs of benchmarks/predict.py, one per invocation"),
-                                   "runs": runs}, indent=2))
-    os.replace(tmp_out, args.out)
+    record_run(args.out, {"measured": {"_".join(parts) or "empty": result}}, "predict.py")
     print(f"\ntotal {result['total_s']:.0f} s; written {args.out}\nrerun: {command}")
 
 

@@ -17,7 +17,6 @@ Random weights (the timing does not depend on them), random features of the enco
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -31,6 +30,7 @@ from segment_anything.modeling.transformer import Attention
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from desam_nnu.model import DeSAM, build_desam, make_point_grid  # noqa: E402
 from desam_nnu.model.attention import PromptAttention  # noqa: E402
+from results_file import record_run  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 CLASSES = {"sam": Attention, "ours": PromptAttention}
@@ -114,10 +114,8 @@ def main() -> None:
         for job, x in r["ratio"].items():
             print(f"| {r['backbone']} | {r['image_size']} | {r['neck_tokens']} | {job} | {r['cpu_s']['sam'][job]:.3f} s "
                   f"| {r['cpu_s']['ours'][job]:.3f} s | {x:.2f}x |")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"machine": platform.machine(), "cpus": os.cpu_count(), "threads": args.threads,
-                                    "rounds": args.rounds, "results": results,
-                                    "command": "python " + " ".join(sys.argv)}, indent=2))
+    record_run(args.out, {"machine": platform.machine(), "cpus": os.cpu_count(), "threads": args.threads,
+                          "rounds": args.rounds, "results": results}, "prim_attention.py")
     print(f"written {args.out}")
 
 

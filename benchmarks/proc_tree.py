@@ -1,14 +1,17 @@
-"""Run a command and measure its wall time and the peak resident memory of its whole process tree.
+"""Child processes of the benchmarks: a command's wall time and the peak resident memory of its whole process
+tree, and the ``--one`` protocol by which a script runs one measurement in a fresh process.
 
 nnU-Net and desam-nnu both work in spawned worker processes, so the peak of the summed RSS of the
 command and all its descendants (psutil, sampled every 0.1 s) is the honest figure; the largest
 single process's peak (getrusage of children) is reported beside it.
 """
+import json
 import resource
 import subprocess
+import sys
 import threading
 import time
-from typing import List, Optional
+from typing import Callable, List, Optional, Sequence
 
 import psutil
 
@@ -52,3 +55,26 @@ def measure(cmd: List[str], env: Optional[dict] = None, log: Optional[str] = Non
     single = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
     return {"seconds": wall, "peak_tree_rss": peak[0], "peak_process_rss": single if single > before * 1024 else None,
             "returncode": code}
+
+
+# ------------------------------------------------------------------------------------------ child runs
+RESULT = "RESULT "  # the line a benchmark's child process (``--one ...``) prints its result on
+
+
+def serve_one(one: Optional[Sequence[str]], run: Callable[..., dict], *extra) -> bool:
+    """In a child process (``--one A ... N``): print ``run(A, ..., int(N), *extra)`` for the parent; False in the
+    parent (``one`` unset)."""
+    if not one:
+        return False
+    print(RESULT + json.dumps(run(*one[:-1], int(one[-1]), *extra)))
+    return True
+
+
+def child_result(cmd: List[str], env: dict, what: str) -> dict:
+    """Run a child process (``--one ...``) and read its result; exit naming ``what`` and the end of its stderr if
+    it failed."""
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    line = [ln for ln in done.stdout.splitlines() if ln.startswith(RESULT)]
+    if done.returncode or not line:
+        sys.exit(f"error: {what} failed:\n{done.stderr[-3000:]}")
+    return json.loads(line[0][len(RESULT):])

@@ -2,16 +2,19 @@
 formatting, tables and the results loader (``run_all.py`` renders the document from these)."""
 from __future__ import annotations
 
-import json
 import math
 import re
+import string
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
+from results_file import Merge, combined, read_runs
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 RESULTS = HERE / "results"
+SECTIONS = HERE / "sections"  # each section's prose: a Markdown template with $placeholders
 OUT = REPO / "BENCHMARKS.md"
 MIB = 2 ** 20
 CLASSES = {"1": "anterior", "2": "posterior"}  # hippocampus labels
@@ -27,6 +30,7 @@ class Benchmark:
     json: str
     more: Tuple[Tuple[str, ...], ...] = ()  # further full-mode invocations, merged into the same JSON by the script
     needs_gpu: bool = False  # its full run needs a CUDA device (skipped, and said so, on a machine without one)
+    merge: Merge = ()  # fields that gather rows across runs (results_file.combined); the rest: the newest run's
 
     def argv(self, quick: bool = False) -> List[str]:
         return [f"benchmarks/{self.script}", *(self.quick if quick else self.args)]
@@ -44,7 +48,8 @@ BENCHMARKS: List[Benchmark] = [
     Benchmark("decoder", "decoder.py", (), ("--backbones", "tiny", "--repeats", "1", "--loop-prompts", "3"),
               "decoder.json"),
     Benchmark("train", "train.py", ("--cases", "20", "--iterations", "20"),
-              ("--backbones", "tiny", "--cases", "10", "--iterations", "5"), "train.json"),
+              ("--backbones", "tiny", "--cases", "10", "--iterations", "5"), "train.json",
+              merge=(("rows", ("backbone", "mode", "dtype")), ("summary", ("backbone",)))),
     Benchmark("prim_attention", "prim_attention.py", ("--configs", "medsam_lite:128", "tiny:256", "vit_b:256"),
               ("--configs", "tiny:128", "--rounds", "1"), "prim_attention.json"),
     Benchmark("encoder", "encoder.py", ("--repeats", "5"), ("--configs", "medsam_lite:128", "tiny:256", "--repeats", "1"),
@@ -58,15 +63,15 @@ BENCHMARKS: List[Benchmark] = [
     Benchmark("cache_dice", "cache_dice.py", ("--backbone", "tiny", "--cases", "40", "--epochs", "4", "--iterations", "50"),
               ("--backbone", "tiny", "--cases", "10", "--epochs", "1", "--iterations", "5"), "cache_dice.json"),
     Benchmark("predict", "predict.py", ("--backbones", "tiny", "vit_b", "--cases", "3", "--ct"),
-              ("--backbones", "tiny", "--cases", "1"), "predict.json"),
+              ("--backbones", "tiny", "--cases", "1"), "predict.json", merge=(("measured", ()),)),
     Benchmark("ensemble", "ensemble.py", ("--cases", "2"), ("--backbone", "tiny", "--cases", "1"), "ensemble.json"),
     Benchmark("litemedsam_box", "litemedsam_box.py", ("--cases", "100", "--sizes", "128"),
               ("--sizes", "128", "256", "--cases", "10"), "litemedsam_box.json",
-              more=(("--cases", "100", "--sizes", "256", "--volumes", "8"),)),
+              more=(("--cases", "100", "--sizes", "256", "--volumes", "8"),), merge=(("results", ()),)),
     # one race of both tools per budget, one after the other (hours: 2 x 3.5 h of training on 2 cores); the quick
     # settings still train one whole epoch each (no shortened schedules: that was the unfair part)
     Benchmark("dice_budget", "dice_budget.py", ("--minutes", "30", "60", "120"), ("--cases", "10", "--minutes", "1"),
-              "dice_budget.json"),
+              "dice_budget.json", merge=(("rows", ()), ("earlier", ()))),
     # the race's models (dice_budget.py's kept folder trees) under simulated scanner shifts
     Benchmark("robustness", "robustness.py", ("--minutes", "30", "--cases", "10"),
               ("--minutes", "1", "--race-cases", "10", "--cases", "2", "--levels", "1", "--shifts", "blur"),
@@ -184,7 +189,7 @@ def standard_table(rows_fn: Callable[[dict], List[Row]], data: dict) -> str:
 
 # ------------------------------------------------------------------------------------------ results
 class Results:
-    """The JSON results of one folder, read once each."""
+    """The results of one folder, each file read once and seen as its runs combined (``results_file``)."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
@@ -193,18 +198,21 @@ class Results:
 
     def get(self, name: str) -> Optional[dict]:
         if name not in self._cache:
-            path = self.folder / BY_NAME[name].json
-            data = None
-            if path.is_file():
-                try:
-                    data = json.loads(path.read_text())
-                except (OSError, ValueError) as e:
-                    self.problems.append(f"{path}: unreadable ({e})")
-                if data is not None and not isinstance(data, dict):
-                    self.problems.append(f"{path}: not a JSON object")
-            self._cache[name] = data if isinstance(data, dict) else None
+            b, data = BY_NAME[name], None
+            try:
+                data = combined(read_runs(self.folder / b.json), b.merge) or None
+            except (OSError, ValueError) as e:
+                self.problems.append(f"{self.folder / b.json}: unreadable ({e})")
+            self._cache[name] = data
         return self._cache[name]
 
 
 def not_measured(*names: str) -> str:
     return "\n".join(f"not measured yet: `{BY_NAME[n].command()}`" for n in names)
+
+
+def fill(template: str, **values) -> str:
+    """``benchmarks/sections/<template>.md`` with its ``$placeholders`` filled (``string.Template``; ``$$`` is a
+    dollar); a placeholder without a value is an error, so prose and code cannot drift apart unseen."""
+    text = (SECTIONS / f"{template}.md").read_text()
+    return string.Template(text).substitute(**values).rstrip("\n")

@@ -95,18 +95,15 @@ no automatic model does. 256 px is LiteMedSAM's native size; 128 px shows what a
 
 
 # ------------------------------------------------------------------------------------------ Dice, same wall budget
-RACE_CLOCK = "wall"  # dice_budget.py's marker of its equal-wall-budget rows ("budget_clock")
 TOOLS = ("nnunet", "desam", "dapsam")  # nnU-Net's 2D U-Net, then the SAM families beside it
 
 
 def dice_rows(d: dict) -> Tuple[Dict[str, dict], int]:
-    """The equal-wall-budget rows of dice_budget.json by key, and how many rows of earlier formats it holds.
+    """The race's rows of dice_budget.json by key, and how many ``earlier`` rows it also holds.
 
-    Rows of earlier formats (a CPU-time budget, nnU-Net in 5-iteration epochs with its augmentation
-    in-process, DeSAM with non-default flags) are not shown: they did not race each tool as its users run it."""
-    rows = d.get("rows") if isinstance(d.get("rows"), dict) else {}
-    race = {k: v for k, v in rows.items() if isinstance(v, dict) and v.get("budget_clock") == RACE_CLOCK}
-    return race, len(rows) - len(race) + len(d.get("earlier") or {})
+    The earlier rows (a CPU-time budget, nnU-Net in 5-iteration epochs with its augmentation in-process,
+    DeSAM with non-default flags) are not shown: they did not race each tool as its users run it."""
+    return d.get("rows") or {}, len(d.get("earlier") or {})
 
 
 def _tool(key: str, row: dict) -> str:

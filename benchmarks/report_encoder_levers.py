@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Dict, List, Tuple
 
-from report import BY_NAME, Results, Row, fmt_ms, md_table, not_measured, num, ratio, standard_table
+from report import BY_NAME, Results, Row, fill, fmt_ms, md_table, not_measured, num, ratio, standard_table
 
 CHANGES_NUMBERS = ("bf16", "int8")  # levers kept only if hippocampus Dice moves by less than 0.002 (the issue's rule)
 
@@ -15,7 +15,7 @@ def _by(d: dict) -> Dict[Tuple[str, int], dict]:
 def rows_encoder_levers(d: dict) -> List[Row]:
     """Each lever against the baseline at the same batch; the largest batch against batch 1 (baseline)."""
     meta, by = d.get("meta", {}), _by(d)
-    cmd = meta.get("command") or BY_NAME["encoder_levers"].command()
+    cmd = d.get("command") or BY_NAME["encoder_levers"].command()
     name = f"{meta.get('backbone', '?')} {meta.get('image_size', '?')} px"
     batches = sorted({b for _, b in by if isinstance(b, int)})
     out = []
@@ -46,12 +46,8 @@ def _batch_scaling(res: Results) -> str:
              else f"{ratio(r.get('ms_per_tile'), one):.2f}x"] for (lever, b), r in sorted(by.items(), key=lambda kv: kv[0][1])
             if lever == "baseline"]
     best = min(rows, key=lambda r: num(by[("baseline", r[0])].get("ms_per_tile")) or float("inf"))[0] if rows else None
-    return f"""Tiles per call, the baseline alone (`{d.get("meta", {}).get("command", BY_NAME["encoder_batches"].command())}`):
-
-{md_table(["tiles per call", "ms / tile", "vs 1 per call"], rows)}
-
-Fastest per tile: {best} per call. `desam_predict` on a CPU takes `CPU_TILES_PER_CALL` = 1 tile per call
-(`inference/tiles.py`); on a GPU as many as fit, up to 32."""
+    return fill("encoder_batches", command=d.get("command", BY_NAME["encoder_batches"].command()), best=best,
+                table=md_table(["tiles per call", "ms / tile", "vs 1 per call"], rows))
 
 
 def section_encoder_levers(res: Results) -> str:
@@ -73,17 +69,8 @@ def section_encoder_levers(res: Results) -> str:
     if pending:
         verdict += (f"; {', '.join(pending)} {'changes' if len(pending) == 1 else 'change'} the features (last "
                     "column) and count only once hippocampus Dice moves by less than 0.002")
-    return f"""`DeSAM.encode` of {meta.get('backbone', '?')} at {meta.get('image_size', '?')} px (random weights) on
-random tiles, milliseconds per tile, best of {meta.get('rounds', '?')} interleaved rounds, {meta.get('threads', '?')}
-threads by default, torch {meta.get('torch', '?')}. The baseline is what `desam_predict` runs: float32 under
-`torch.inference_mode`. Each lever is timed against it at the same batch.
-
-{standard_table(rows_encoder_levers, d)}
-
-{md_table(["lever", "batch", "ms / tile", "max abs diff of the neck features vs baseline", "warm-up"], detail)}
-
-{verdict}. Kept so far: one tile per call on a CPU (below). `compile` is not adopted yet: on a fresh machine its
-first compilation took about 90 s per batch size (8 s once inductor's cache holds it), which about 0.1 s saved on
-each of a hippocampus volume's 36 tiles repays after some 25 volumes.
-
-{_batch_scaling(res)}"""
+    return fill("encoder_levers", **{k: meta.get(k, "?") for k in ("backbone", "image_size", "rounds", "threads",
+                                                                   "torch")},
+                table=standard_table(rows_encoder_levers, d), verdict=verdict, batches=_batch_scaling(res),
+                detail=md_table(["lever", "batch", "ms / tile", "max abs diff of the neck features vs baseline",
+                                 "warm-up"], detail))

@@ -26,7 +26,7 @@ def section_gpu(res: Results) -> str:
              " / ".join(_s(r.get(f"predict_{m}_s_per_slice"), 4) for m in MODES),
              " / ".join(fmt_mib(r.get(k)) for k in ["cache_peak_gpu_mib", "train_peak_gpu_mib"]
                         + [f"predict_{m}_peak_gpu_mib" for m in MODES]),
-             code(clean_command(r.get("command")))] for r in d.get("rows", [])]
+             code(clean_command(r.get("command") or d.get("command")))] for r in d.get("rows", [])]
     tests = d.get("cuda_tests") or {}
     tested = (f"\n\nOn the same machine, the CUDA-path tests (on CUDA, for DeSAM and DAPSAM: a training step with "
               f"AMP and nnU-Net's grad scaler and the final validation, and for DAPSAM `desam_predict -device "

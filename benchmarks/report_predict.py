@@ -10,11 +10,8 @@ from report_speed import (_train_by, rows_preprocess, train_command)
 
 # ------------------------------------------------------------------------------------------ prediction
 def predict_runs(d: dict) -> List[dict]:
-    """The runs of predict.json: its ``runs`` dict (several invocations) or the file itself (one)."""
-    runs = d.get("runs")
-    if isinstance(runs, dict):
-        return [r for r in runs.values() if isinstance(r, dict)]
-    return [d]
+    """What predict.json measured, one entry per kind of invocation (merged across its runs by that kind)."""
+    return list(d.get("measured", {}).values())
 
 
 def _variant_label(v: str) -> str:
@@ -108,7 +105,6 @@ def section_predict(res: Results) -> str:
     split, whole, ct_text, low, where = [], [], [], [], []
     for run in runs:
         one = run.get("one", {})
-        gvb = {g.get("backbone"): g for g in run.get("grid_vs_box", [])}
         for b, o in one.items():
             modes = o.get("modes", {})
             tiles = next((m.get("tiles_per_volume") for m in modes.values() if m.get("tiles_per_volume")), None)

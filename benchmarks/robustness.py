@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import List, Optional
 
 sys.path.insert(0, os.path.dirname(__file__))
+from results_file import record_run  # noqa: E402
 from train import DATASET  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -80,10 +81,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     print(format_table(result))
     record = {k: result[k] for k in ("cases", "levels", "seed", "use_mirroring", "models", "shifts", "summary")}
     record.update(minutes=args.minutes, race_cases=args.race_cases, seconds=seconds, predictions_done_before=done_before, cpus=os.cpu_count(), machine=platform.machine(),
-                  command="python " + " ".join(sys.argv), png=args.out.with_suffix(".png").name)
-    from desam_nnu.atomic import atomic_copy, atomic_path
-    with atomic_path(str(args.out)) as tmp:
-        Path(tmp).write_text(json.dumps(record, indent=2))
+                  png=args.out.with_suffix(".png").name)
+    from desam_nnu.atomic import atomic_copy
+    record_run(args.out, record, "robustness.py", argv)
     atomic_copy(str(study / "robustness.png"), str(args.out.with_suffix(".png")))
     print(f"written {args.out} and {args.out.with_suffix('.png')} ({seconds / 60:.0f} min)")
 

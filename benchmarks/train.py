@@ -12,7 +12,6 @@ Rows are merged into the JSON by backbone (each row records its cases, iteration
 backbones can be measured in separate runs.
 """
 import argparse
-import json
 import os
 import platform
 import resource
@@ -21,6 +20,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from proc_tree import child_result, serve_one  # noqa: E402
+from results_file import invocation_args, record_run  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 DATASET = HERE.parent.parent / "shared" / "datasets" / "Dataset004_Hippocampus"
@@ -80,8 +83,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=HERE / "results" / "train.json")
     p.add_argument("--one", nargs=4, metavar=("BACKBONE", "MODE", "DTYPE", "ITERS"), help=argparse.SUPPRESS)
     args = p.parse_args()
-    if args.one:
-        print("RESULT " + json.dumps(one_run(args.one[0], args.one[1], args.one[2], int(args.one[3]))))
+    if serve_one(args.one, one_run):
         return
     if not DATASET.is_dir():
         sys.exit(f"error: {DATASET}: not found")
@@ -96,12 +98,8 @@ def main() -> None:
             subprocess.run([str(Path(sys.executable).parent / "desam_plan_and_preprocess"), "-d", "4", "-np", "2",
                             "--backbone", backbone], env=env, check=True, capture_output=True)
             for mode, dtype in (("cache", "float16"), ("cache", "int8"), ("online", "float16")):
-                done = subprocess.run([sys.executable, __file__, "--one", backbone, mode, dtype,
-                                       str(args.iterations)], env=env, capture_output=True, text=True)
-                line = [ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")]
-                if done.returncode or not line:
-                    sys.exit(f"error: {backbone} {mode} {dtype} failed:\n{done.stderr[-3000:]}")
-                rows.append(json.loads(line[0][len("RESULT "):]))
+                rows.append(child_result([sys.executable, __file__, "--one", backbone, mode, dtype,
+                                          str(args.iterations)], env, f"{backbone} {mode} {dtype}"))
                 r = rows[-1]
                 print(f"  {backbone:6s} {mode:6s} {dtype:7s} {r['sec_per_iter']:.3f} s/iter, "
                       f"peak RSS {r['peak_rss_mib']:.0f} MiB", flush=True)
@@ -120,18 +118,11 @@ def main() -> None:
               f"{online['sec_per_iter']:.3f} | {ratio:.3f} | <= {TARGET} {'met' if ratio <= TARGET else 'MISSED'} | "
               f"{fp16['cache_bytes_per_slice']} | {int8['cache_bytes_per_slice']} | "
               f"{fp16['official_float32_bytes_per_slice']} | {fp16['peak_rss_mib']:.0f} / {online['peak_rss_mib']:.0f} |")
-    command = "python " + " ".join(sys.argv)
-    for r in rows:  # each row says how it was measured: files merge rows of several runs
+    command = " ".join(["python", "benchmarks/train.py", *invocation_args()])
+    for r in rows:  # each row says how it was measured: the results view merges rows of several runs
         r.update(cases=args.cases, iterations=args.iterations, command=command)
-    old = json.loads(args.out.read_text()) if args.out.is_file() else {}
-    kept = [r for r in old.get("rows", []) if r.get("backbone") not in args.backbones]
-    for r in kept:  # rows of the older layout carry the file's settings
-        r.setdefault("cases", old.get("cases"))
-        r.setdefault("iterations", old.get("iterations"))
-    summary = [x for x in old.get("summary", []) if x.get("backbone") not in args.backbones] + summary
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"machine": platform.machine(), "cpus": os.cpu_count(), "rows": kept + rows,
-                                    "summary": summary}, indent=2))
+    record_run(args.out, {"machine": platform.machine(), "cpus": os.cpu_count(), "rows": rows, "summary": summary},
+               "train.py")
     print(f"written {args.out}")
 
 

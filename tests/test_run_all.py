@@ -90,13 +90,13 @@ FABRICATED = {
                         "rows": [{"dtype": "float16", "mean_dice": 0.2, "pseudo_dice_per_class": [0.6, 0.5]},
                                  {"dtype": "int8", "mean_dice": 0.1, "pseudo_dice_per_class": [0.3, 0.5]}],
                         "command": "python benchmarks/cache_dice.py --backbone tiny --cases 40 --epochs 4 --iterations 50"},
-    "predict.json": {"runs": {"tiny": _predict_run(), "medsam_lite": {
+    "predict.json": {"measured": {"tiny": _predict_run(), "medsam_lite": {
         "command": "python benchmarks/predict.py --backbones medsam_lite --cases 3",
         "one": {"medsam_lite": {"backbone": "medsam_lite", "image_size": 128, "patch_size": [56, 56],
                                 "tiles_per_call": 32, "encoder_ms_per_tile": {"1": 300.0, "32": 60.0},
                                 "modes": {"grid": {"sec_per_volume": 40 / 3}, "box": {"sec_per_volume": 4.0}}}}}}},
-    "encoder_levers.json": {"meta": {"backbone": "medsam_lite", "image_size": 128, "rounds": 5, "threads": 2,
-                                     "command": "python benchmarks/encoder_levers.py"},
+    "encoder_levers.json": {"meta": {"backbone": "medsam_lite", "image_size": 128, "rounds": 5, "threads": 2},
+                            "command": "python benchmarks/encoder_levers.py",
                             "results": [{"lever": "baseline", "batch": 1, "ms_per_tile": 200.0, "warmup_s": 1.0},
                                         {"lever": "baseline", "batch": 32, "ms_per_tile": 50.0, "warmup_s": 2.0},
                                         {"lever": "channels_last", "batch": 1, "ms_per_tile": 160.0, "warmup_s": 2.0,
@@ -105,7 +105,7 @@ FABRICATED = {
                                          "max_abs_diff_vs_baseline": 0.03},
                                         {"lever": "threads1", "batch": 32, "ms_per_tile": 90.0, "warmup_s": 2.0,
                                          "max_abs_diff_vs_baseline": 0.0}]},
-    "encoder_batches.json": {"meta": {"command": "python benchmarks/encoder_levers.py --levers baseline"},
+    "encoder_batches.json": {"command": "python benchmarks/encoder_levers.py --levers baseline",
                              "results": [{"lever": "baseline", "batch": b, "ms_per_tile": ms}
                                          for b, ms in ((2, 220.0), (1, 200.0), (32, 400.0))]},
     "prim_attention.json": {"threads": 1, "rounds": 3, "command": "python benchmarks/prim_attention.py",
@@ -154,9 +154,10 @@ FABRICATED = {
 
 
 def _write(folder: Path, files: dict) -> Path:
+    """Each file's results as its one run (results_file's layout)."""
     folder.mkdir(parents=True, exist_ok=True)
     for name, data in files.items():
-        (folder / name).write_text(json.dumps(data))
+        (folder / name).write_text(json.dumps({"runs": [data]}))
     return folder
 
 
@@ -267,17 +268,17 @@ def test_missing_results_render_as_not_measured_yet(tmp_path):
     assert "could not render" not in empty
 
 
-def test_old_and_multi_run_layouts(tmp_path):
-    old_dice = {"machine": "x86_64", "cpus": 2, "minutes": 12.0, "iterations_per_epoch": 50, "backbone": "tiny",
-                "prompt_mode": "points", "train_encoder": True, "command": "python benchmarks/dice_budget.py --minutes 12",
-                "rows": {"desam": {"wall_s_train_and_validation": 60.0, "epochs": 1,
-                                   "dice": {"mean": 0.2, "1": 0.1, "2": 0.3, "cases": 40},
-                                   "dice_no_iou_threshold": {"mean": 0.4, "1": 0.4, "2": 0.4, "cases": 40}},
-                         "nnunet": {"wall_s_train_and_validation": 60.0, "epochs": 1,
-                                    "dice": {"mean": 0.8, "1": 0.8, "2": 0.8, "cases": 40}}}}
-    predict = {"note": "two runs", "runs": {"a": _predict_run(), "b": dict(_predict_run(), command="python b")}}
-    text = _render(tmp_path, dict(FABRICATED, **{"dice_budget.json": old_dice, "predict.json": predict}))
-    # rows of the earlier, unfair race are not shown, and the section says so
+def test_runs_of_several_invocations_build_one_table(tmp_path):
+    """Two predict.py invocations measuring different things both show; the earlier race's rows do not."""
+    earlier = {"desam": {"wall_s_train_and_validation": 60.0, "epochs": 1, "dice": {"mean": 0.2, "cases": 40}},
+               "nnunet": {"wall_s_train_and_validation": 60.0, "epochs": 1, "dice": {"mean": 0.8, "cases": 40}}}
+    results = _write(tmp_path / "results", dict(FABRICATED, **{"dice_budget.json": {"earlier": earlier}}))
+    predict = [{"measured": {"a": _predict_run()}, "args": ["a"], "date": "2026-01-01"},
+               {"measured": {"b": dict(_predict_run(), command="python b")}, "args": ["b"], "date": "2026-01-02"}]
+    (results / "predict.json").write_text(json.dumps({"runs": predict}))
+    out = tmp_path / "B.md"
+    assert run_all.main(["--render-only", "--results", str(results), "--out", str(out)]) == 0
+    text = out.read_text()
     assert f"not measured yet: `{run_all.BY_NAME['dice_budget'].command()}`" in text
     assert "also holds 2 row(s) of an earlier format" in text
     assert text.count("| s / volume in-process, tiny (256 px), grid 81 vs box |") == 2
@@ -320,7 +321,7 @@ def test_only_runs_the_named_benchmarks_then_renders(tmp_path, monkeypatch):
     def fake_run(argv, cwd=None, **kw):
         calls.append((argv, cwd))
         out = Path(argv[argv.index("--out") + 1])
-        out.write_text(json.dumps(FABRICATED[out.name]))
+        out.write_text(json.dumps({"runs": [FABRICATED[out.name]]}))
         return Done()
 
     monkeypatch.setattr(run_all.subprocess, "run", fake_run)

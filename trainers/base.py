@@ -21,7 +21,7 @@ optimiser, ``_set_trainable`` and, when it has prompts, its own final validation
 """
 import json
 import os
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -374,25 +374,40 @@ class SAMFamilyTrainer(TimeBudgetMixin, nnUNetTrainer):
         sliding window over every slice with the family's tile network, export to the original geometry),
         from the preprocessed cases, and score them into ``summary.json``. Families with prompts override
         this to store candidates for the configuration choice."""
-        from desam_nnu.inference.predictor import DeSAMPredictor, export_case_atomically
+        from desam_nnu.inference.predictor import export_case_atomically
 
         if self.local_rank != 0:  # under DDP, rank 0 validates every case
             return None
-        self.network.eval()
-        _, val_keys = self.do_split()
-        dataset = self.dataset_class(self.preprocessed_dataset_folder, val_keys)
-        folder = join(self.output_folder, "validation")
-        maybe_mkdir_p(folder)
-        predictor = DeSAMPredictor(use_mirroring=self.device.type == "cuda", device=self.device, allow_tqdm=False)
-        predictor.manual_initialization(predictor.wrap(self.bare_network, self.desam), self.plans_manager,
-                                        self.configuration_manager, None, self.dataset_json,
-                                        self.__class__.__name__, self.inference_allowed_mirroring_axes)
+        dataset, val_keys, folder = self._validation_cases()
+        predictor = self._validation_predictor()
         for key in tqdm(val_keys, desc="Validation"):
             data, _, _, properties = dataset.load_case(key)
             logits, _ = predictor.predict_case(torch.from_numpy(np.asarray(data)))
             export_case_atomically(logits, properties, self.configuration_manager, self.plans_manager,
                                    self.dataset_json, folder, key, save_probabilities)
         self._score_validation(folder)
+
+    def _validation_cases(self) -> Tuple[Any, List[str], str]:
+        """The network in eval mode, the fold's validation dataset and keys, and the (created) output folder."""
+        self.network.eval()
+        _, val_keys = self.do_split()
+        folder = join(self.output_folder, "validation")
+        maybe_mkdir_p(folder)
+        return self.dataset_class(self.preprocessed_dataset_folder, val_keys), val_keys, folder
+
+    def _validation_predictor(self, network: Optional[torch.nn.Module] = None):
+        """A ``DeSAMPredictor`` over the tile ``network`` (default: the predictor's own wrap of this network), set
+        up as ``desam_predict`` sets it up from a model folder. Mirroring only on CUDA: on a CPU it would
+        quadruple the encoder work."""
+        from desam_nnu.inference.predictor import DeSAMPredictor
+
+        predictor = DeSAMPredictor(use_mirroring=self.device.type == "cuda", device=self.device, allow_tqdm=False)
+        if network is None:
+            network = predictor.wrap(self.bare_network, self.desam)
+        predictor.manual_initialization(network, self.plans_manager, self.configuration_manager, None,
+                                        self.dataset_json, self.__class__.__name__,
+                                        self.inference_allowed_mirroring_axes)
+        return predictor
 
     def _score_validation(self, folder: str) -> dict:
         """nnU-Net's metrics of the exported validation cases against the preprocessed ground truth."""

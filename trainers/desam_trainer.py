@@ -124,15 +124,12 @@ class DeSAMTrainer(SAMFamilyTrainer):
         """
         from desam_nnu.inference import candidates
         from desam_nnu.inference.configuration import read_configuration, serving_defaults
-        from desam_nnu.inference.predictor import DeSAMPredictor, export_case_atomically
+        from desam_nnu.inference.predictor import export_case_atomically
         from desam_nnu.inference.prompted import CandidateRecord, PromptedDeSAM, all_background_warning
 
         if self.local_rank != 0:  # under DDP, rank 0 validates every case
             return None
-        self.network.eval()
-        _, val_keys = self.do_split()
-        dataset = self.dataset_class(self.preprocessed_dataset_folder, val_keys)
-        folder = join(self.output_folder, "validation")
+        dataset, val_keys, folder = self._validation_cases()
         store = candidates.store_folder(folder)
         maybe_mkdir_p(store)
         if os.path.isfile(join(store, candidates.META)):
@@ -147,12 +144,8 @@ class DeSAMTrainer(SAMFamilyTrainer):
         prompts = chosen.prompts if chosen is not None else serving_defaults(self.desam, modes)
         top_k = max(max(self.desam.prompts.top_k_candidates), prompts.top_k)
         record = CandidateRecord(modes=modes, top_k=top_k)
-        use_mirroring = self.device.type == "cuda"
-        predictor = DeSAMPredictor(use_mirroring=use_mirroring, device=self.device, allow_tqdm=False)
-        network = PromptedDeSAM(self.bare_network, self.desam, prompts, record=record)
-        predictor.manual_initialization(network, self.plans_manager, self.configuration_manager, None,
-                                        self.dataset_json, self.__class__.__name__,
-                                        self.inference_allowed_mirroring_axes)
+        predictor = self._validation_predictor(PromptedDeSAM(self.bare_network, self.desam, prompts, record=record))
+        use_mirroring = predictor.use_mirroring
         all_background, stored_bytes = [], 0
         self.print_to_log_file(f"Final validation with {'chosen ' if chosen else ''}prompts {prompts}; storing "
                                f"{'/'.join(modes)} candidates (top {top_k}) for desam_find_best_configuration",

@@ -7,20 +7,8 @@ never nnunetv2. Main entry points:
 ``load_official`` (:mod:`.registry`); see :mod:`.desam` for the prompt and result
 formats, :mod:`.backbones` for the backbone table and :mod:`.tinyvit` for medsam_lite.
 """
-from .backbones import (
-    BACKBONES,
-    BackboneSpec,
-    FeatureLayout,
-    ViTFeatureEncoder,
-    build_desam,
-    build_desam_medsam_lite,
-    build_desam_tiny,
-    build_desam_vit_b,
-    build_desam_vit_h,
-    build_desam_vit_l,
-    desam_model_registry,
-    encoder_output_shapes,
-)
+from . import backbones
+from .backbones import *  # noqa: F401,F403 (the backbone table and the builders: backbones.__all__)
 from .checkpoints import (
     CheckpointError,
     CheckpointNotFoundError,
@@ -50,12 +38,9 @@ __all__ = [
     "load_official",
     "load_official_dapsam",
     "network_family",
-    "BACKBONES",
-    "BackboneSpec",
     "CheckpointError",
     "CheckpointNotFoundError",
     "DeSAM",
-    "FeatureLayout",
     "Features",
     "GridCandidates",
     "GridDecodeResult",
@@ -64,15 +49,6 @@ __all__ = [
     "Points",
     "fuse_candidates",
     "select_kept",
-    "ViTFeatureEncoder",
-    "build_desam",
-    "build_desam_medsam_lite",
-    "build_desam_tiny",
-    "build_desam_vit_b",
-    "build_desam_vit_h",
-    "build_desam_vit_l",
-    "desam_model_registry",
-    "encoder_output_shapes",
     "load_checkpoint",
     "load_official_desam",
     "load_sam_checkpoint",
@@ -82,4 +58,5 @@ __all__ = [
     "resize_abs_pos_embed",
     "resize_rel_pos",
     "sam_backbone_of",
+    *backbones.__all__,
 ]
