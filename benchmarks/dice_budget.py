@@ -56,7 +56,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 sys.path.insert(0, os.path.dirname(__file__))
 from report import BY_NAME, md_table  # noqa: E402
-from report_dice import budget_table, dice_rows, plot_curve  # noqa: E402
+from report_dice_budget import budget_table, dice_rows, plot_curve  # noqa: E402
 from results_file import combined, invocation_args, read_runs, record_run  # noqa: E402
 from train import DATASET  # noqa: E402
 

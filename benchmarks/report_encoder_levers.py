@@ -36,14 +36,16 @@ def rows_encoder_levers(d: dict) -> List[Row]:
 
 
 def _batch_scaling(res: Results) -> str:
-    """The baseline's ms per tile at each batch (``encoder_batches``): what ``desam_predict`` takes per call on a CPU."""
+    """The baseline's ms per tile at each batch (``encoder_batches``): what ``desam_predict`` takes per call on a
+    CPU."""
     d = res.get("encoder_batches")
     if d is None:
         return not_measured("encoder_batches")
     by = _by(d)
     one = by.get(("baseline", 1), {}).get("ms_per_tile")
     rows = [[b, fmt_ms(r.get("ms_per_tile")), "-" if ratio(r.get("ms_per_tile"), one) is None
-             else f"{ratio(r.get('ms_per_tile'), one):.2f}x"] for (lever, b), r in sorted(by.items(), key=lambda kv: kv[0][1])
+             else f"{ratio(r.get('ms_per_tile'), one):.2f}x"]
+            for (lever, b), r in sorted(by.items(), key=lambda kv: kv[0][1])
             if lever == "baseline"]
     best = min(rows, key=lambda r: num(by[("baseline", r[0])].get("ms_per_tile")) or float("inf"))[0] if rows else None
     return fill("encoder_batches", command=d.get("command", BY_NAME["encoder_batches"].command()), best=best,

@@ -1,14 +1,12 @@
-"""BENCHMARKS.md sections on prediction: speed per mode against nnU-Net, the goal rows, peak memory."""
+"""BENCHMARKS.md section of ``predict.py``: grid against box, against nnU-Net's 2D predictor, and CT memory."""
 from __future__ import annotations
 
 from typing import List
 
-from report import (BY_NAME, MIB, Results, Row, clean_command, code, fmt_mib, fmt_ms, fmt_ratio, fmt_s, md_table,
-                    not_measured, num, ratio, standard_table, target_text)
-from report_speed import (_train_by, rows_preprocess, train_command)
+from report import (BY_NAME, MIB, Results, Row, fill, fmt_mib, fmt_ms, fmt_ratio, fmt_s, md_table, not_measured, num,
+                    ratio, standard_table, target_text)
 
 
-# ------------------------------------------------------------------------------------------ prediction
 def predict_runs(d: dict) -> List[dict]:
     """What predict.json measured, one entry per kind of invocation (merged across its runs by that kind)."""
     return list(d.get("measured", {}).values())
@@ -141,98 +139,23 @@ def section_predict(res: Results) -> str:
             m = ct.get("model", {})
             tree, proc = num(ct.get("peak_tree_rss")), num(ct.get("peak_process_rss"))
             limit = (num(ct.get("target_bytes")) or 6e9) / 1e9
-            ct_text.append(
-                f"Synthetic CT, {' x '.join(map(str, x))} at {' x '.join(f'{s:g}' if num(s) else str(s) for s in sp)} mm, "
-                f"planned on three 512 x 512 x 40 cases (`{m.get('backbone', '?')}`, patch "
-                f"{' x '.join(map(str, m.get('patch_size', ['?'])))}, input {m.get('image_size', '?')}), box mode, no TTA, "
-                f"tile step 1.0: **peak RSS {fmt_mib(tree and tree / MIB)} for the process tree**"
-                + (f" (largest single process {proc / MIB:.0f} MiB)" if proc else "")
-                + f", target <= {limit:g} GB, {'met' if tree is not None and tree / 1e9 <= limit else 'missed'}; "
-                f"{fmt_s(ct.get('seconds'))}.")
-    text = f"""Hippocampus volumes ({'; '.join(where) or 'one tile per slice'}: the planned sizes), random
-decoder weights (`medsam_lite`'s encoder is pretrained), TTA off. Grid mode
-runs with `--iou-thresh -1000`, so that the best of the 81 prompts always goes through PDMM (with
-random weights no prompt reaches 0.5 and grid would skip PDMM: the worst case is measured). Target
-(#22): grid <= {GRID_BOX_GOAL:g}x box per volume. Whole commands are compared against nnU-Net's own 2D predictor
-(`nnUNetv2_predict -c 2d -f 0 --disable_tta -npp 1 -nps 1`, random weights, its own plans for the same
-cases), wall time including start-up."""
-    if d.get("note"):
-        text += (f" Runs: {d['note']}; absolute times under such load are inflated and noisy, each ratio "
-                 "compares runs of the same invocation.")
-    text += f"\n\n{standard_table(rows_predict, d)}\n"
+            largest = f" (largest single process {proc / MIB:.0f} MiB)" if proc else ""
+            verdict = "met" if tree is not None and tree / 1e9 <= limit else "missed"
+            ct_text.append(fill("predict_ct", shape=" x ".join(map(str, x)),
+                                spacing=" x ".join(f"{s:g}" if num(s) else str(s) for s in sp),
+                                backbone=m.get("backbone", "?"), patch=" x ".join(map(str, m.get("patch_size", ["?"]))),
+                                image_size=m.get("image_size", "?"), peak=fmt_mib(tree and tree / MIB), largest=largest,
+                                limit=f"{limit:g}", verdict=verdict, seconds=fmt_s(ct.get("seconds"))))
+    details = []  # the paragraphs between the standard table and the issue's reference, each with its table
     if split:
-        text += ("\nSeconds per volume inside one process (start-up excluded), split by part:\n\n"
-                 + md_table(["backbone", "mode", "s / volume", "CPU s / volume", "encoder", "PRIM", "PDMM",
-                             "grid / box", "target"], split) + "\n")
+        header = ["backbone", "mode", "s / volume", "CPU s / volume", "encoder", "PRIM", "PDMM", "grid / box", "target"]
+        details.append(fill("predict_parts", table=md_table(header, split)))
         if low:
-            text += (f"\nA grid / box ratio below 1x ({', '.join(low)}) is noise: box mode does less work than grid, "
-                     "so the box runs met more load from other processes.\n")
+            details.append(fill("predict_noise", backbones=", ".join(low)))
     if whole:
-        text += ("\nWhole commands, wall time including start-up, peak RSS of the process tree:\n\n"
-                 + md_table(["command", "volumes", "wall", "vs nnU-Net", "peak RSS (tree)"], whole) + "\n")
-    text += f"""
-The issue's reference: nnU-Net's 2D predictor took 80 s for 60 volumes here with mirroring on, 1.3 s
-a volume; #22's goal for medsam_lite's box mode is at most {GOAL_VS_NNUNET:g}x that. nnU-Net's U-Net predicts
-a whole slice in one small forward; DeSAM runs an image encoder per tile (for medsam_lite at 128 px, three
-quarters of box mode: the encoder levers section says what was tried), and in grid mode PRIM's two-way
-transformer over 81 prompts (a quarter of vit_b's time, most of tiny's). The encoder dominates for vit_b. The peak RSS
-of nnU-Net's tree is larger because its export and preprocessing pools are three spawned Python
-processes with torch each."""
-    for t in ct_text:
-        text += "\n\n" + t
-    return text
-
-
-# ------------------------------------------------------------------------------------------ peak memory
-def rows_memory(res: Results) -> List[Row]:
-    out: List[Row] = []
-    pp = res.get("plan_preprocess")
-    if pp:
-        out += [r for r in rows_preprocess(pp) if "RSS" in r.measure]
-        for r in out:
-            r.measure = f"plan and preprocess, {r.measure}"
-    tr = res.get("train")
-    if tr:
-        cmd = train_command(tr)
-        for b, by in _train_by(tr).items():
-            online = by.get(("online", "float16"), {})
-            for dtype in ("float16", "int8"):
-                c = by.get(("cache", dtype))
-                if c:
-                    out.append(Row(f"training step process, {b}, {dtype} cache vs online", fmt_mib(c.get("peak_rss_mib")),
-                                   f"{fmt_mib(online.get('peak_rss_mib'))} (online)",
-                                   ratio(c.get("peak_rss_mib"), online.get("peak_rss_mib")), "-", cmd))
-    pr = res.get("predict")
-    if pr:
-        for run in predict_runs(pr):
-            cmd = run.get("command") or BY_NAME["predict"].command()
-            vs = run.get("vs_nnunet", [])
-            ref = next((r for r in vs if r.get("variant") == "nnunet"), None)
-            n = (run.get("counts") or [run.get("cases", "?")])[0]
-            for r in vs:
-                if r is not ref:
-                    out.append(Row(f"prediction, {_variant_label(r.get('variant', '?'))}, {n} volume(s), process tree",
-                                   fmt_mib(r.get("peak_tree_rss_mib")),
-                                   f"{fmt_mib(ref.get('peak_tree_rss_mib'))} (nnU-Net 2D)" if ref else "-",
-                                   ratio(r.get("peak_tree_rss_mib"), ref.get("peak_tree_rss_mib")) if ref else None,
-                                   "-", cmd))
-            if isinstance(run.get("ct"), dict):
-                out.append(_ct_row(run["ct"], cmd))
-    return out
-
-
-def section_memory(res: Results) -> str:
-    if all(res.get(n) is None for n in ("plan_preprocess", "train", "predict")):
-        return not_measured("plan_preprocess", "train", "predict")
-    rows = rows_memory(res)
-    text = """Peak resident memory from the benchmarks above: of the whole process tree (the command and its
-worker processes, sampled every 0.1 s) for planning and prediction, of the one training process
-(`ru_maxrss`) for the training step; each against its reference in the same run.
-
-""" + md_table(["measure", "ours", "reference", "ratio", "target", "command"],
-               [[r.measure, r.ours, r.reference, fmt_ratio(r.ratio), r.target or "-", code(clean_command(r.command))]
-                for r in rows])
-    missing = [n for n in ("plan_preprocess", "train", "predict") if res.get(n) is None]
-    if missing:
-        text += "\n\n" + not_measured(*missing)
-    return text
+        header = ["command", "volumes", "wall", "vs nnU-Net", "peak RSS (tree)"]
+        details.append(fill("predict_whole", table=md_table(header, whole)))
+    return fill("predict", where="; ".join(where) or "one tile per slice", grid_goal=f"{GRID_BOX_GOAL:g}",
+                goal=f"{GOAL_VS_NNUNET:g}", runs=(" " + fill("predict_runs", note=d["note"])) if d.get("note") else "",
+                table=standard_table(rows_predict, d), details="".join("\n\n" + t for t in details),
+                ct="".join("\n\n" + t for t in ct_text))

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Dict, List
 
-from report import Results, clean_command, code, md_table, not_measured, num
+from report import Results, clean_command, code, fill, md_table, not_measured, num
 
 # what nnU-Net 2.8.1's get_training_transforms already trains against (DeSAM's default online trainer uses the
 # same transforms, so both models of the race saw it)
@@ -49,9 +49,9 @@ def verdict(d: dict) -> str:
         less[a if da < db else b].append(shift.replace("_", " "))
     overall = {m: sum(_mean_drop(d["summary"][m][s]) for s in d["shifts"]) / len(d["shifts"]) for m in models}
     better = min(overall, key=overall.get)
-    return (f"**{better} degrades less overall** (mean drop over all shifts and levels {overall[better]:.3f} against "
-            f"{overall[a if better == b else b]:.3f}). {a} degrades less under {', '.join(less[a]) or 'no shift'}; "
-            f"{b} under {', '.join(less[b]) or 'no shift'}.")
+    return fill("robustness_verdict", better=better, best_drop=f"{overall[better]:.3f}",
+                other_drop=f"{overall[a if better == b else b]:.3f}", a=a, b=b,
+                a_shifts=", ".join(less[a]) or "no shift", b_shifts=", ".join(less[b]) or "no shift")
 
 
 def _timing(d: dict) -> str:
@@ -70,16 +70,7 @@ def section_robustness(res: Results) -> str:
     clean = ", ".join(f"{m} {num(d['summary'][m][next(iter(d['shifts']))]['dice']['0']):.3f}" for m in models)
     header = ["shift"] + [x for m in models for x in (f"{m}: drop at L{'/L'.join(map(str, d['levels']))}",
                                                       f"{m}: weighted")] + ["in nnU-Net's training augmentation"]
-    return f"""`desam_robustness` with the two models that the equal-budget race trained for {num(d['minutes']):g}
-minutes of wall-clock training each (`dice_budget.py`, fold 0): every shift applied to the raw images of the
-first {len(d['cases'])} fold-0 validation volumes, the same shifted volumes for both models, each predicted as
-its users predict ({'with' if d.get('use_mirroring') else 'without'} mirroring for both). Mean Dice (classes
-1 and 2) on the clean volumes: {clean}. A drop is clean Dice minus Dice at that level (positive: worse); "weighted"
-is ROOD-MRI's summary, the mean of clean and the levels run, level l weighted (2/3)^l. {_timing(d)};
-{code(clean_command(d.get('command')))}.
-
-{md_table(header, robustness_rows(d))}
-
-{verdict(d)}
-
-![Dice against severity, one panel per shift](benchmarks/results/{d.get('png', 'robustness.png')})"""
+    return fill("robustness", minutes=f"{num(d['minutes']):g}", cases=len(d["cases"]),
+                mirroring="with" if d.get("use_mirroring") else "without", clean=clean, timing=_timing(d),
+                command=code(clean_command(d.get("command"))), table=md_table(header, robustness_rows(d)),
+                verdict=verdict(d), png=d.get("png", "robustness.png"))

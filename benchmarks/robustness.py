@@ -80,8 +80,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     seconds = time.perf_counter() - start
     print(format_table(result))
     record = {k: result[k] for k in ("cases", "levels", "seed", "use_mirroring", "models", "shifts", "summary")}
-    record.update(minutes=args.minutes, race_cases=args.race_cases, seconds=seconds, predictions_done_before=done_before, cpus=os.cpu_count(), machine=platform.machine(),
-                  png=args.out.with_suffix(".png").name)
+    record.update(minutes=args.minutes, race_cases=args.race_cases, seconds=seconds, predictions_done_before=done_before,
+                  cpus=os.cpu_count(), machine=platform.machine(), png=args.out.with_suffix(".png").name)
     from desam_nnu.atomic import atomic_copy
     record_run(args.out, record, "robustness.py", argv)
     atomic_copy(str(study / "robustness.png"), str(args.out.with_suffix(".png")))

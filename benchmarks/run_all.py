@@ -24,12 +24,18 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the report_* modules beside this script
-from report import BENCHMARKS, BY_NAME, OUT, REPO, RESULTS, Results, gpu_section  # noqa: E402
-from report_speed import (section_cache_bytes, section_cache_dice, section_decoder,  # noqa: E402
-                          section_encoder, section_preprocess, section_prim_attention, section_train)
-from report_predict import predict_runs, section_memory, section_predict  # noqa: E402
-from report_dice import dice_rows, section_dice, section_lite  # noqa: E402
-from report_gpu import gpu_device, section_gpu  # noqa: E402
+from report import BENCHMARKS, BY_NAME, OUT, REPO, RESULTS, Results, fill, gpu_section  # noqa: E402
+from report_plan_preprocess import section_preprocess  # noqa: E402
+from report_decoder import section_decoder  # noqa: E402
+from report_prim_attention import section_prim_attention  # noqa: E402
+from report_train import section_cache_bytes, section_train  # noqa: E402
+from report_encoder import section_encoder  # noqa: E402
+from report_cache_dice import section_cache_dice  # noqa: E402
+from report_predict import predict_runs, section_predict  # noqa: E402
+from report_memory import section_memory  # noqa: E402
+from report_litemedsam_box import section_lite  # noqa: E402
+from report_dice_budget import dice_rows, section_dice  # noqa: E402
+from report_gpu_check import gpu_device, section_gpu  # noqa: E402
 from report_robustness import section_robustness  # noqa: E402
 from report_ensemble import section_ensemble  # noqa: E402
 from report_encoder_levers import section_encoder_levers  # noqa: E402
@@ -111,19 +117,7 @@ def header(res: Results) -> str:
     gpu = ("No result has a GPU section yet: every figure is from the CPU." if not gpus else
            "GPU figures: " + "; ".join(f"{dev} ({', '.join(n)})" for dev, n in gpus.items())
            + "; every other figure is from the CPU.")
-    return f"""# Benchmarks
-
-Written by `python benchmarks/run_all.py` from the JSON results in `benchmarks/results/` (it runs
-every benchmark, one after another; `--only NAME ...` reruns some, `--render-only` rewrites this file
-from the results present). Each benchmark script also prints its own table.
-
-Measured {where}; rendered with torch {_version('torch')} and nnU-Net (nnunetv2)
-{_version('nnunetv2')}. {gpu}
-
-**Absolute times depend on the machine and on what else runs on it; the ratios, each measured in one
-run against a reference on the same machine, are what to compare.** Every area has one table: what
-was measured, our figure, the reference figure measured in the same run, the ratio ours / reference,
-the target where one was set, and the command that reproduces it."""
+    return fill("header", where=where, torch=_version("torch"), nnunetv2=_version("nnunetv2"), gpu=gpu)
 
 
 def render(res: Results) -> Tuple[str, Dict[str, str]]:

@@ -364,10 +364,10 @@ def test_dice_race_details_show_the_schedule_the_budget_and_the_choice(tmp_path)
     details = _row(text, "DAPSAM default (medsam_lite 128 px)")
     assert details[2] == "epochs until the budget, 50 it each, prompt-free, online encoding"
     assert details[6] == "nothing to choose (prompt-free, no postprocessing)"  # a row raced before the choice
-    import report_dice
+    import report_dice_budget
     chosen = dict(dapsam, find_best={"label": "prompt-free", "prompts": None}, find_best_s=5.0,
                   postprocessing=["remove_all_but_largest_component_from_segmentation"])
-    assert report_dice._choice(chosen) == "prompt-free, largest component (5 s)"
+    assert report_dice_budget._choice(chosen) == "prompt-free, largest component (5 s)"
     details = _row(text, "DeSAM default (medsam_lite 128 px)")
     assert details[2] == "epochs until the budget, 50 it each, mixed prompts, online encoding"
     assert details[3] == "29.2 min (97%)"
@@ -388,10 +388,10 @@ def test_the_gpu_check_is_skipped_without_a_gpu_and_says_why(tmp_path, monkeypat
 
 
 def test_dice_against_training_time_plot(tmp_path):
-    import report_dice
+    import report_dice_budget
     results = _write(tmp_path / "results", FABRICATED)
-    assert report_dice.plot_curve({}, results / "dice_budget.png") is None
-    png = report_dice.plot_curve(FABRICATED["dice_budget.json"]["rows"], results / "dice_budget.png")
+    assert report_dice_budget.plot_curve({}, results / "dice_budget.png") is None
+    png = report_dice_budget.plot_curve(FABRICATED["dice_budget.json"]["rows"], results / "dice_budget.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     out = tmp_path / "BENCHMARKS.md"
     assert run_all.main(["--render-only", "--results", str(results), "--out", str(out)]) == 0

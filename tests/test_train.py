@@ -43,7 +43,27 @@ def test_tiny_trains_caches_checkpoints_and_validates(prepared):
         assert (fold / f).is_file(), f
     assert list(fold.glob("training_log_*.txt"))
     summary = json.loads((fold / "validation" / "summary.json").read_text())
-    assert set(summary["mean"]) == {"1", "2"} and 0.0 <= summary["foreground_mean"]["Dice"] <= 1.0
+    assert set(summary["mean"]) == {"1", "2"}
+    # summary.json scores the written predictions against nnU-Net's gt_segmentations: recomputed here
+    import SimpleITK as sitk
+    gt = prepared / "nnUNet_preprocessed" / "Dataset005_Synth" / "gt_segmentations"
+    written = sorted((fold / "validation").glob("*.nii.gz"))
+    cases = summary["metric_per_case"]
+    assert written and sorted(Path(c["prediction_file"]).resolve() for c in cases) == [p.resolve() for p in written]
+    dice = {"1": [], "2": []}
+    for c in cases:
+        assert Path(c["reference_file"]).resolve() == (gt / Path(c["prediction_file"]).name).resolve()
+        pred, ref = (sitk.GetArrayFromImage(sitk.ReadImage(c[k])) for k in ("prediction_file", "reference_file"))
+        for label in dice:
+            pm, rm = pred == int(label), ref == int(label)
+            tp, fp, fn = (pm & rm).sum(), (pm & ~rm).sum(), (~pm & rm).sum()
+            dice[label].append(2 * tp / (2 * tp + fp + fn) if tp + fp + fn else np.nan)
+            np.testing.assert_allclose(c["metrics"][label]["Dice"], dice[label][-1], atol=1e-6)
+            assert [c["metrics"][label][k] for k in ("TP", "FP", "FN")] == [tp, fp, fn], (c, label)
+    means = {label: np.nanmean(v) for label, v in dice.items()}
+    for label, m in means.items():
+        np.testing.assert_allclose(summary["mean"][label]["Dice"], m, atol=1e-6)
+    np.testing.assert_allclose(summary["foreground_mean"]["Dice"], np.mean(list(means.values())), atol=1e-6)
     # every training and validation case is in the cache, and training ran no encoder: features came from it
     cache_root = prepared / "nnUNet_preprocessed" / "Dataset005_Synth" / "desam_cache"
     (folder,) = list(cache_root.iterdir())

@@ -63,6 +63,7 @@ class SAMFamilyTrainer(TimeBudgetMixin, nnUNetTrainer):
     """The shared part (see the module docstring). ``family`` is the network family the plans must name."""
 
     family = ""
+    recipe: Dict[str, object] = {}  # the family's training recipe, set over nnU-Net's and the shared defaults
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")) -> None:
@@ -98,6 +99,8 @@ class SAMFamilyTrainer(TimeBudgetMixin, nnUNetTrainer):
         self._open_cases: Dict[str, object] = {}
         self.time_budget: Optional[float] = None  # seconds of training (final validation excluded), for fair CPU budgets
         self.frozen_encoder: Optional[FrozenEncoder] = None  # set when training starts: checkpoints leave it out
+        for attr, value in self.recipe.items():
+            setattr(self, attr, value)
 
     # ------------------------------------------------------------------ network
     @staticmethod

@@ -61,14 +61,12 @@ class WarmupPolyLR:
 
 class DAPSAMTrainer(SAMFamilyTrainer):
     family = "dapsam"
+    # the official: AdamW 5e-4, weight decay 0.1, a linear warm-up; adapters inside the encoder train, so no cache
+    recipe = {"initial_lr": 5e-4, "weight_decay": 0.1, "warmup_iterations": WARMUP_ITERATIONS, "use_cache": False}
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")) -> None:
         super().__init__(plans, configuration, fold, dataset_json, device)
-        self.initial_lr = 5e-4
-        self.weight_decay = 0.1
-        self.warmup_iterations = WARMUP_ITERATIONS
-        self.use_cache = False
         self._warmup_ended_s: Optional[float] = None  # the budget's seconds when its warm-up ended
 
     def _set_trainable(self) -> None:

@@ -32,12 +32,11 @@ from desam_nnu.trainers.loss import DeSAMLoss
 
 class DeSAMTrainer(SAMFamilyTrainer):
     family = "desam"
+    recipe = {"initial_lr": 1e-4, "weight_decay": 0.0}  # the official: Adam 1e-4, no weight decay
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")) -> None:
         super().__init__(plans, configuration, fold, dataset_json, device)
-        self.initial_lr = 1e-4
-        self.weight_decay = 0.0
         self.prompt_mode = self.desam.prompts.train_mode
 
     def _set_trainable(self) -> None:

@@ -2,7 +2,7 @@
 import os
 import signal
 import sys
-from typing import Callable
+from typing import Callable, List, Optional
 
 from desam_nnu.errors import DeSAMInputError
 
@@ -51,3 +51,12 @@ def run_command(work: Callable[[], object]) -> int:
         print("interrupted: stopped cleanly, nothing half-written was kept", file=sys.stderr)
         return EXIT_INTERRUPTED
     return 0
+
+
+def command_main(build_parser: Callable, work: Callable[..., object]) -> Callable[[Optional[List[str]]], int]:
+    """A command's ``main(argv)``: parse ``argv`` with ``build_parser()`` and run ``work(**args)`` through
+    :func:`run_command` (its exit status)."""
+    def main(argv: Optional[List[str]] = None) -> int:
+        args = vars(build_parser().parse_args(argv))
+        return run_command(lambda: work(**args))
+    return main

@@ -2,9 +2,9 @@
 import argparse
 import json
 import os
-from typing import List, Optional, Tuple, Union
+from typing import Optional, Tuple, Union
 
-from desam_nnu.cli.common import run_command
+from desam_nnu.cli.common import command_main
 from desam_nnu.config import PLANS_NAME
 from desam_nnu.errors import DeSAMInputError
 from desam_nnu.paths import resolve_dataset_name
@@ -104,9 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    args = vars(build_parser().parse_args(argv))
-    return run_command(lambda: evaluate(**args))
+main = command_main(build_parser, evaluate)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 import argparse
 from typing import List, Optional
 
-from desam_nnu.cli.common import run_command
+from desam_nnu.cli.common import command_main
 from desam_nnu.config import PLANS_NAME
 
 
@@ -33,9 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    args = vars(build_parser().parse_args(argv))
-    return run_command(lambda: find_best(**args))
+main = command_main(build_parser, find_best)
 
 
 if __name__ == "__main__":

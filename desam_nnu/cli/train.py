@@ -2,9 +2,9 @@
 import argparse
 import json
 import os
-from typing import List, Optional, Union
+from typing import Optional, Union
 
-from desam_nnu.cli.common import run_command
+from desam_nnu.cli.common import command_main
 from desam_nnu.config import CONFIGURATION, PLANS_NAME
 from desam_nnu.errors import DeSAMInputError
 from desam_nnu.paths import env_dir, resolve_dataset_name
@@ -87,28 +87,18 @@ def train(dataset: Union[int, str], fold: Union[int, str], trainer: Optional[str
         use_cache = options.get("use_cache") if use_cache is None else use_cache
         epochs = epochs or options.get("num_epochs")
         iterations_per_epoch = iterations_per_epoch or options.get("num_iterations_per_epoch")
-    if sam_checkpoint:
-        t.sam_checkpoint = sam_checkpoint
     if t.desam.prompts is None and prompt_mode:
         raise DeSAMInputError(f"--prompt-mode {prompt_mode}: the {t.desam.family} family has no prompts")
     if use_cache and not network_family(t.desam.family).cacheable_features:
         raise DeSAMInputError(f"--cache: {t.desam.family} encodes online (adapters in its encoder train)")
-    if prompt_mode:
-        t.prompt_mode = prompt_mode
-    if cache_dtype:
-        t.cache_dtype = cache_dtype
-    if train_encoder:
-        t.train_encoder = True
-    if use_cache is not None:
+    overrides = {"sam_checkpoint": sam_checkpoint, "prompt_mode": prompt_mode, "cache_dtype": cache_dtype,
+                 "train_encoder": train_encoder, "num_epochs": epochs, "num_iterations_per_epoch": iterations_per_epoch,
+                 "num_val_iterations_per_epoch": val_iterations, "time_budget": (time_budget or 0) * 60}
+    for attr, value in overrides.items():  # what the command line (or the continued run) sets; the rest: trainer's
+        if value:
+            setattr(t, attr, value)
+    if use_cache is not None:  # False is a choice too
         t.use_cache = use_cache
-    if epochs:
-        t.num_epochs = epochs
-    if iterations_per_epoch:
-        t.num_iterations_per_epoch = iterations_per_epoch
-    if val_iterations:
-        t.num_val_iterations_per_epoch = val_iterations
-    if time_budget:
-        t.time_budget = time_budget * 60
     if cache_only:
         t.initialize()
         t.build_cache(num_parts, part_id)
@@ -184,9 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    args = vars(build_parser().parse_args(argv))
-    return run_command(lambda: train(**args))
+main = command_main(build_parser, train)
 
 
 if __name__ == "__main__":
