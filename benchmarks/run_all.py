@@ -15,7 +15,6 @@ A JSON that is missing renders as "not measured yet" with its command. A JSON wi
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import shutil
 import subprocess
 import sys
@@ -24,18 +23,19 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the report_* modules beside this script
-from report import BENCHMARKS, BY_NAME, OUT, REPO, RESULTS, Results, fill, gpu_section  # noqa: E402
+from report import BY_NAME, OUT, REPO, RESULTS, Results  # noqa: E402
 from report_plan_preprocess import section_preprocess  # noqa: E402
 from report_decoder import section_decoder  # noqa: E402
 from report_prim_attention import section_prim_attention  # noqa: E402
 from report_train import section_cache_bytes, section_train  # noqa: E402
 from report_encoder import section_encoder  # noqa: E402
 from report_cache_dice import section_cache_dice  # noqa: E402
-from report_predict import predict_runs, section_predict  # noqa: E402
+from report_predict import section_predict  # noqa: E402
 from report_memory import section_memory  # noqa: E402
 from report_litemedsam_box import section_lite  # noqa: E402
-from report_dice_budget import dice_rows, section_dice  # noqa: E402
-from report_gpu_check import gpu_device, section_gpu  # noqa: E402
+from report_dice_budget import section_dice  # noqa: E402
+from report_gpu_check import section_gpu  # noqa: E402
+from report_header import header  # noqa: E402
 from report_robustness import section_robustness  # noqa: E402
 from report_ensemble import section_ensemble  # noqa: E402
 from report_encoder_levers import section_encoder_levers  # noqa: E402
@@ -70,54 +70,6 @@ SECTIONS: List[Tuple[str, str, Tuple[str, ...], Callable[[Results], str]]] = [
      ("robustness",), section_robustness),
     ("GPU: the CUDA path, timed", "gpu_check.py", ("gpu_check",), section_gpu),
 ]
-
-
-def _version(pkg: str) -> str:
-    try:
-        return importlib.metadata.version(pkg)
-    except importlib.metadata.PackageNotFoundError:
-        return "not installed"
-
-
-def header(res: Results) -> str:
-    machines: Dict[str, List[str]] = {}
-    gpus: Dict[str, List[str]] = {}
-
-    def note(name: str, machine, cpus) -> None:
-        if machine or cpus:
-            machines.setdefault(f"{machine or 'unknown machine'}, {cpus or '?'} CPU cores", []).append(name)
-
-    for b in BENCHMARKS:
-        d = res.get(b.name)
-        if not d:
-            continue
-        meta = d.get("meta", {}) if isinstance(d.get("meta"), dict) else {}
-        if b.name == "predict":
-            for run in predict_runs(d):
-                note(b.name, run.get("machine"), run.get("cpus"))
-        elif b.name == "gpu_check":  # a GPU machine's figures, in a section of their own
-            gpus.setdefault(gpu_device(d), []).append(b.name)
-            continue
-        elif b.name == "dice_budget" and not d.get("machine"):
-            for r in dice_rows(d)[0].values():
-                note(b.name, r.get("machine"), r.get("cpus"))
-        else:
-            note(b.name, d.get("machine") or meta.get("processor"), d.get("cpus") or meta.get("cpus"))
-        g = gpu_section(d)
-        if g:
-            gpus.setdefault(g[0], []).append(b.name)
-    if len(machines) > 1:  # a JSON that records no core count (decoder.json) adds no machine of its own
-        machines = {m: n for m, n in machines.items() if "?" not in m} or machines
-    if len(machines) == 1:
-        where = f"on one machine: {next(iter(machines))}"
-    elif machines:
-        where = "on " + "; ".join(f"{m} ({', '.join(sorted(set(n)))})" for m, n in machines.items())
-    else:
-        where = "on an unrecorded machine"
-    gpu = ("No result has a GPU section yet: every figure is from the CPU." if not gpus else
-           "GPU figures: " + "; ".join(f"{dev} ({', '.join(n)})" for dev, n in gpus.items())
-           + "; every other figure is from the CPU.")
-    return fill("header", where=where, torch=_version("torch"), nnunetv2=_version("nnunetv2"), gpu=gpu)
 
 
 def render(res: Results) -> Tuple[str, Dict[str, str]]:
