@@ -44,6 +44,8 @@ setup(
         "numpy>=1.24",
         # process-tree memory in the benchmarks (benchmarks/proc_tree.py) instead of reading /proc by hand
         "psutil>=5.9",
+        # DB-SAM's LayerNorm2d, Mlp, DropPath and trunc_normal_, the ones its official code uses
+        "timm>=0.9",
         # desam_robustness: the scanner shifts' fixed-parameter transforms (2.x is an alpha rewrite)
         "torchio>=1.2,<2",
         # desam_robustness: Rician noise, which TorchIO lacks

@@ -1,0 +1,11 @@
+"""DB-SAM (Qin et al., arXiv 2410.04172; AlfredQin/DB-SAM): a frozen SAM ViT with a conv branch, the two
+mixed by multi-scale deformable attention after every stage and fused before SAM's neck."""
+from .conv_branch import ConvBranch
+from .deform_attn import (MSDeformAttn, MSDeformCrossAttnBlock, MSMixFFN, multi_scale_deformable_attention,
+                          reference_points)
+from .fusion import FeatureFusion
+from .network import DBSAM, DBSAMEncoder, PyramidAdapter, build_dbsam, trainable_parameters
+
+__all__ = ["ConvBranch", "DBSAM", "DBSAMEncoder", "FeatureFusion", "MSDeformAttn", "MSDeformCrossAttnBlock", "MSMixFFN",
+           "PyramidAdapter", "build_dbsam", "multi_scale_deformable_attention", "reference_points",
+           "trainable_parameters"]

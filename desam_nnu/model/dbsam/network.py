@@ -1,0 +1,169 @@
+"""DB-SAM's network as the released configuration builds it (``db_sam_plus_model_params.yaml``): SAM's ViT
+(frozen) whose token stream is rewritten after each of its four stages by two deformable-attention blocks
+over a five-level pyramid (the ViT map and the conv branch's four maps, all 64 x 64), the maps fused
+(:class:`FeatureFusion`), then SAM's neck, prompt encoder and mask decoder (trainable), box-prompted.
+
+The paper's figure (channel attention after each stage, two-way cross-attention) is the release's
+``TwoBranchImagePyramidAdapter``, which no released configuration uses; this is the configured one.
+"""
+from __future__ import annotations
+
+from functools import partial
+from typing import Dict, List, Sequence, Tuple
+
+import torch
+from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, TwoWayTransformer
+from timm.layers import trunc_normal_
+from torch import Tensor, nn
+
+from .conv_branch import ConvBranch
+from .deform_attn import MSDeformAttn, MSDeformCrossAttnBlock
+from .fusion import FeatureFusion
+
+INTERACTIONS: Tuple[Tuple[int, int], ...] = ((0, 2), (3, 5), (6, 8), (9, 11))  # ViT blocks per stage, inclusive
+PIXEL_MEAN, PIXEL_STD = (123.675, 116.28, 103.53), (58.395, 57.12, 57.375)
+
+
+class PyramidAdapter(nn.Module):
+    """The official ``FourBranchImagePyramidAdapter`` (key layout and initialisation): the conv branch,
+    ``self_attn_blocks`` and ``self_attn_blocks1`` (one of each per stage), ``level_embed`` (added to the
+    conv maps only), ``aggregation`` and ``norm``."""
+
+    def __init__(self, vit_embed_dim: int = 768, num_heads: int = 12, n_points: int = 4, attn_drop: float = 0.1,
+                 proj_drop: float = 0.1, drop_path_attn: float = 0.3, drop_path_ffn: float = 0.3,
+                 expand_ratio: float = 4.0, fusion_drop_path: float = 0.3, antialias: bool = True,
+                 interactions: Sequence[Tuple[int, int]] = INTERACTIONS) -> None:
+        super().__init__()
+        d = vit_embed_dim
+        self.interactions = tuple(tuple(i) for i in interactions)
+        self.spatial_prior_module = ConvBranch(3, d, (1, 2, 3, 4), layer_norm=True, antialias=antialias)
+        block = partial(MSDeformCrossAttnBlock, d, num_heads, 5, n_points, attn_drop, proj_drop, drop_path_attn,
+                        drop_path_ffn, expand_ratio, query_norm=True, ffn_pre_norm=True)
+        self.self_attn_blocks = nn.ModuleList(block() for _ in self.interactions)
+        self.self_attn_blocks1 = nn.ModuleList(block() for _ in self.interactions)
+        self.norm = nn.LayerNorm(d)
+        self.level_embed = nn.Parameter(torch.zeros(4, d))
+        self.aggregation = FeatureFusion(d, num_conv=5, drop_path=fusion_drop_path)
+        self.apply(_init_weights)
+        for m in self.modules():
+            if isinstance(m, MSDeformAttn):
+                m._reset_parameters()
+
+
+def _init_weights(m: nn.Module) -> None:
+    """The official adapter's initialisation: Linear truncated normal (std 0.02), norms 1 / 0, convolutions
+    He-normal over fan-out."""
+    if isinstance(m, nn.Linear):
+        trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.constant_(m.bias, 0)
+    elif isinstance(m, (nn.LayerNorm, nn.BatchNorm2d)):
+        nn.init.constant_(m.weight, 1.0)
+        nn.init.constant_(m.bias, 0)
+    elif isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+        fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels // m.groups
+        m.weight.data.normal_(0, (2.0 / fan_out) ** 0.5)
+        if m.bias is not None:
+            m.bias.data.zero_()
+
+
+class DBSAMEncoder(ImageEncoderViT):
+    """SAM's ViT with the adapter as ``adapter`` (the official ``AdaptedViTEncoder``'s keys). Its blocks'
+    LayerNorms keep PyTorch's eps 1e-5, as the official builds them (SAM's own: 1e-6)."""
+
+    def __init__(self, adapter: PyramidAdapter, **vit: object) -> None:
+        super().__init__(**vit)
+        self.adapter = adapter
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x [B, 3, S, S] normalised -> the adapted image embedding [B, 256, S/16, S/16] (after the neck)."""
+        a = self.adapter
+        v = self.patch_embed(x)  # [B, H, W, C]
+        if self.pos_embed is not None:
+            v = v + self.pos_embed
+        conv = a.spatial_prior_module(x)
+        maps = [(conv[f"c{i + 1}"] + a.level_embed[i]).permute(0, 3, 1, 2) for i in range(4)]
+        for stage, (first, last) in enumerate(a.interactions):
+            for blk in self.blocks[first:last + 1]:
+                v = blk(v)
+            levels = [v.permute(0, 3, 1, 2)] + maps  # NCHW [B, C, H, W]: the ViT's map, then the four conv maps
+            levels = a.self_attn_blocks[stage](levels, levels)
+            levels = a.self_attn_blocks1[stage](levels, levels)
+            v, maps = levels[0].permute(0, 2, 3, 1), levels[1:]
+        v = a.aggregation(v, [m.permute(0, 2, 3, 1) for m in maps])
+        return self.neck(a.norm(v).permute(0, 3, 1, 2))
+
+
+class DBSAM(nn.Module):
+    """The network: ``image_encoder`` (:class:`DBSAMEncoder`), SAM's ``prompt_encoder`` and ``mask_decoder``."""
+
+    family = "dbsam"
+
+    def __init__(self, image_encoder: DBSAMEncoder, prompt_encoder: PromptEncoder, mask_decoder: MaskDecoder,
+                 backbone: str = "vit_b") -> None:
+        super().__init__()
+        self.image_encoder, self.prompt_encoder, self.mask_decoder = image_encoder, prompt_encoder, mask_decoder
+        self.backbone = backbone
+        self.register_buffer("pixel_mean", torch.tensor(PIXEL_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(PIXEL_STD).view(1, 3, 1, 1), persistent=False)
+
+    def encode(self, images: Tensor) -> Tensor:
+        """images [B, 3, S, S], RGB in 0..255 (SAM's preprocessing: SAM's mean and std) -> [B, 256, S/16, S/16]."""
+        return self.image_encoder((images - self.pixel_mean) / self.pixel_std)
+
+    def decode(self, embeddings: Tensor, boxes: Tensor) -> Tensor:
+        """embeddings [B, 256, h, w], one box per image [B, 4] (x0, y0, x1, y1 in input pixels) -> the
+        official low-resolution mask logits [B, 1, 4 h, 4 w] (one mask per box, no multimask)."""
+        out = []
+        for emb, box in zip(embeddings, boxes):
+            sparse, dense = self.prompt_encoder(points=None, boxes=box[None], masks=None)
+            masks, _ = self.mask_decoder(image_embeddings=emb[None], image_pe=self.prompt_encoder.get_dense_pe(),
+                                         sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
+                                         multimask_output=False)
+            out.append(masks)
+        return torch.cat(out)
+
+    def forward(self, images: Tensor, boxes: Tensor) -> Tensor:
+        """images [B, 3, S, S] in 0..255, boxes [B, 4] -> low-resolution mask logits [B, 1, S/4, S/4]."""
+        return self.decode(self.encode(images), boxes)
+
+
+VIT_SIZES: Dict[str, Dict[str, object]] = {  # SAM's ViTs: width, depth, heads, global-attention blocks
+    "vit_b": dict(embed_dim=768, depth=12, num_heads=12, global_attn_indexes=(2, 5, 8, 11)),
+}
+
+
+def build_dbsam(backbone: str = "vit_b", image_size: int = 1024, antialias: bool = True,
+                **size_overrides: object) -> DBSAM:
+    """DB-SAM on SAM's ``backbone`` at ``image_size`` px (random weights); ``size_overrides`` change the
+    ViT's width, depth, heads or global blocks (tests build a narrow one)."""
+    if backbone not in VIT_SIZES:
+        raise ValueError(f"DB-SAM backbone {backbone!r}: one of {', '.join(VIT_SIZES)}")
+    vit = {**VIT_SIZES[backbone], **size_overrides}
+    heads = int(vit["num_heads"])
+    adapter = PyramidAdapter(int(vit["embed_dim"]), num_heads=heads, antialias=antialias)
+    encoder = DBSAMEncoder(adapter, img_size=image_size, patch_size=16, mlp_ratio=4.0, out_chans=256,
+                           qkv_bias=True, norm_layer=nn.LayerNorm, use_rel_pos=True, window_size=14,
+                           embed_dim=vit["embed_dim"], depth=vit["depth"], num_heads=heads,
+                           global_attn_indexes=tuple(vit["global_attn_indexes"]))
+    grid = image_size // 16
+    prompt = PromptEncoder(embed_dim=256, image_embedding_size=(grid, grid), input_image_size=(image_size, image_size),
+                           mask_in_chans=16)
+    decoder = MaskDecoder(num_multimask_outputs=3, transformer=TwoWayTransformer(depth=2, embedding_dim=256,
+                                                                                 mlp_dim=2048, num_heads=8),
+                          transformer_dim=256, iou_head_depth=3, iou_head_hidden_dim=256)
+    return DBSAM(encoder, prompt, decoder, backbone)
+
+
+def trainable_parameters(net: DBSAM) -> List[nn.Parameter]:
+    """What the official trains: the adapter and the neck, the prompt encoder and the mask decoder (the ViT
+    stays frozen)."""
+    keep: List[nn.Parameter] = []
+    for name, p in net.named_parameters():
+        frozen = name.startswith("image_encoder.") and not name.startswith(("image_encoder.adapter.",
+                                                                            "image_encoder.neck."))
+        p.requires_grad_(not frozen)
+        if not frozen:
+            keep.append(p)
+    return keep
+
