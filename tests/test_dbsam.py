@@ -97,3 +97,24 @@ def test_core_equals_the_official_core():
     out = multi_scale_deformable_attention(*(torch.from_numpy(f[k]) for k in (
         "core_value", "core_shapes", "core_locations", "core_weights")))
     np.testing.assert_allclose(out.numpy(), f["core_out"], atol=1e-5)
+
+
+def test_official_and_sam_state_dicts_load_strictly(tmp_path):
+    from desam_nnu.model import CheckpointError
+    from desam_nnu.model.dbsam import load_official_dbsam, load_sam_into_dbsam
+    net, other = build_dbsam(embed_dim=48, num_heads=12), build_dbsam(embed_dim=48, num_heads=12)
+    path = tmp_path / "dbsam.pth"
+    torch.save({"net": other.state_dict(), "epoch": 3}, path)  # the official trainer's checkpoint layout
+    load_official_dbsam(path, net)
+    assert torch.equal(net.image_encoder.adapter.level_embed, other.image_encoder.adapter.level_embed)
+    assert torch.equal(net.mask_decoder.iou_token.weight, other.mask_decoder.iou_token.weight)
+    broken = dict(other.state_dict())
+    broken.pop("image_encoder.adapter.norm.weight")
+    with pytest.raises(CheckpointError, match="missing keys .*image_encoder.adapter.norm.weight"):
+        load_official_dbsam(broken, net)
+    sam = {k: v for k, v in other.state_dict().items() if ".adapter." not in k}
+    before = net.image_encoder.adapter.aggregation.ffn.fc1.weight.clone()
+    load_sam_into_dbsam(sam, net)  # SAM's ViT, neck, prompt encoder and decoder; the adapter untouched
+    assert torch.equal(net.image_encoder.adapter.aggregation.ffn.fc1.weight, before)
+    with pytest.raises(CheckpointError, match="missing keys .*image_encoder.neck"):
+        load_sam_into_dbsam({k: v for k, v in sam.items() if not k.startswith("image_encoder.neck.")}, net)

@@ -54,7 +54,7 @@ StateDictSource = Union[str, os.PathLike, Mapping[str, Tensor]]
 
 _PRIM_PARTS = ("transformer", "iou_token", "mask_tokens", "iou_prediction_head")
 _UNUSED_SAM_PARTS = ("output_upscaling", "output_hypernetworks_mlps")
-_WRAPPER_KEYS = ("state_dict", "model", "network_weights")
+_WRAPPER_KEYS = ("state_dict", "model", "network_weights", "net")  # "net": the official DB-SAM trainer's
 _SHOW = 5  # keys named in an error message
 
 

@@ -4,8 +4,9 @@ from .conv_branch import ConvBranch
 from .deform_attn import (MSDeformAttn, MSDeformCrossAttnBlock, MSMixFFN, multi_scale_deformable_attention,
                           reference_points)
 from .fusion import FeatureFusion
-from .network import DBSAM, DBSAMEncoder, PyramidAdapter, build_dbsam, trainable_parameters
+from .build import build_dbsam, load_official_dbsam, load_sam_into_dbsam
+from .network import DBSAM, DBSAMEncoder, PyramidAdapter, trainable_parameters
 
 __all__ = ["ConvBranch", "DBSAM", "DBSAMEncoder", "FeatureFusion", "MSDeformAttn", "MSDeformCrossAttnBlock", "MSMixFFN",
-           "PyramidAdapter", "build_dbsam", "multi_scale_deformable_attention", "reference_points",
-           "trainable_parameters"]
+           "PyramidAdapter", "build_dbsam", "load_official_dbsam", "load_sam_into_dbsam",
+           "multi_scale_deformable_attention", "reference_points", "trainable_parameters"]

@@ -9,10 +9,10 @@ The paper's figure (channel attention after each stage, two-way cross-attention)
 from __future__ import annotations
 
 from functools import partial
-from typing import Dict, List, Sequence, Tuple
+from typing import List, Sequence, Tuple
 
 import torch
-from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, TwoWayTransformer
+from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder
 from timm.layers import trunc_normal_
 from torch import Tensor, nn
 
@@ -103,7 +103,7 @@ class DBSAM(nn.Module):
                  backbone: str = "vit_b") -> None:
         super().__init__()
         self.image_encoder, self.prompt_encoder, self.mask_decoder = image_encoder, prompt_encoder, mask_decoder
-        self.backbone = backbone
+        self.backbone, self.image_size = backbone, image_encoder.img_size
         self.register_buffer("pixel_mean", torch.tensor(PIXEL_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(PIXEL_STD).view(1, 3, 1, 1), persistent=False)
 
@@ -126,33 +126,6 @@ class DBSAM(nn.Module):
     def forward(self, images: Tensor, boxes: Tensor) -> Tensor:
         """images [B, 3, S, S] in 0..255, boxes [B, 4] -> low-resolution mask logits [B, 1, S/4, S/4]."""
         return self.decode(self.encode(images), boxes)
-
-
-VIT_SIZES: Dict[str, Dict[str, object]] = {  # SAM's ViTs: width, depth, heads, global-attention blocks
-    "vit_b": dict(embed_dim=768, depth=12, num_heads=12, global_attn_indexes=(2, 5, 8, 11)),
-}
-
-
-def build_dbsam(backbone: str = "vit_b", image_size: int = 1024, antialias: bool = True,
-                **size_overrides: object) -> DBSAM:
-    """DB-SAM on SAM's ``backbone`` at ``image_size`` px (random weights); ``size_overrides`` change the
-    ViT's width, depth, heads or global blocks (tests build a narrow one)."""
-    if backbone not in VIT_SIZES:
-        raise ValueError(f"DB-SAM backbone {backbone!r}: one of {', '.join(VIT_SIZES)}")
-    vit = {**VIT_SIZES[backbone], **size_overrides}
-    heads = int(vit["num_heads"])
-    adapter = PyramidAdapter(int(vit["embed_dim"]), num_heads=heads, antialias=antialias)
-    encoder = DBSAMEncoder(adapter, img_size=image_size, patch_size=16, mlp_ratio=4.0, out_chans=256,
-                           qkv_bias=True, norm_layer=nn.LayerNorm, use_rel_pos=True, window_size=14,
-                           embed_dim=vit["embed_dim"], depth=vit["depth"], num_heads=heads,
-                           global_attn_indexes=tuple(vit["global_attn_indexes"]))
-    grid = image_size // 16
-    prompt = PromptEncoder(embed_dim=256, image_embedding_size=(grid, grid), input_image_size=(image_size, image_size),
-                           mask_in_chans=16)
-    decoder = MaskDecoder(num_multimask_outputs=3, transformer=TwoWayTransformer(depth=2, embedding_dim=256,
-                                                                                 mlp_dim=2048, num_heads=8),
-                          transformer_dim=256, iou_head_depth=3, iou_head_hidden_dim=256)
-    return DBSAM(encoder, prompt, decoder, backbone)
 
 
 def trainable_parameters(net: DBSAM) -> List[nn.Parameter]:
