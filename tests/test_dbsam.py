@@ -2,6 +2,7 @@
 (the fixture tests/fixtures/dbsam_official_small.npz, made by tests/fixtures/make_dbsam_fixture.py)."""
 from __future__ import annotations
 
+import importlib.util
 import math
 from pathlib import Path
 
@@ -12,7 +13,10 @@ import torch
 from desam_nnu.model.dbsam import (ConvBranch, FeatureFusion, MSDeformAttn, MSDeformCrossAttnBlock, build_dbsam,
                                    multi_scale_deformable_attention, reference_points, trainable_parameters)
 
-FIXTURE = Path(__file__).parent / "fixtures" / "dbsam_official_small.npz"
+FIXTURES = Path(__file__).parent / "fixtures"
+_spec = importlib.util.spec_from_file_location("make_dbsam_fixture", FIXTURES / "make_dbsam_fixture.py")
+official = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(official)  # its seeded weights and inputs (torch and numpy only)
 
 
 def _bilinear_loop(value: np.ndarray, shapes, loc: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -91,14 +95,6 @@ def test_a_block_keeps_each_level_and_mixes_across_levels():
     assert not torch.allclose(blk(changed, changed)[0], out[0])
 
 
-@pytest.mark.skipif(not FIXTURE.is_file(), reason="official DB-SAM fixture not made yet")
-def test_core_equals_the_official_core():
-    f = np.load(FIXTURE)
-    out = multi_scale_deformable_attention(*(torch.from_numpy(f[k]) for k in (
-        "core_value", "core_shapes", "core_locations", "core_weights")))
-    np.testing.assert_allclose(out.numpy(), f["core_out"], atol=1e-5)
-
-
 def test_official_and_sam_state_dicts_load_strictly(tmp_path):
     from desam_nnu.model import CheckpointError
     from desam_nnu.model.dbsam import load_official_dbsam, load_sam_into_dbsam
@@ -118,3 +114,70 @@ def test_official_and_sam_state_dicts_load_strictly(tmp_path):
     assert torch.equal(net.image_encoder.adapter.aggregation.ffn.fc1.weight, before)
     with pytest.raises(CheckpointError, match="missing keys .*image_encoder.neck"):
         load_sam_into_dbsam({k: v for k, v in sam.items() if not k.startswith("image_encoder.neck.")}, net)
+
+
+# ------------------------------------------------------------------ against the official code (the fixture)
+@pytest.fixture(scope="module")
+def fixture():
+    return np.load(official.OUT)
+
+
+def _load_drawn(module: torch.nn.Module, f, prefix: str, seed: str) -> None:
+    """The fixture's weights: its key list equals ours, then the same seeded draw, loaded."""
+    own = module.state_dict()
+    assert sorted(own) == sorted(f[f"{prefix}_keys"].tolist())
+    drawn = official.fill_state({k: v.shape for k, v in own.items()}, official.SEEDS[seed])
+    assert official.checksum(drawn) == pytest.approx(float(f[f"{prefix}_weight_checksum"]), rel=1e-12)
+    module.load_state_dict(drawn, strict=False)  # num_batches_tracked is not drawn
+    module.eval()
+
+
+def test_core_and_initial_offsets_equal_the_official(fixture):
+    value, shapes, loc, weights = official.core_inputs()
+    assert np.array_equal(value.numpy(), fixture["core_value"])
+    np.testing.assert_allclose(multi_scale_deformable_attention(value, shapes, loc, weights).numpy(),
+                               fixture["core_out"], atol=1e-6)
+    torch.manual_seed(0)
+    np.testing.assert_allclose(MSDeformAttn(96, 5, 12, 4).sampling_offsets.bias.detach().numpy(),
+                               fixture["init_offsets"], atol=1e-6)
+
+
+@pytest.mark.parametrize("antialias, tag", [(True, "aa"), (False, "noaa")])
+def test_conv_branch_equals_lfip0(fixture, antialias, tag):
+    branch = ConvBranch(3, official.WIDTH, (1, 2, 3, 4), antialias=antialias)
+    _load_drawn(branch, fixture, "lfip", "lfip_weights")
+    with torch.no_grad():
+        out = branch(official.lfip_input())
+    stride = int(fixture["lfip_stride"])
+    for i in (1, 2, 3, 4):
+        np.testing.assert_allclose(out[f"c{i}"][:, ::stride, ::stride].numpy(), fixture[f"lfip_{tag}_c{i}"],
+                                   atol=1e-5)
+    np.testing.assert_allclose([float(out[f"c{i}"].double().sum()) for i in (1, 2, 3, 4)], fixture[f"lfip_{tag}_sum"],
+                               rtol=1e-5, atol=1e-2)
+
+
+def test_fusion_and_block_equal_the_official(fixture):
+    fusion = FeatureFusion(official.WIDTH, num_conv=5)
+    _load_drawn(fusion, fixture, "dane", "dane_weights")
+    vit, convs = official.dane_inputs()
+    with torch.no_grad():
+        np.testing.assert_allclose(fusion(vit, convs).numpy(), fixture["dane_out"], atol=1e-5)
+    block = MSDeformCrossAttnBlock(official.WIDTH, 12, 5, 4, query_norm=True, ffn_pre_norm=True)
+    _load_drawn(block, fixture, "block", "block_weights")
+    maps = official.block_inputs()
+    with torch.no_grad():
+        np.testing.assert_allclose(torch.stack(block(maps, maps)).numpy(), fixture["block_out"], atol=1e-5)
+
+
+def test_whole_network_equals_the_official_adapted_sam(fixture):
+    """The released configuration at width 96 (1024 px, 12 blocks, 12 heads): neck output and mask logits."""
+    net = build_dbsam(embed_dim=official.WIDTH, num_heads=12)
+    _load_drawn(net, fixture, "model", "model_weights")
+    image = official.model_image().permute(0, 3, 1, 2)  # HWC 0..255 -> [1, 3, 1024, 1024]
+    with torch.no_grad():
+        neck = net.encode(image)
+        logits = net.decode(neck, torch.tensor(official.BOX))
+    s, t = int(fixture["model_neck_stride"]), int(fixture["model_low_res_stride"])
+    np.testing.assert_allclose(neck[..., ::s, ::s].numpy(), fixture["model_neck"], atol=1e-5)
+    np.testing.assert_allclose(logits[..., ::t, ::t].numpy(), fixture["model_low_res"], atol=1e-5)
+    np.testing.assert_allclose(logits[0, 0, 128].numpy(), fixture["model_low_res_row128"], atol=1e-5)
