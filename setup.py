@@ -14,11 +14,13 @@ setup(
         "desam_nnu",
         "desam_nnu.model",
         "desam_nnu.model.dapsam",
+        "desam_nnu.model.dbsam",
         "desam_nnu.cli",
         "desam_nnu.planners",
         "desam_nnu.trainers",
         "desam_nnu.inference",
     ],
+    package_data={"desam_nnu": ["schemas/*.json"]},  # the --prompts file's JSON Schema
     package_dir={
         "desam_nnu": "desam_nnu",
         "desam_nnu.planners": "planners",
@@ -50,6 +52,8 @@ setup(
         "torchio>=1.2,<2",
         # desam_robustness: Rician noise, which TorchIO lacks
         "monai>=1.3",
+        # desam_predict --prompts: the prompts file checked against its shipped JSON Schema, errors by field
+        "jsonschema>=4",
     ],
     extras_require={"test": ["pytest>=7"]},
     entry_points={

@@ -1,0 +1,125 @@
+"""desam_predict --prompts: the file's checks, and prompts carried through nnU-Net's preprocessing."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from conftest import planned_tiny_dataset
+
+from desam_nnu.config import CONFIGURATION, PLANS_NAME
+from desam_nnu.inference.user_prompts import PromptsFileError, read_prompts, schema, slice_prompts, to_preprocessed
+from desam_nnu.planners.plans import DeSAMPlansManager
+
+
+@pytest.fixture(scope="module")
+def planned(tmp_path_factory):
+    """Dataset044 (rotated, 0.8 x 0.8 x 4 mm, a zero border that the crop removes), planned for 64 px."""
+    yield from planned_tiny_dataset(tmp_path_factory, 44, 2, (8, 40, 48))
+
+
+def _preprocess(root: Path, transpose_forward, spacing_2d):
+    """Case 0 through the plans' preprocessor, with the plans' transpose and 2D spacing replaced (to make the
+    preprocessing transpose and resample): data, seg and nnU-Net's properties."""
+    folder = root / "nnUNet_preprocessed" / "Dataset044_Synth"
+    plans = json.loads((folder / f"{PLANS_NAME}.json").read_text())
+    plans["transpose_forward"] = list(transpose_forward)
+    plans["transpose_backward"] = [int(i) for i in np.argsort(transpose_forward)]
+    plans["configurations"][CONFIGURATION]["spacing"] = list(spacing_2d)
+    pm = DeSAMPlansManager(plans)
+    cm = pm.get_configuration(CONFIGURATION)
+    dataset_json = json.loads((folder / "dataset.json").read_text())
+    raw = root / "nnUNet_raw" / "Dataset044_Synth"
+    image, label = raw / "imagesTr" / "case_000_0000.nii.gz", raw / "labelsTr" / "case_000.nii.gz"
+    data, seg, props = cm.preprocessor_class().run_case([str(image)], str(label), pm, cm, dataset_json)
+    return image, label, data, seg[0], props, plans["transpose_forward"]
+
+
+def _write(tmp_path: Path, prompts: dict) -> str:
+    path = tmp_path / "prompts.json"
+    path.write_text(json.dumps(prompts))
+    return str(path)
+
+
+@pytest.mark.parametrize("transpose, spacing", [((0, 1, 2), (0.8, 0.8)), ((0, 2, 1), (0.5, 1.1))])
+def test_world_clicks_land_on_their_voxel_after_preprocessing(planned, tmp_path, transpose, spacing):
+    """A click given in world millimetres at a voxel's centre of a rotated, anisotropic image lands, after the
+    transpose, the crop and the resampling, on a preprocessed voxel of the same label."""
+    image, label, data, seg, props, tf = _preprocess(planned, transpose, spacing)
+    ref = sitk.ReadImage(str(label))
+    labels = sitk.GetArrayFromImage(ref)  # [z, y, x]
+    clicks = []
+    for lab in (1, 2):
+        z, y, x = np.argwhere(labels == lab)[len(np.argwhere(labels == lab)) // 2]
+        clicks.append((lab, ref.TransformContinuousIndexToPhysicalPoint([float(x), float(y), float(z)])))
+    path = _write(tmp_path, {"coordinates": "world", "cases": {"case_000": {
+        str(lab): {"points": [{"point": list(p)}]} for lab, p in clicks}}})
+    prompts = read_prompts(path, {"case_000": str(image)}, [1, 2])
+    assert ref.GetDirection() != (1, 0, 0, 0, 1, 0, 0, 0, 1) and any(lo > 0 for lo, _ in props["bbox_used_for_cropping"])
+    mapped = slice_prompts(prompts["case_000"], props, tf, data.shape[1:])
+    for lab, _ in clicks:
+        ((k, sp),) = mapped[lab].items()
+        (x, y, positive), = sp.points
+        assert positive == 1 and seg[k, int(round(y)), int(round(x))] == lab
+
+
+@pytest.mark.parametrize("transpose, spacing", [((0, 1, 2), (0.8, 0.8)), ((0, 2, 1), (0.5, 1.1))])
+def test_voxel_boxes_cover_their_structure_slice_by_slice(planned, tmp_path, transpose, spacing):
+    """Each class's voxel bounding box, given as box + slice range, covers exactly the preprocessed slices that
+    hold the class, and on each of them the class's pixels (to one pixel of resampling)."""
+    image, label, data, seg, props, tf = _preprocess(planned, transpose, spacing)
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(label)))
+    given = {}
+    for lab in (1, 2):
+        z, y, x = np.argwhere(labels == lab).T
+        given[str(lab)] = {"boxes": [{"box": [int(x.min()), int(y.min()), int(x.max()), int(y.max())],
+                                      "slices": [int(z.min()), int(z.max())]}]}
+    prompts = read_prompts(_write(tmp_path, {"cases": {"case_000": given}}), {"case_000": str(image)}, [1, 2])
+    mapped = slice_prompts(prompts["case_000"], props, tf, data.shape[1:])
+    for lab in (1, 2):
+        where = np.argwhere(seg == lab)  # [n, 3]: slice, row, column
+        holding = sorted({int(k) for k in where[:, 0]})
+        assert sorted(mapped[lab]) == holding
+        for k in holding:
+            (x0, y0, x1, y1), = mapped[lab][k].boxes
+            rows, cols = np.nonzero(seg[k] == lab)
+            assert x0 - 1 <= cols.min() and cols.max() <= x1 + 1 and y0 - 1 <= rows.min() and rows.max() <= y1 + 1
+            # the structure's box over all its slices, not more: to a pixel of resampling
+            assert abs(x0 - where[:, 2].min()) <= 1 and abs(x1 - where[:, 2].max()) <= 1
+            assert abs(y0 - where[:, 1].min()) <= 1 and abs(y1 - where[:, 1].max()) <= 1
+
+
+def test_voxel_index_maps_through_transpose_crop_and_scale():
+    props = {"bbox_used_for_cropping": [[1, 9], [2, 30], [0, 20]],
+             "shape_after_cropping_and_before_resampling": [8, 28, 20]}
+    # (x, y, z) = (4, 10, 3) -> [z, y, x] (3, 10, 4) -> transposed (0, 2, 1): (3, 4, 10) -> crop (2, 2, 10)
+    out = to_preprocessed((4, 10, 3), props, (0, 2, 1), (8, 40, 14))
+    np.testing.assert_allclose(out, [2, 2.5 * 40 / 28 - 0.5, 10.5 * 14 / 20 - 0.5])
+
+
+def test_every_problem_is_one_line_naming_case_and_field(planned, tmp_path):
+    raw = planned / "nnUNet_raw" / "Dataset044_Synth" / "imagesTr"
+    images = {c: str(raw / f"{c}_0000.nii.gz") for c in ("case_000", "case_001")}
+    path = _write(tmp_path, {"cases": {
+        "case_000": {"3": {"boxes": []}, "1": {"points": [{"point": [100, 5, 2]}],
+                                              "boxes": [{"box": [10, 5, 2, 8], "slices": [0, 3]}]}},
+        "case_009": {}}})
+    with pytest.raises(PromptsFileError) as e:
+        read_prompts(path, images, [1, 2])
+    assert e.value.problems == [
+        f"{path}: cases.case_009: no such case among the input images",
+        f"{path}: cases.case_001: missing (every input case needs an entry; {{}} for none)",
+        f"{path}: cases.case_000.3: the model has no class 3 (its classes: 1, 2)",
+        f"{path}: cases.case_000.1.boxes[0]: corners out of order (x0 <= x1, y0 <= y1, z0 <= z1)",
+        f"{path}: cases.case_000.1.points[0]: outside the image (x 0..47, y 0..39, z 0..7 voxels)"]
+    bad = _write(tmp_path, {"cases": {"case_000": {"1": {"boxes": [{"box": [1, 2, 3]}]}}}, "units": "mm"})
+    with pytest.raises(PromptsFileError) as e:
+        read_prompts(bad, images, [1, 2])
+    assert all(p.startswith(f"{bad}: ") for p in e.value.problems) and len(e.value.problems) == 3
+    assert any("cases.case_000.1.boxes[0]: 'slices' is a required property" in p for p in e.value.problems)
+    (tmp_path / "broken.json").write_text("{")
+    with pytest.raises(PromptsFileError, match="broken.json: not a JSON file"):
+        read_prompts(str(tmp_path / "broken.json"), images, [1, 2])
+    assert schema()["required"] == ["cases"]
