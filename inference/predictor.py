@@ -40,10 +40,11 @@ from desam_nnu.errors import DeSAMInputError
 from desam_nnu.frozen_encoder import FrozenEncoderError, expand_weights
 from desam_nnu.inference.configuration import (InferenceConfiguration, read_configuration, serving_defaults,
                                               trained_predict_modes)
-from desam_nnu.inference.inputs import collect_cases
+from desam_nnu.inference.inputs import InputCases, collect_cases
 from desam_nnu.inference.model_folder import FoldSpec, resolve_folds
 from desam_nnu.inference.prompt_free import PromptFreeTiles
 from desam_nnu.inference.prompted import GridStats, PromptedDeSAM, PromptSettings, TileNetwork
+from desam_nnu.inference.user_prompts import CasePrompts, UserPromptedDeSAM, read_prompts, slice_prompts
 from desam_nnu.inference.tiles import (memory_cap, per_call_limit, sliding_window_batched, tile_working_bytes,
                                        tiles_per_call)
 from desam_nnu.model import DeSAM
@@ -206,7 +207,8 @@ class DeSAMPredictor(nnUNetPredictor):
                                               self.label_manager.num_segmentation_heads,
                                               self.configuration_manager.patch_size,
                                               self._internal_maybe_mirror_and_predict, self.device, results_device,
-                                              self.use_gaussian, self.allow_tqdm)
+                                              self.use_gaussian, self.allow_tqdm,
+                                              getattr(self.network, "tiles_at", None))
             except torch.cuda.OutOfMemoryError:  # the estimate was short for this GPU: half the tiles, again
                 if self.tiles_per_call == 1:
                     raise
@@ -321,14 +323,17 @@ class DeSAMPredictor(nnUNetPredictor):
 
     def predict_folder(self, input_folder: str, output_folder: str, save_probabilities: bool = False,
                        continue_prediction: bool = False, preview: bool = False, num_processes_preprocessing: int = 1,
-                       num_processes_export: int = 1, num_parts: int = 1, part_id: int = 0) -> PredictionReport:
+                       num_processes_export: int = 1, num_parts: int = 1, part_id: int = 0,
+                       prompts_file: Optional[str] = None) -> PredictionReport:
         """Predict every case of ``input_folder`` (or part ``part_id`` of ``num_parts``) into ``output_folder``
-        (see the module docstring)."""
+        (see the module docstring), prompted by ``prompts_file`` when given (checked whole first)."""
         plans = self.plans_manager.plans
         needs_3d = int(plans.get("original_median_shape_after_transp", [2])[0]) > 1
-        inputs = collect_cases(input_folder, self.dataset_json["file_ending"],
-                               self.dataset_json.get("channel_names", self.dataset_json.get("modality", {})),
-                               needs_3d).part(num_parts, part_id)
+        every = collect_cases(input_folder, self.dataset_json["file_ending"],
+                              self.dataset_json.get("channel_names", self.dataset_json.get("modality", {})),
+                              needs_3d)
+        user = self._use_prompts_file(prompts_file, every) if prompts_file else None
+        inputs = every.part(num_parts, part_id)
         report = PredictionReport(failures=dict(inputs.failures))
         os.makedirs(output_folder, exist_ok=True)
         remove_partials(output_folder, inputs.cases)
@@ -342,7 +347,8 @@ class DeSAMPredictor(nnUNetPredictor):
                            "chosen_configuration": self.chosen.path if self.chosen else None,
                            "postprocessing": [fn.__name__ for fn in (self.postprocessing or [[]])[0]],
                            "tile_step_size": self.tile_step_size, "use_mirroring": self.use_mirroring,
-                           "tiles_per_call": self.tiles_per_call,
+                           "tiles_per_call": self.tiles_per_call, "prompts_file": prompts_file and
+                           os.path.abspath(prompts_file),
                            "folds": len(self.list_of_parameters), "save_probabilities": save_probabilities},
                           join(output_folder, "predict_args.json"))
         todo = []
@@ -371,6 +377,11 @@ class DeSAMPredictor(nnUNetPredictor):
                     enqueue(i + read_ahead)
                     try:
                         data, properties = job.get()
+                        if user is not None:
+                            self.network.begin_case(slice_prompts(user[case], properties,
+                                                                  self.plans_manager.transpose_forward,
+                                                                  np.shape(data)[1:]),
+                                                    np.shape(data)[1:], self.configuration_manager.patch_size)
                         logits, stats = self.predict_case(torch.from_numpy(np.asarray(data)))
                         if stats.kept_no_prompt:
                             report.all_background.append(case)
@@ -391,6 +402,20 @@ class DeSAMPredictor(nnUNetPredictor):
         if preview:
             report.previews = self._previews(input_folder, output_folder, inputs.cases, report)
         return report
+
+    def _use_prompts_file(self, path: str, inputs: InputCases) -> Dict[str, CasePrompts]:
+        """The user's prompts for ``cases`` (every problem raised before anything is written) and the tile
+        network that takes them in place of the automatic mode; mirroring off (it would need mirrored prompts)."""
+        if self.desam.prompts is None:
+            raise DeSAMInputError(f"--prompts {path}: the {self.desam.family} family is prompt-free")
+        labels = [int(v) for v in self.dataset_json["labels"].values() if isinstance(v, int) and v > 0]
+        images = {**{c: None for c in inputs.failures}, **{c: files[0] for c, files in inputs.cases.items()}}
+        prompts = read_prompts(path, images, labels)
+        self.network = UserPromptedDeSAM(self.network.desam, self.desam, ensemble=self.network.ensemble)
+        self.use_mirroring = False
+        self.prompts = None
+        self.configuration_note = f"prompts from {path}, not the automatic mode"
+        return prompts
 
     def _previews(self, input_folder: str, output_folder: str, cases: Dict[str, List[str]],
                   report: PredictionReport) -> List[str]:

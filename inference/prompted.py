@@ -75,6 +75,7 @@ class TileNetwork(nn.Module):
         super().__init__()
         self.num_classes = num_classes
         self._stats: Optional[GridStats] = None
+        self._informative: Optional[Tensor] = None  # which tiles of the current call reached _probabilities
 
     @contextmanager
     def collecting(self) -> Iterator["GridStats"]:
@@ -90,7 +91,7 @@ class TileNetwork(nn.Module):
     @torch.no_grad()
     def forward(self, tiles: Tensor) -> Tensor:
         flat = tiles.flatten(1)
-        informative = flat.amax(1) > flat.amin(1)
+        informative = self._informative = flat.amax(1) > flat.amin(1)
         probabilities = torch.zeros((tiles.shape[0], self.num_classes, *tiles.shape[-2:]), device=tiles.device)
         if informative.any():
             probabilities[informative] = self._probabilities(tiles[informative])

@@ -104,11 +104,13 @@ def tiles_per_call(bytes_per_tile: int, cap_bytes: int, limit: int = MAX_TILES_P
 def sliding_window_batched(data: torch.Tensor, slicers: Sequence[Tuple], per_call: int, num_heads: int,
                            patch_size: Sequence[int], predict: Callable[[torch.Tensor], torch.Tensor],
                            device: torch.device, results_device: torch.device, use_gaussian: bool = True,
-                           allow_tqdm: bool = True) -> torch.Tensor:
+                           allow_tqdm: bool = True,
+                           before_call: Optional[Callable[[List[Tuple]], None]] = None) -> torch.Tensor:
     """nnU-Net's sliding-window sum over ``slicers`` of ``data`` [C, *spatial] (already padded), calling
     ``predict`` (tiles [B, C, *patch] -> logits [B, num_heads, *patch], mirroring included) on up to
     ``per_call`` tiles at a time. Returns the Gaussian-weighted mean [num_heads, *spatial] in half
-    precision on ``results_device``, summed tile by tile in slicer order as nnU-Net sums."""
+    precision on ``results_device``, summed tile by tile in slicer order as nnU-Net sums. ``before_call`` gets
+    each call's slicers first (a tile network whose prompts depend on where the tile lies)."""
     data = data.to(results_device)
     logits = torch.zeros((num_heads, *data.shape[1:]), dtype=torch.half, device=results_device)
     weights = torch.zeros(data.shape[1:], dtype=torch.half, device=results_device)
@@ -118,6 +120,8 @@ def sliding_window_batched(data: torch.Tensor, slicers: Sequence[Tuple], per_cal
         for start in range(0, len(slicers), per_call):
             chunk: List[Tuple] = list(slicers[start:start + per_call])
             tiles = torch.stack([data[s] for s in chunk]).to(device)  # [B, C, *patch]
+            if before_call is not None:
+                before_call(chunk)
             predicted = predict(tiles).to(results_device)  # [B, num_heads, *patch]
             for s, prediction in zip(chunk, predicted):
                 if use_gaussian:

@@ -13,12 +13,19 @@ from dataclasses import dataclass, field
 from importlib import resources
 from itertools import product
 from pathlib import Path
-from typing import Dict, List, Mapping, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
 
+from desam_nnu.config import DeSAMConfig
 from desam_nnu.errors import DeSAMInputError
+from desam_nnu.inference.prompted import TileNetwork
+from desam_nnu.model import DeSAM
+from desam_nnu.rgb import to_network_input
 
 Vec3 = Tuple[float, float, float]
 READERS = ("SimpleITKIO", "NibabelIO")  # readers whose arrays are the file's voxels as [z, y, x], unreoriented
@@ -72,10 +79,10 @@ def _field(path: Sequence) -> str:
     return out or "(top level)"
 
 
-def read_prompts(path: str, images: Mapping[str, str], labels: Sequence[int]) -> Dict[str, CasePrompts]:
-    """The prompts of ``path`` for the cases of ``images`` (case -> its first image file), checked against the
-    schema, the cases, the model's class ``labels`` and each image's extent; PromptsFileError lists every
-    problem."""
+def read_prompts(path: str, images: Mapping[str, Optional[str]], labels: Sequence[int]) -> Dict[str, CasePrompts]:
+    """The prompts of ``path`` for the cases of ``images`` (case -> its first image file; None: a case that
+    fails on its own, whose prompts are not checked), checked against the schema, the cases, the model's class
+    ``labels`` and each image's extent; PromptsFileError lists every problem."""
     import jsonschema
 
     try:
@@ -92,10 +99,10 @@ def read_prompts(path: str, images: Mapping[str, str], labels: Sequence[int]) ->
     cases = data["cases"]
     problems += [f"{path}: cases.{c}: no such case among the input images" for c in cases if c not in images]
     problems += [f"{path}: cases.{c}: missing (every input case needs an entry; {{}} for none)"
-                 for c in images if c not in cases]
+                 for c, file in images.items() if c not in cases and file is not None]
     out: Dict[str, CasePrompts] = {}
     for case, classes in cases.items():
-        if case not in images:
+        if images.get(case) is None:
             continue
         reader = sitk.ImageFileReader()
         reader.SetFileName(str(images[case]))
@@ -186,3 +193,93 @@ def slice_prompts(case: CasePrompts, properties: Mapping, transpose_forward: Seq
             out.setdefault(label, {}).setdefault(k, SlicePrompts()).points.append((float(d2), float(d1),
                                                                                    int(p.positive)))
     return out
+
+
+class UserPromptedDeSAM(TileNetwork):
+    """DeSAM as the tile network, prompted by the user's boxes and clicks instead of its automatic mode.
+
+    Before each case the predictor hands over the case's prompts on the preprocessed slices
+    (:meth:`begin_case`), and before each call the tiles' slicers (:meth:`tiles_at`). A tile gets, per class,
+    the prompts of its slice that fall inside it: each box decoded on its own, all clicks of a class together
+    as one prompt, the class's probability the largest of them; a class with no prompt in the tile is
+    background there. Mirroring is off with user prompts (a mirrored tile would need mirrored prompts)."""
+
+    def __init__(self, desam: DeSAM, cfg: DeSAMConfig, ensemble: Sequence[DeSAM] = ()) -> None:
+        super().__init__(desam.num_classes)
+        self.desam, self.cfg, self.ensemble = desam, cfg, nn.ModuleList(ensemble)
+        self._prompts: Dict[int, Dict[int, SlicePrompts]] = {}
+        self._offset = (0, 0)
+        self._chunk: List[Tuple] = []
+        self.tile_calls = 0
+
+    def state_dict(self, *args, **kwargs):
+        return self.desam.state_dict(*args, **kwargs)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        return self.desam.load_state_dict(state_dict, strict=strict, assign=assign)
+
+    def begin_case(self, prompts: Dict[int, Dict[int, SlicePrompts]], shape: Sequence[int],
+                   patch_size: Sequence[int]) -> None:
+        """The case's prompts (:func:`slice_prompts`) and its preprocessed shape [Z, Y, X]: nnU-Net pads a slice
+        smaller than the patch evenly on both sides, and the tiles' slicers count in the padded slice."""
+        self._prompts = prompts
+        self._offset = tuple(max(int(p) - int(s), 0) // 2 for p, s in zip(patch_size, shape[-2:]))
+
+    def tiles_at(self, chunk: Sequence[Tuple]) -> None:
+        """The slicers of the tiles of the next call, in order."""
+        self._chunk = list(chunk)
+
+    def _tile_prompts(self, slicer: Tuple, label: int, p: int) -> Tuple[List[List[float]], List[Tuple]]:
+        """The boxes and clicks of class ``label`` inside one tile, in the tile's pixels."""
+        k, rows, cols = slicer[1], slicer[2], slicer[3]
+        here = self._prompts.get(label, {}).get(int(k))
+        if here is None:
+            return [], []
+        dy, dx = self._offset[0] - rows.start, self._offset[1] - cols.start
+        boxes = []
+        for x0, y0, x1, y1 in here.boxes:
+            box = [max(x0 + dx, 0.0), max(y0 + dy, 0.0), min(x1 + dx, p - 1.0), min(y1 + dy, p - 1.0)]
+            if box[0] <= box[2] and box[1] <= box[3]:
+                boxes.append(box)
+        clicks = [(x + dx, y + dy, positive) for x, y, positive in here.points
+                  if -0.5 <= x + dx <= p - 0.5 and -0.5 <= y + dy <= p - 0.5]
+        return boxes, clicks
+
+    def _probabilities(self, tiles: Tensor) -> Tensor:
+        self.tile_calls += tiles.shape[0]
+        p = tiles.shape[-1]
+        slicers = [s for s, keep in zip(self._chunk, self._informative.tolist()) if keep]
+        features = self.desam.encode(to_network_input(tiles.float(), self.cfg.channel_to_rgb, self.cfg.image_size))
+        nets, dev = list(self.ensemble) or [self.desam], tiles.device
+        scale = self.cfg.image_size / p
+        out = torch.zeros((len(tiles), self.num_classes, p, p), device=dev)
+        for i, slicer in enumerate(slicers):
+            one = [f[i:i + 1] for f in features]
+            for label in range(1, self.num_classes + 1):
+                boxes, clicks = self._tile_prompts(slicer, label, p)
+                probs = []
+                if boxes:
+                    xyxy = _to_input(torch.tensor(boxes), scale).to(dev)
+                    probs.append(self._decoded(nets, one, label, p, boxes=xyxy))
+                if clicks:
+                    xy = _to_input(torch.tensor([[x, y] for x, y, _ in clicks]), scale)[None].to(dev)
+                    probs.append(self._decoded(nets, one, label, p,
+                                               points=(xy, torch.tensor([[c for *_, c in clicks]], device=dev))))
+                if probs:
+                    out[i, label - 1] = torch.stack(probs).amax(0)
+        return out
+
+    @staticmethod
+    def _decoded(nets: Sequence[DeSAM], features: List[Tensor], label: int, p: int, **prompt) -> Tensor:
+        """Class ``label``'s probability [p, p] at the patch: the largest over the prompts (boxes [n, 4], or one
+        set of clicks), each the mean over the folds."""
+        n = len(prompt["boxes"]) if "boxes" in prompt else 1
+        index = torch.zeros(n, dtype=torch.long, device=features[-1].device)
+        logits = torch.stack([net.decode(features, image_index=index, **prompt)[0][:, label - 1] for net in nets])
+        probs = torch.sigmoid(F.interpolate(logits.float(), size=(p, p), mode="bilinear", align_corners=False))
+        return probs.mean(0).amax(0)
+
+
+def _to_input(xy: Tensor, scale: float) -> Tensor:
+    """Tile pixel coordinates (x, y pairs; boxes as two pairs) -> SAM-input pixels: centre to centre."""
+    return (xy.float() + 0.5) * scale - 0.5

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import torch
 from conftest import planned_tiny_dataset
 
 from desam_nnu.config import CONFIGURATION, PLANS_NAME
@@ -16,8 +17,9 @@ from desam_nnu.planners.plans import DeSAMPlansManager
 
 @pytest.fixture(scope="module")
 def planned(tmp_path_factory):
-    """Dataset044 (rotated, 0.8 x 0.8 x 4 mm, a zero border that the crop removes), planned for 64 px."""
-    yield from planned_tiny_dataset(tmp_path_factory, 44, 2, (8, 40, 48))
+    """Dataset044 (rotated, 0.8 x 0.8 x 4 mm, a zero border that the crop removes; 5 cases, for a fold),
+    planned for 64 px."""
+    yield from planned_tiny_dataset(tmp_path_factory, 44, 5, (8, 40, 48))
 
 
 def _preprocess(root: Path, transpose_forward, spacing_2d):
@@ -57,7 +59,8 @@ def test_world_clicks_land_on_their_voxel_after_preprocessing(planned, tmp_path,
     path = _write(tmp_path, {"coordinates": "world", "cases": {"case_000": {
         str(lab): {"points": [{"point": list(p)}]} for lab, p in clicks}}})
     prompts = read_prompts(path, {"case_000": str(image)}, [1, 2])
-    assert ref.GetDirection() != (1, 0, 0, 0, 1, 0, 0, 0, 1) and any(lo > 0 for lo, _ in props["bbox_used_for_cropping"])
+    assert ref.GetDirection() != (1, 0, 0, 0, 1, 0, 0, 0, 1)
+    assert any(lo > 0 for lo, _ in props["bbox_used_for_cropping"])  # the crop moved the image
     mapped = slice_prompts(prompts["case_000"], props, tf, data.shape[1:])
     for lab, _ in clicks:
         ((k, sp),) = mapped[lab].items()
@@ -123,3 +126,82 @@ def test_every_problem_is_one_line_naming_case_and_field(planned, tmp_path):
     with pytest.raises(PromptsFileError, match="broken.json: not a JSON file"):
         read_prompts(str(tmp_path / "broken.json"), images, [1, 2])
     assert schema()["required"] == ["cases"]
+
+
+# ------------------------------------------------------------------ desam_predict --prompts, end to end
+def _region_decoder(self, features, points=None, boxes=None, image_index=None):
+    """A stand-in for DeSAM.decode: every class +10 inside each prompt's box (or within 4 input pixels of its
+    positive clicks), -10 elsewhere, so that the output shows where each prompt landed."""
+    h, w = self.mask_size(features)
+    ys = (torch.arange(h).float() + 0.5) * self.image_size / h - 0.5  # the mask pixels' centres, input frame
+    xs = (torch.arange(w).float() + 0.5) * self.image_size / w - 0.5
+    masks = []
+    if boxes is not None:
+        for x0, y0, x1, y1 in boxes.tolist():
+            masks.append(((ys >= y0 - 0.5) & (ys <= y1 + 0.5))[:, None] & ((xs >= x0 - 0.5) & (xs <= x1 + 0.5))[None])
+    else:
+        coords, labels = points
+        for c, lab in zip(coords, labels):
+            near = torch.zeros(h, w, dtype=torch.bool)
+            for (x, y), positive in zip(c.tolist(), lab.tolist()):
+                if positive:
+                    near |= (ys[:, None] - y) ** 2 + (xs[None] - x) ** 2 <= 16
+            masks.append(near)
+    logits = torch.where(torch.stack(masks), 10.0, -10.0)[:, None].repeat(1, self.num_classes, 1, 1)
+    return logits, torch.ones(len(masks), self.num_classes)
+
+
+@pytest.fixture(scope="module")
+def trained(planned):
+    """A model folder for Dataset044 (two iterations; the decoder is replaced in the tests, so the final
+    validation, most of a short training's time, is skipped)."""
+    from desam_nnu.cli.train import train
+    from desam_nnu.trainers.desam_trainer import DeSAMTrainer
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(DeSAMTrainer, "perform_actual_validation", lambda self, *a, **k: None)
+        train(44, 0, device="cpu", epochs=1, iterations_per_epoch=2, val_iterations=1)
+    return planned
+
+
+def test_predict_with_a_prompts_file_segments_what_was_prompted(trained, tmp_path, monkeypatch):
+    """A voxel box for class 1 over some slices and a click for class 2: class 1 comes out as that box on
+    exactly those slices (the whole chain: mapping, tiles, decoding, export to the raw geometry), class 2
+    around the click's slice only, nothing anywhere else."""
+    from desam_nnu.cli.predict import main
+    from desam_nnu.model import DeSAM
+    monkeypatch.setattr(DeSAM, "decode", _region_decoder)
+    raw = trained / "nnUNet_raw" / "Dataset044_Synth" / "imagesTr"
+    inp = tmp_path / "in"
+    inp.mkdir()
+    (inp / "case_001_0000.nii.gz").symlink_to(raw / "case_001_0000.nii.gz")
+    box = {"box": [10, 12, 30, 25], "slices": [2, 4]}
+    path = _write(tmp_path, {"cases": {"case_001": {"1": {"boxes": [box]},
+                                                    "2": {"points": [{"point": [40, 30, 6]}]}}}})
+    out = tmp_path / "out"
+    assert main(["-i", str(inp), "-o", str(out), "-d", "44", "--prompts", path, "-device", "cpu", "-npp", "0",
+                 "-nps", "0"]) == 0
+    seg = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "case_001.nii.gz")))  # [z, y, x]
+    z, y, x = np.nonzero(seg == 1)
+    assert sorted(set(z.tolist())) == [2, 3, 4]
+    assert abs(x.min() - 10) <= 1 and abs(x.max() - 30) <= 1 and abs(y.min() - 12) <= 1 and abs(y.max() - 25) <= 1
+    z2, y2, x2 = np.nonzero(seg == 2)
+    assert set(z2.tolist()) == {6} and abs(np.median(x2) - 40) <= 1 and abs(np.median(y2) - 30) <= 1
+    assert json.loads((out / "predict_args.json").read_text())["prompts_file"] == path
+
+
+def test_bad_prompts_stop_before_anything_is_written(trained, tmp_path, capsys):
+    from desam_nnu.cli.predict import main
+    raw = tmp_path / "in"
+    raw.mkdir()
+    for case in ("case_000", "case_001"):
+        (raw / f"{case}_0000.nii.gz").symlink_to(trained / "nnUNet_raw" / "Dataset044_Synth" / "imagesTr" /
+                                                 f"{case}_0000.nii.gz")
+    path = _write(tmp_path, {"cases": {"case_000": {"5": {}}, "case_001": {"1": {"points": [{"point": [1, 2, 99]}]}}}})
+    out = tmp_path / "out"
+    assert main(["-i", str(raw), "-o", str(out), "-d", "44", "--prompts", path, "-device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: {path}: cases.case_000.5: the model has no class 5 (its classes: 1, 2)",
+                   f"error: {path}: cases.case_001.1.points[0]: outside the image (x 0..47, y 0..39, z 0..7 voxels)"]
+    assert not out.exists()
+    assert main(["-i", str(raw), "-o", str(out), "-d", "44", "--prompts", path, "--top-k", "2"]) == 2
+    assert "replaces the automatic prompts: drop --top-k" in capsys.readouterr().err

@@ -16,9 +16,9 @@ def predict(input_folder: str, output_folder: str, dataset: Optional[Union[int, 
             grid: Optional[int] = None, iou_thresh: Optional[float] = None, top_k: Optional[int] = None,
             tile_step: float = 0.5, disable_tta: bool = False, save_probabilities: bool = False,
             preview: bool = False, device: Optional[str] = None, npp: int = 1, nps: int = 1,
-            continue_prediction: bool = False, num_parts: int = 1, part_id: int = 0):
-    """Resolve the model, predict every case of ``input_folder`` (or part ``part_id`` of ``num_parts``);
-    returns the PredictionReport."""
+            continue_prediction: bool = False, num_parts: int = 1, part_id: int = 0, prompts: Optional[str] = None):
+    """Resolve the model, predict every case of ``input_folder`` (or part ``part_id`` of ``num_parts``), with the
+    automatic prompts or the user's (``prompts``: a prompts file); returns the PredictionReport."""
     import torch
     from desam_nnu.inference.model_folder import resolve_model_folder
     from desam_nnu.inference.predictor import DeSAMPredictor
@@ -27,6 +27,10 @@ def predict(input_folder: str, output_folder: str, dataset: Optional[Union[int, 
         raise DeSAMInputError(f"--tile-step {tile_step}: use a value in (0, 1]")
     if num_parts < 1 or not 0 <= part_id < num_parts:
         raise DeSAMInputError(f"-num_parts {num_parts} -part_id {part_id}: use a part_id from 0 to num_parts - 1")
+    automatic = {"--prompt-mode": prompt_mode, "--grid": grid, "--iou-thresh": iou_thresh, "--top-k": top_k}
+    if prompts and any(v is not None for v in automatic.values()):
+        given = ", ".join(k for k, v in automatic.items() if v is not None)
+        raise DeSAMInputError(f"--prompts {prompts} replaces the automatic prompts: drop {given}")
     folder = resolve_model_folder(model_dir, dataset, trainer, plans)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     predictor = DeSAMPredictor(tile_step_size=tile_step, use_mirroring=not disable_tta, device=dev,
@@ -37,7 +41,7 @@ def predict(input_folder: str, output_folder: str, dataset: Optional[Union[int, 
     report = predictor.predict_folder(input_folder, output_folder, save_probabilities=save_probabilities,
                                       continue_prediction=continue_prediction, preview=preview,
                                       num_processes_preprocessing=npp, num_processes_export=nps,
-                                      num_parts=num_parts, part_id=part_id)
+                                      num_parts=num_parts, part_id=part_id, prompts_file=prompts)
     print(f"{len(report.written)} case(s) written to {output_folder}"
           + (f", {len(report.skipped)} already done" if report.skipped else "")
           + (f"; previews in {output_folder}/previews" if report.previews else ""))
@@ -67,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-chk", default="checkpoint_final.pth", dest="checkpoint")
     p.add_argument("--prompt-mode", choices=["grid", "box"], default=None,
                    help="grid: DeSAM's automatic mode (default, from the plans); box: one whole-tile box")
+    p.add_argument("--prompts", default=None, metavar="PROMPTS.json",
+                   help="boxes and clicks per case and class (README, 'Prompts from a file'); classes without "
+                        "prompts come out empty; replaces the automatic mode")
     p.add_argument("--grid", type=int, default=None, help="grid points per side (default 9: 81 prompts)")
     p.add_argument("--iou-thresh", type=float, default=None, help="keep grid prompts with predicted IoU >= this (0.5)")
     p.add_argument("--top-k", type=int, default=None, help="fuse the k best kept prompts by predicted IoU (1)")
