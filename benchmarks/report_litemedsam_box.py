@@ -12,16 +12,13 @@ def _lite_sizes(d: dict) -> List[str]:
 
 
 def _lite_volumes(d: dict, size: str) -> Optional[int]:
-    """Validation volumes measured at ``size`` (older files: the top-level ``cases``)."""
-    per_case = d.get("results", {}).get(size, {}).get("per_case")
-    return len(per_case) if isinstance(per_case, dict) else d.get("cases")
+    """Validation volumes measured at ``size``."""
+    return len(d.get("results", {}).get(size, {}).get("per_case", {})) or None
 
 
 def _lite_common_mean(d: dict, sizes: Sequence[str]) -> Tuple[Dict[str, Optional[float]], int]:
     """Mean Dice per size over the volumes every size in ``sizes`` has (per-case results), and their count."""
-    per = [d["results"][s].get("per_case") for s in sizes]
-    if not all(isinstance(p, dict) for p in per):
-        return {s: d["results"][s].get("dice", {}).get("mean") for s in sizes}, 0
+    per = [d["results"][s]["per_case"] for s in sizes]
     common = sorted(set.intersection(*(set(p) for p in per)))
     means = {}
     for s, p in zip(sizes, per):
