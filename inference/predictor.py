@@ -404,13 +404,12 @@ class DeSAMPredictor(nnUNetPredictor):
         return report
 
     def _use_prompts_file(self, path: str, inputs: InputCases) -> Dict[str, CasePrompts]:
-        """The user's prompts for ``cases`` (every problem raised before anything is written) and the tile
+        """The user's prompts for the ``inputs`` (every problem raised before anything is written) and the tile
         network that takes them in place of the automatic mode; mirroring off (it would need mirrored prompts)."""
         if self.desam.prompts is None:
             raise DeSAMInputError(f"--prompts {path}: the {self.desam.family} family is prompt-free")
-        labels = [int(v) for v in self.dataset_json["labels"].values() if isinstance(v, int) and v > 0]
         images = {**{c: None for c in inputs.failures}, **{c: files[0] for c, files in inputs.cases.items()}}
-        prompts = read_prompts(path, images, labels)
+        prompts = read_prompts(path, images, [int(c) for c in self.label_manager.foreground_labels])
         self.network = UserPromptedDeSAM(self.network.desam, self.desam, ensemble=self.network.ensemble)
         self.use_mirroring = False
         self.prompts = None

@@ -118,7 +118,26 @@ def grid_probabilities(logits: Tensor, iou: Tensor, iou_threshold: float, top_k:
     return fuse_candidates(logits, iou, kept), kept
 
 
-class PromptedDeSAM(TileNetwork):
+class DeSAMTiles(TileNetwork):
+    """A tile network around one DeSAM and its fold ensemble (every fold's DeSAM, all holding ``desam``'s image
+    encoder). The state dict is the wrapped DeSAM's own (no prefix), so nnU-Net's per-fold
+    ``network.load_state_dict(checkpoint['network_weights'])`` loads trainer checkpoints as they are."""
+
+    def __init__(self, desam: DeSAM, cfg: DeSAMConfig, ensemble: Sequence[DeSAM] = ()) -> None:
+        super().__init__(desam.num_classes)
+        if any(net.image_encoder is not desam.image_encoder for net in ensemble):
+            raise ValueError("an ensemble's folds must share the wrapped DeSAM's image encoder")
+        self.desam, self.cfg, self.ensemble = desam, cfg, nn.ModuleList(ensemble)
+        self.tile_calls = 0  # tiles encoded, for benchmarks and tests
+
+    def state_dict(self, *args, **kwargs):
+        return self.desam.state_dict(*args, **kwargs)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        return self.desam.load_state_dict(state_dict, strict=strict, assign=assign)
+
+
+class PromptedDeSAM(DeSAMTiles):
     """DeSAM as the tile network, prompted with :class:`PromptSettings`.
 
     Grid mode: :meth:`DeSAM.grid_candidates` keeps the ``top_k`` best prompts at the threshold; their
@@ -127,29 +146,16 @@ class PromptedDeSAM(TileNetwork):
     ``record.top_k`` best grid prompts whatever their IoU, and the whole-box output) in ``record``,
     and the output is composed from that record, exactly as a replay composes it.
 
-    The state dict is the wrapped DeSAM's own (no prefix), so nnU-Net's per-fold
-    ``network.load_state_dict(checkpoint['network_weights'])`` loads trainer checkpoints as they are.
-    With ``ensemble`` (every fold's DeSAM, all holding ``desam``'s image encoder: folds that froze the
-    same encoder), each tile is encoded once and decoded by every fold, and the folds' probabilities
-    are averaged here instead of over nnU-Net's one sliding window per fold (the same mean: the
-    sliding window's weighting is linear).
+    With ``ensemble`` (folds that froze the same encoder), each tile is encoded once and decoded by every
+    fold, and the folds' probabilities are averaged here instead of over nnU-Net's one sliding window per
+    fold (the same mean: the sliding window's weighting is linear).
     """
 
     def __init__(self, desam: DeSAM, cfg: DeSAMConfig, prompts: PromptSettings,
                  record: Optional["CandidateRecord"] = None, ensemble: Sequence[DeSAM] = ()) -> None:
-        super().__init__(desam.num_classes)
-        self.desam, self.cfg, self.prompts, self.record = desam, cfg, prompts, record
-        if any(net.image_encoder is not desam.image_encoder for net in ensemble):
-            raise ValueError("an ensemble's folds must share the wrapped DeSAM's image encoder")
-        self.ensemble = nn.ModuleList(ensemble)
+        super().__init__(desam, cfg, ensemble)
+        self.prompts, self.record = prompts, record
         self.register_buffer("grid", make_point_grid(prompts.grid_points_per_side, cfg.image_size), persistent=False)
-        self.tile_calls = 0  # tiles encoded, for benchmarks and tests
-
-    def state_dict(self, *args, **kwargs):
-        return self.desam.state_dict(*args, **kwargs)
-
-    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
-        return self.desam.load_state_dict(state_dict, strict=strict, assign=assign)
 
     def _to_patch(self, logits: Tensor, size) -> Tensor:
         """Mask logits [N, C, h, w] -> [N, C, p, p] at the patch (bilinear, as the plans say)."""

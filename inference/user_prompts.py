@@ -19,11 +19,11 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from desam_nnu.config import DeSAMConfig
 from desam_nnu.errors import DeSAMInputError
-from desam_nnu.inference.prompted import TileNetwork
+from desam_nnu.inference.prompted import DeSAMTiles
 from desam_nnu.model import DeSAM
 from desam_nnu.rgb import to_network_input
 
@@ -195,7 +195,7 @@ def slice_prompts(case: CasePrompts, properties: Mapping, transpose_forward: Seq
     return out
 
 
-class UserPromptedDeSAM(TileNetwork):
+class UserPromptedDeSAM(DeSAMTiles):
     """DeSAM as the tile network, prompted by the user's boxes and clicks instead of its automatic mode.
 
     Before each case the predictor hands over the case's prompts on the preprocessed slices
@@ -205,18 +205,10 @@ class UserPromptedDeSAM(TileNetwork):
     background there. Mirroring is off with user prompts (a mirrored tile would need mirrored prompts)."""
 
     def __init__(self, desam: DeSAM, cfg: DeSAMConfig, ensemble: Sequence[DeSAM] = ()) -> None:
-        super().__init__(desam.num_classes)
-        self.desam, self.cfg, self.ensemble = desam, cfg, nn.ModuleList(ensemble)
+        super().__init__(desam, cfg, ensemble)
         self._prompts: Dict[int, Dict[int, SlicePrompts]] = {}
         self._offset = (0, 0)
         self._chunk: List[Tuple] = []
-        self.tile_calls = 0
-
-    def state_dict(self, *args, **kwargs):
-        return self.desam.state_dict(*args, **kwargs)
-
-    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
-        return self.desam.load_state_dict(state_dict, strict=strict, assign=assign)
 
     def begin_case(self, prompts: Dict[int, Dict[int, SlicePrompts]], shape: Sequence[int],
                    patch_size: Sequence[int]) -> None:

@@ -80,9 +80,8 @@ class MSDeformAttn(nn.Module):
         ring = ring * torch.arange(1, self.n_points + 1, dtype=torch.float32).view(1, 1, -1, 1)
         with torch.no_grad():
             self.sampling_offsets.bias.copy_(ring.flatten())
-        for layer in (self.attention_weights,):
-            nn.init.constant_(layer.weight, 0.0)
-            nn.init.constant_(layer.bias, 0.0)
+        nn.init.constant_(self.attention_weights.weight, 0.0)
+        nn.init.constant_(self.attention_weights.bias, 0.0)
         for layer in (self.value_proj, self.output_proj):
             nn.init.xavier_uniform_(layer.weight)
             nn.init.constant_(layer.bias, 0.0)
