@@ -44,6 +44,8 @@ setup(
         "scikit-image>=0.21",
         "tqdm>=4.60",
         "numpy>=1.24",
+        # simulated users (desam_evaluate --prompts-from-labels): a click's distance from the object's boundary
+        "scipy>=1.10",
         # process-tree memory in the benchmarks (benchmarks/proc_tree.py) instead of reading /proc by hand
         "psutil>=5.9",
         # DB-SAM's LayerNorm2d, Mlp, DropPath and trunc_normal_, the ones its official code uses

@@ -90,6 +90,10 @@ class DeSAMConfig:
     # the plans' ``architecture.arch_kwargs``: family, backbone, image_size, num_classes and size overrides,
     # from which trainer and predictor build the network (plans without the block: the fields above)
     architecture: Tuple[Tuple[str, Any], ...] = ()
+    # without user prompts: "prompts" (DeSAM's grid or box, ``prompts``), "prompt_free" or "whole_image_box"
+    # (DB-SAM); what ``desam_predict --prompts`` may give: "boxes", "points"
+    automatic_mode: str = "prompts"
+    user_prompts: Tuple[str, ...] = ("boxes", "points")
 
     @classmethod
     def from_configuration(cls, configuration: Dict[str, Any]) -> "DeSAMConfig":
@@ -124,6 +128,9 @@ class DeSAMConfig:
             family=d.get("family", "desam"),
             input_normalisation=d.get("input_normalisation", "network"),
             architecture=tuple(sorted(configuration.get("architecture", {}).get("arch_kwargs", {}).items())),
+            # plans written before the keys: DeSAM's prompts, or prompt-free
+            automatic_mode=d.get("automatic_mode", "prompts" if d.get("prompts") else "prompt_free"),
+            user_prompts=tuple(d.get("user_prompts", ("boxes", "points") if d.get("prompts") else ())),
         )
 
     def network_kwargs(self) -> Dict[str, Any]:

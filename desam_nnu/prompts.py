@@ -10,7 +10,7 @@ from torch import Tensor
 
 from desam_nnu.model.desam import make_point_grid
 
-__all__ = ["sample_training_points", "whole_boxes", "make_point_grid", "patch_to_input_coords"]
+__all__ = ["sample_training_points", "training_boxes", "whole_boxes", "make_point_grid", "patch_to_input_coords"]
 
 
 def patch_to_input_coords(rows: Tensor, cols: Tensor, scale: float) -> Tensor:
@@ -58,3 +58,32 @@ def sample_training_points(seg: Tensor, num_classes: int, scale: float, foregrou
 def whole_boxes(num: int, image_size: int) -> Tensor:
     """DeSAM's whole-box mode: the box covering the whole input, [num, 4] as x0, y0, x1, y1."""
     return torch.tensor([[0.0, 0.0, float(image_size), float(image_size)]]).expand(num, 4).clone()
+
+
+def training_boxes(seg: Tensor, num_classes: int, image_size: int, jitter_px: int, whole_fraction: float = 0.5,
+                   generator: Optional[torch.Generator] = None) -> Tuple[Tensor, Tensor]:
+    """DB-SAM's training prompts, one box per slice and class.
+
+    seg: [B, p, p] integer labels at patch resolution (< 0 outside the image). Each class of each slice gets,
+    with probability ``whole_fraction`` or when it is absent from the slice, the box over the whole input (the
+    automatic mode's prompt; its target is the class's whole mask, possibly empty); otherwise the box around the
+    class's voxels (voxel centres in input pixels) with each side moved outward by a random 0..``jitter_px``
+    pixels, clipped to the input (the official's perturbation).
+
+    Returns boxes [B, C, 4] (x0, y0, x1, y1 in input pixels) and classes [B, C] (0-based).
+    """
+    b, p = seg.shape[0], seg.shape[-1]
+    scale = image_size / p
+    boxes = whole_boxes(b * num_classes, image_size).view(b, num_classes, 4)
+    use_whole = torch.rand(b, num_classes, generator=generator) < whole_fraction
+    jitter = torch.randint(0, jitter_px + 1, (b, num_classes, 4), generator=generator).float()
+    for i in range(b):  # B x C boxes (a batch's slices and classes): per-mask bounds, not per-voxel work
+        for c in range(num_classes):
+            rows, cols = torch.nonzero(seg[i] == c + 1, as_tuple=True)
+            if use_whole[i, c] or not rows.numel():
+                continue
+            lo = patch_to_input_coords(rows.min(), cols.min(), scale)
+            hi = patch_to_input_coords(rows.max(), cols.max(), scale)
+            box = torch.cat([lo - jitter[i, c, :2], hi + jitter[i, c, 2:]])
+            boxes[i, c] = box.clamp(0, image_size)
+    return boxes.to(seg.device), torch.arange(num_classes, device=seg.device).expand(b, num_classes)

@@ -44,7 +44,8 @@ from desam_nnu.inference.inputs import InputCases, collect_cases
 from desam_nnu.inference.model_folder import FoldSpec, resolve_folds
 from desam_nnu.inference.prompt_free import PromptFreeTiles
 from desam_nnu.inference.prompted import GridStats, PromptedDeSAM, PromptSettings, TileNetwork
-from desam_nnu.inference.user_prompts import CasePrompts, UserPromptedDeSAM, read_prompts, slice_prompts
+from desam_nnu.inference.user_prompts import (CasePrompts, UserPromptedBoxes, UserPromptedDeSAM, read_prompts,
+                                              slice_prompts)
 from desam_nnu.inference.tiles import (memory_cap, per_call_limit, sliding_window_batched, tile_working_bytes,
                                        tiles_per_call)
 from desam_nnu.model import DeSAM
@@ -277,7 +278,9 @@ class DeSAMPredictor(nnUNetPredictor):
         else:
             self.chosen = read_configuration(folder, (), labels, prompted=False)
             ignored = f"; ignored: {', '.join(self.prompt_overrides)}" if self.prompt_overrides else ""
-            self.configuration_note = f"{cfg.family} is prompt-free: every class from the image alone{ignored}"
+            automatic = ("a box over each whole tile per class" if cfg.automatic_mode == "whole_image_box" else
+                         "prompt-free: every class from the image alone")
+            self.configuration_note = f"{cfg.family} without a prompts file: {automatic}{ignored}"
             if self.chosen is not None:
                 self.postprocessing = self.chosen.postprocessing_functions()
                 self.configuration_note += (f"; using the postprocessing chosen from cross-validation "
@@ -406,11 +409,15 @@ class DeSAMPredictor(nnUNetPredictor):
     def _use_prompts_file(self, path: str, inputs: InputCases) -> Dict[str, CasePrompts]:
         """The user's prompts for the ``inputs`` (every problem raised before anything is written) and the tile
         network that takes them in place of the automatic mode; mirroring off (it would need mirrored prompts)."""
-        if self.desam.prompts is None:
+        if not self.desam.user_prompts:
             raise DeSAMInputError(f"--prompts {path}: the {self.desam.family} family is prompt-free")
         images = {**{c: None for c in inputs.failures}, **{c: files[0] for c, files in inputs.cases.items()}}
-        prompts = read_prompts(path, images, [int(c) for c in self.label_manager.foreground_labels])
-        self.network = UserPromptedDeSAM(self.network.desam, self.desam, ensemble=self.network.ensemble)
+        prompts = read_prompts(path, images, [int(c) for c in self.label_manager.foreground_labels],
+                               self.desam.user_prompts)
+        if isinstance(self.network, PromptFreeTiles):  # a box-prompted family (DB-SAM) without its automatic box
+            self.network = UserPromptedBoxes(self.network.network, self.desam)
+        else:
+            self.network = UserPromptedDeSAM(self.network.desam, self.desam, ensemble=self.network.ensemble)
         self.use_mirroring = False
         self.prompts = None
         self.configuration_note = f"prompts from {path}, not the automatic mode"

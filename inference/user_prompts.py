@@ -19,13 +19,14 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from desam_nnu.config import DeSAMConfig
 from desam_nnu.errors import DeSAMInputError
+from desam_nnu.inference.prompt_free import PromptFreeTiles
 from desam_nnu.inference.prompted import DeSAMTiles
 from desam_nnu.model import DeSAM
-from desam_nnu.rgb import to_network_input
+from desam_nnu.rgb import network_input, to_network_input
 
 Vec3 = Tuple[float, float, float]
 READERS = ("SimpleITKIO", "NibabelIO")  # readers whose arrays are the file's voxels as [z, y, x], unreoriented
@@ -79,10 +80,11 @@ def _field(path: Sequence) -> str:
     return out or "(top level)"
 
 
-def read_prompts(path: str, images: Mapping[str, Optional[str]], labels: Sequence[int]) -> Dict[str, CasePrompts]:
+def read_prompts(path: str, images: Mapping[str, Optional[str]], labels: Sequence[int],
+                 kinds: Sequence[str] = ("boxes", "points")) -> Dict[str, CasePrompts]:
     """The prompts of ``path`` for the cases of ``images`` (case -> its first image file; None: a case that
     fails on its own, whose prompts are not checked), checked against the schema, the cases, the model's class
-    ``labels`` and each image's extent; PromptsFileError lists every problem."""
+    ``labels``, the ``kinds`` of prompt it takes and each image's extent; PromptsFileError lists every problem."""
     import jsonschema
 
     try:
@@ -116,6 +118,8 @@ def read_prompts(path: str, images: Mapping[str, Optional[str]], labels: Sequenc
                 problems.append(f"{where}: the model has no class {label} (its classes: "
                                 f"{', '.join(map(str, labels))})")
                 continue
+            problems += [f"{where}.{kind}: the model takes {' and '.join(kinds)} only" for kind in given
+                         if kind not in kinds and given[kind]]
             for i, b in enumerate(given.get("boxes", [])):
                 (x0, y0, x1, y1), (z0, z1) = b["box"], b["slices"]
                 if x0 > x1 or y0 > y1 or z0 > z1:
@@ -195,17 +199,13 @@ def slice_prompts(case: CasePrompts, properties: Mapping, transpose_forward: Seq
     return out
 
 
-class UserPromptedDeSAM(DeSAMTiles):
-    """DeSAM as the tile network, prompted by the user's boxes and clicks instead of its automatic mode.
+class PromptsByTile:
+    """What a tile network prompted by the user holds: the case's prompts on the preprocessed slices, handed over
+    before each case (:meth:`begin_case`), and the tiles' slicers, before each call (:meth:`tiles_at`); a tile gets,
+    per class, the prompts of its slice that fall inside it (:meth:`_tile_prompts`). A class with no prompt in the
+    tile is background there. Mirroring is off with user prompts (a mirrored tile would need mirrored prompts)."""
 
-    Before each case the predictor hands over the case's prompts on the preprocessed slices
-    (:meth:`begin_case`), and before each call the tiles' slicers (:meth:`tiles_at`). A tile gets, per class,
-    the prompts of its slice that fall inside it: each box decoded on its own, all clicks of a class together
-    as one prompt, the class's probability the largest of them; a class with no prompt in the tile is
-    background there. Mirroring is off with user prompts (a mirrored tile would need mirrored prompts)."""
-
-    def __init__(self, desam: DeSAM, cfg: DeSAMConfig, ensemble: Sequence[DeSAM] = ()) -> None:
-        super().__init__(desam, cfg, ensemble)
+    def _reset_prompts(self) -> None:
         self._prompts: Dict[int, Dict[int, SlicePrompts]] = {}
         self._offset = (0, 0)
         self._chunk: List[Tuple] = []
@@ -220,6 +220,10 @@ class UserPromptedDeSAM(DeSAMTiles):
     def tiles_at(self, chunk: Sequence[Tuple]) -> None:
         """The slicers of the tiles of the next call, in order."""
         self._chunk = list(chunk)
+
+    def _informative_slicers(self) -> List[Tuple]:
+        """The slicers of the tiles that reached ``_probabilities`` in this call."""
+        return [s for s, keep in zip(self._chunk, self._informative.tolist()) if keep]
 
     def _tile_prompts(self, slicer: Tuple, label: int, p: int) -> Tuple[List[List[float]], List[Tuple]]:
         """The boxes and clicks of class ``label`` inside one tile, in the tile's pixels."""
@@ -237,10 +241,20 @@ class UserPromptedDeSAM(DeSAMTiles):
                   if -0.5 <= x + dx <= p - 0.5 and -0.5 <= y + dy <= p - 0.5]
         return boxes, clicks
 
+
+class UserPromptedDeSAM(PromptsByTile, DeSAMTiles):
+    """DeSAM as the tile network, prompted by the user's boxes and clicks instead of its automatic mode
+    (:class:`PromptsByTile`): each box decoded on its own, all clicks of a class together as one prompt, the
+    class's probability the largest of them."""
+
+    def __init__(self, desam: DeSAM, cfg: DeSAMConfig, ensemble: Sequence[DeSAM] = ()) -> None:
+        super().__init__(desam, cfg, ensemble)
+        self._reset_prompts()
+
     def _probabilities(self, tiles: Tensor) -> Tensor:
         self.tile_calls += tiles.shape[0]
         p = tiles.shape[-1]
-        slicers = [s for s, keep in zip(self._chunk, self._informative.tolist()) if keep]
+        slicers = self._informative_slicers()
         features = self.desam.encode(to_network_input(tiles.float(), self.cfg.channel_to_rgb, self.cfg.image_size))
         nets, dev = list(self.ensemble) or [self.desam], tiles.device
         scale = self.cfg.image_size / p
@@ -270,6 +284,33 @@ class UserPromptedDeSAM(DeSAMTiles):
         logits = torch.stack([net.decode(features, image_index=index, **prompt)[0][:, label - 1] for net in nets])
         probs = torch.sigmoid(F.interpolate(logits.float(), size=(p, p), mode="bilinear", align_corners=False))
         return probs.mean(0).amax(0)
+
+
+class UserPromptedBoxes(PromptsByTile, PromptFreeTiles):
+    """A box-prompted family (DB-SAM) as the tile network, prompted by the user's boxes instead of its automatic
+    whole-tile box (:class:`PromptsByTile`): each box of a class decoded on its own with the class's embedding,
+    the class's probability the largest of them."""
+
+    def __init__(self, network: nn.Module, cfg: DeSAMConfig) -> None:
+        super().__init__(network, cfg)
+        self._reset_prompts()
+
+    def _probabilities(self, tiles: Tensor) -> Tensor:
+        p, dev = tiles.shape[-1], tiles.device
+        x = network_input(tiles.float(), self.cfg.channel_to_rgb, self.cfg.image_size, self.cfg.input_normalisation)
+        embeddings = self.network.encode(x)
+        out = torch.zeros((len(tiles), self.num_classes, p, p), device=dev)
+        for i, slicer in enumerate(self._informative_slicers()):
+            for label in range(1, self.num_classes + 1):
+                boxes, _ = self._tile_prompts(slicer, label, p)
+                if not boxes:
+                    continue
+                xyxy = _to_input(torch.tensor(boxes), self.cfg.image_size / p)[None].to(dev)  # [1, n, 4]
+                classes = torch.full(xyxy.shape[:2], label - 1, dtype=torch.long, device=dev)
+                logits = self.network.decode(embeddings[i:i + 1], xyxy, classes)  # [1, n, h, w]
+                probs = torch.sigmoid(F.interpolate(logits.float(), size=(p, p), mode="bilinear", align_corners=False))
+                out[i, label - 1] = probs[0].amax(0)
+        return out
 
 
 def _to_input(xy: Tensor, scale: float) -> Tensor:

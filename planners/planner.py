@@ -1,9 +1,10 @@
 """DeSAMPlanner: nnU-Net's experiment planner, reduced to one 2D configuration for a SAM network family.
 
-The family (``--family``: DeSAM by default, or DAPSAM) brings its own decisions from the registry
-(``desam_nnu.model.registry``): its mask-logit stride (DAPSAM's decoder: 1/4 of the input; DeSAM: the
-backbone's PDMM layout, below), its input normalisation, whether its features may be cached and its
-prompt defaults (none for DAPSAM). The plans record them with the family's name, and the
+The family (``--family``: DeSAM by default, DAPSAM or DB-SAM) brings its own decisions from the registry
+(``desam_nnu.model.registry``): its mask-logit stride (DAPSAM's and DB-SAM's decoders: 1/4 of the input on the
+ViTs, the input on medsam_lite; DeSAM: the backbone's PDMM layout, below), its input normalisation, whether its
+features may be cached, its prompt defaults (DeSAM's only), its automatic mode and the prompts a file may give
+it. The plans record them with the family's name, and the
 ``architecture`` block names its network class; everything else below is shared.
 
 It reuses nnU-Net's fingerprint, transpose rule (slices are cut across the lowest-resolution axis,
@@ -213,6 +214,8 @@ class DeSAMPlanner(ExperimentPlanner):
                 "pixel_std": list(self.backbone.pixel_std) if network_mean_std else [1.0, 1.0, 1.0],
                 "num_classes": num_classes,
                 "prompts": dict(family.prompts) if family.prompts is not None else None,
+                "automatic_mode": family.automatic_mode,
+                "user_prompts": list(family.user_prompts),
                 "embedding_cache": cache,
             },
         }

@@ -78,8 +78,9 @@ def test_warmup_is_the_officials_250_iterations_or_1_percent_of_a_shorter_schedu
     from types import SimpleNamespace
 
     def schedule(**stub):
-        t = SimpleNamespace(**{**dict(warmup_iterations=250, num_epochs=100, num_iterations_per_epoch=250,
-                                      time_budget=None, budget_spent_s=0.0, _warmup_ended_s=None), **stub})
+        t = SimpleNamespace(**{**dict(warmup_iterations=250, warmup_share=0.01, num_epochs=100,
+                                      num_iterations_per_epoch=250, time_budget=None, budget_spent_s=0.0,
+                                      _warmup_ended_s=None), **stub})
         for name in ("_warmup_iterations", "_warmup_progress", "_poly_progress"):
             setattr(t, name, getattr(DAPSAMTrainer, name).__get__(t))
         opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)

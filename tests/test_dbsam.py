@@ -98,7 +98,7 @@ def test_a_block_keeps_each_level_and_mixes_across_levels():
 def test_official_and_sam_state_dicts_load_strictly(tmp_path):
     from desam_nnu.model import CheckpointError
     from desam_nnu.model.dbsam import load_official_dbsam, load_sam_into_dbsam
-    net, other = build_dbsam(embed_dim=48, num_heads=12), build_dbsam(embed_dim=48, num_heads=12)
+    net, other = (build_dbsam(image_size=1024, encoder_embed_dim=48, encoder_num_heads=12) for _ in range(2))
     path = tmp_path / "dbsam.pth"
     torch.save({"net": other.state_dict(), "epoch": 3}, path)  # the official trainer's checkpoint layout
     load_official_dbsam(path, net)
@@ -171,7 +171,7 @@ def test_fusion_and_block_equal_the_official(fixture):
 
 def test_whole_network_equals_the_official_adapted_sam(fixture):
     """The released configuration at width 96 (1024 px, 12 blocks, 12 heads): neck output and mask logits."""
-    net = build_dbsam(embed_dim=official.WIDTH, num_heads=12)
+    net = build_dbsam(image_size=1024, encoder_embed_dim=official.WIDTH, encoder_num_heads=12)
     _load_drawn(net, fixture, "model", "model_weights")
     image = official.model_image().permute(0, 3, 1, 2)  # HWC 0..255 -> [1, 3, 1024, 1024]
     with torch.no_grad():

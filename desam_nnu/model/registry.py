@@ -28,6 +28,8 @@ from .backbones import BACKBONES, build_desam
 from .checkpoints import load_official_desam, load_sam_checkpoint
 from .dapsam import DAPSAM, build_dapsam, load_official_dapsam, load_sam_into_dapsam
 from .dapsam import build as dapsam_build
+from .dbsam import DBSAM, build_dbsam, load_official_dbsam, load_sam_into_dbsam
+from .dbsam import build as dbsam_build
 from .desam import DeSAM
 
 StateDictSource = Union[str, os.PathLike, Mapping[str, Tensor]]
@@ -47,6 +49,11 @@ class NetworkFamily:
     input_normalisation: Callable[[str], str] = lambda backbone: "network"  # see desam_nnu.rgb.network_input
     cacheable_features: bool = True  # False: trained adapters inside the encoder, features change every step
     prompts: Optional[Mapping[str, Any]] = None
+    # what it predicts without user prompts: "prompts" (DeSAM: its configured grid or whole box, ``prompts``),
+    # "prompt_free" (every class from the image alone) or "whole_image_box" (DB-SAM: a box over each tile per
+    # class); and what a prompts file (``desam_predict --prompts``) may give it
+    automatic_mode: str = "prompt_free"
+    user_prompts: Tuple[str, ...] = ()
 
     @property
     def network_class_name(self) -> str:
@@ -75,13 +82,20 @@ DESAM_PROMPTS: Mapping[str, Any] = {
 
 NETWORKS: Dict[str, NetworkFamily] = {
     "desam": NetworkFamily("desam", build_desam, load_official_desam, load_sam_checkpoint, DeSAM, tuple(BACKBONES),
-                           official_repository="yifangao112/DeSAM", prompts=DESAM_PROMPTS),
+                           official_repository="yifangao112/DeSAM", prompts=DESAM_PROMPTS,
+                           automatic_mode="prompts", user_prompts=("boxes", "points")),
     # the official feeds each slice z-scored per image and channel and builds SAM with mean 0, std 1;
     # its decoder predicts at 1/4 of the input (medsam_lite, ours: 0..1 input, logits at the input)
     "dapsam": NetworkFamily("dapsam", build_dapsam, load_official_dapsam, load_sam_into_dapsam, DAPSAM,
                             dapsam_build.BACKBONES_RUN, official_repository="wkklavis/DAPSAM",
                             logit_stride=dapsam_build.logit_stride, input_normalisation=dapsam_build.input_normalisation,
                             cacheable_features=False),
+    # the official is box-prompted (SAM's normalisation on the ViTs; LiteMedSAM's 0..1 on medsam_lite, inside the
+    # network either way); without user boxes, a box over the whole tile per class (class embeddings, ours)
+    "dbsam": NetworkFamily("dbsam", build_dbsam, load_official_dbsam, load_sam_into_dbsam, DBSAM,
+                           dbsam_build.BACKBONES_RUN, official_repository="AlfredQin/DB-SAM",
+                           logit_stride=dbsam_build.logit_stride, cacheable_features=False,
+                           automatic_mode="whole_image_box", user_prompts=("boxes",)),
 }
 
 

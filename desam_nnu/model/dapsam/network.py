@@ -25,6 +25,8 @@ from segment_anything.modeling.mask_decoder import MaskDecoder
 from segment_anything.modeling.prompt_encoder import PositionEmbeddingRandom
 from torch import Tensor, nn
 
+from ..frozen_norms import keep_frozen_norms_in_eval
+
 ADAPTER_REDUCTION = 4  # both adapters: D -> D / 4 -> D (768 -> 192 -> 768 on ViT-B)
 BLOCK_ADAPTER_SCALE = 0.5  # the block adapter's output, added beside the MLP
 LADAPTER_INPUT_SCALE = 0.5  # the LAdapter reads 0.5 x + E
@@ -188,6 +190,11 @@ class DAPSAM(nn.Module):
         adapters = [p for n, p in self.image_encoder.named_parameters() if "adapter" in n]
         return {"adapters": adapters, "prompt_generator": list(self.prompt_generator.parameters()),
                 "mask_decoder": list(self.mask_decoder.parameters())}
+
+    def train(self, mode: bool = True) -> "DAPSAM":
+        super().train(mode)
+        keep_frozen_norms_in_eval(self)  # medsam_lite: the frozen TinyViT's BatchNorms keep LiteMedSAM's statistics
+        return self
 
     def freeze_backbone(self) -> "DAPSAM":
         """requires_grad only on :meth:`trainable_parameter_groups`, as the official after loading SAM."""

@@ -9,9 +9,16 @@ import torch.nn.functional as F
 from timm.layers import LayerNorm2d
 from torch import Tensor, nn
 
-SIZES = {1: 512, 2: 256, 3: 128, 4: 64}  # level -> the input's resized edge
-# per level, the stride of the three 3 x 3 convolutions (128, 256, 512 channels): every branch ends at 1/8 of 512
+GRID = 64  # the official: every level ends on the ViT's 64 x 64 token grid (1024 px input)
+WIDTHS = (128, 256, 512)  # the official widths of the three conv stages
+# per level, the stride of the three 3 x 3 convolutions: level l resizes the input to GRID * 2^(4 - l) (512, 256,
+# 128, 64), and its strides bring every level to GRID
 STRIDES = {1: (2, 2, 2), 2: (2, 2, 1), 3: (2, 1, 1), 4: (1, 1, 1)}
+
+
+def level_size(level: int, grid: int = GRID) -> int:
+    """The edge level ``level`` resizes the input to (the official: 512, 256, 128, 64)."""
+    return grid * 2 ** (4 - level)
 
 
 class ConvBlock(nn.Module):
@@ -48,30 +55,34 @@ class Resize(nn.Module):
         return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=self.antialias)
 
 
-def _branch(level: int, in_planes: int, embed_dim: int, layer_norm: bool, antialias: bool) -> nn.Sequential:
-    s1, s2, s3 = STRIDES[level]
+def _branch(level: int, in_planes: int, embed_dim: int, layer_norm: bool, antialias: bool, grid: int,
+            widths: Sequence[int]) -> nn.Sequential:
+    (s1, s2, s3), (w1, w2, w3) = STRIDES[level], widths
     return nn.Sequential(
-        Resize(SIZES[level], antialias),
-        ConvBlock(in_planes, 128, 3, s1, 1), ConvBlock(128, 128, 1),
-        ConvBlock(128, 256, 3, s2, 1), ConvBlock(256, 256, 1),
-        ConvBlock(256, 512, 3, s3, 1), ConvBlock(512, 512, 1),
-        ConvBlock(512, embed_dim, 1, relu=False, bn=False),
+        Resize(level_size(level, grid), antialias),
+        ConvBlock(in_planes, w1, 3, s1, 1), ConvBlock(w1, w1, 1),
+        ConvBlock(w1, w2, 3, s2, 1), ConvBlock(w2, w2, 1),
+        ConvBlock(w2, w3, 3, s3, 1), ConvBlock(w3, w3, 1),
+        ConvBlock(w3, embed_dim, 1, relu=False, bn=False),
         LayerNorm2d(embed_dim, eps=1e-6) if layer_norm else nn.Identity())
 
 
 class ConvBranch(nn.Module):
     """The official LFIP0, with its constructor's names: ``lcb{level}`` for each level of
-    ``ms_feats_levels_index`` (DB-SAM: 1, 2, 3, 4)."""
+    ``ms_feats_levels_index`` (DB-SAM: 1, 2, 3, 4). ``grid`` and ``widths`` are ours (official: 64 and 128, 256,
+    512): the token grid of a smaller input or backbone, and narrower convolutions for it."""
 
     def __init__(self, in_planes: int, embed_dim: int = 768, ms_feats_levels_index: Sequence[int] = (3, 4),
-                 layer_norm: bool = True, antialias: bool = True) -> None:
+                 layer_norm: bool = True, antialias: bool = True, grid: int = GRID,
+                 widths: Sequence[int] = WIDTHS) -> None:
         super().__init__()
         self.ms_feats_levels_index = tuple(ms_feats_levels_index)
         for level in self.ms_feats_levels_index:
-            self.add_module(f"lcb{level}", _branch(level, in_planes, embed_dim, layer_norm, antialias))
+            self.add_module(f"lcb{level}", _branch(level, in_planes, embed_dim, layer_norm, antialias, grid,
+                                                   tuple(widths)))
 
     def forward(self, x: Tensor) -> Dict[str, Tensor]:
-        """x [B, in_planes, 1024, 1024] (the ViT's normalised input) -> {"c1": [B, 64, 64, D], ...}, channels
-        last."""
+        """x [B, in_planes, S, S] (the encoder's normalised input; official 1024) -> {"c1": [B, grid, grid, D],
+        ...}, channels last."""
         return {f"c{level}": getattr(self, f"lcb{level}")(x).permute(0, 2, 3, 1).contiguous()
                 for level in self.ms_feats_levels_index}

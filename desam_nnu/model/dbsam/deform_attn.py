@@ -10,6 +10,7 @@ Two pieces the release imports but lacks are reconstructions here, said so where
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import List, Optional, Sequence, Tuple
 
@@ -92,7 +93,8 @@ class MSDeformAttn(nn.Module):
         -> [N, Lq, C]. Offsets are in pixels of each level. The sampling runs in float32, as the official
         CUDA op's ``custom_fwd(cast_inputs=torch.float32)``."""
         n, lq, _ = query.shape
-        if int((input_spatial_shapes[:, 0] * input_spatial_shapes[:, 1]).sum()) != input_flatten.shape[1]:
+        shapes = [(int(h), int(w)) for h, w in input_spatial_shapes.tolist()]  # the CPU copy a CUDA op would read
+        if sum(h * w for h, w in shapes) != input_flatten.shape[1]:
             raise ValueError("input_spatial_shapes do not add up to the input's length")
         value = self.value_proj(input_flatten)
         if input_padding_mask is not None:
@@ -103,9 +105,10 @@ class MSDeformAttn(nn.Module):
         weights = weights.softmax(-1).view(n, lq, self.n_heads, self.n_levels, self.n_points)
         if reference.shape[-1] != 2:
             raise ValueError("reference points must be (x, y); DB-SAM uses no boxes")
-        normaliser = torch.stack([input_spatial_shapes[..., 1], input_spatial_shapes[..., 0]], -1)
+        normaliser = torch.tensor([[w, h] for h, w in shapes], dtype=offsets.dtype, device=offsets.device)
         locations = reference[:, :, None, :, None, :] + offsets / normaliser[None, None, None, :, None, :]
-        with torch.autocast(device_type=query.device.type, enabled=False):
+        autocast = query.device.type in ("cpu", "cuda")  # the meta device (memory estimates) has no autocast
+        with torch.autocast(device_type=query.device.type, enabled=False) if autocast else contextlib.nullcontext():
             out = multi_scale_deformable_attention(value.float(), input_spatial_shapes, locations.float(),
                                                    weights.float())
         return self.output_proj(out.to(query.dtype))
@@ -180,7 +183,7 @@ class MSDeformCrossAttnBlock(nn.Module):
             v_shapes = [(h // 2 ** i, w // 2 ** i) for i in range(len(value))]
         else:
             v_shapes = [(h, w)] * len(value)
-        shapes = torch.as_tensor(v_shapes, dtype=torch.long, device=value[0].device)
+        shapes = torch.as_tensor(v_shapes, dtype=torch.long, device="cpu")  # read as numbers, also under meta
         starts = torch.cat([shapes.new_zeros(1), (shapes[:, 0] * shapes[:, 1]).cumsum(0)[:-1]])
         q = _flatten_levels(query)
         v = self.value_norm(_flatten_levels(value))
