@@ -101,7 +101,8 @@ def test_predict_automatic_and_with_boxes_from_a_file(trained, tmp_path, capsys)
     assert predict_main(args + ["-o", str(tmp_path / "auto")]) == 0
     assert (tmp_path / "auto" / "a.nii.gz").is_file()
     zs, ys, xs = np.nonzero(labels == 1)
-    box = {"box": [int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())], "slices": [int(zs.min()), int(zs.max())]}
+    box = {"box": [int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())],
+           "slices": [int(zs.min()), int(zs.max())]}
     prompts = tmp_path / "p.json"
     prompts.write_text(json.dumps({"cases": {"a": {"1": {"boxes": [box]}}}}))
     assert predict_main(args + ["-o", str(tmp_path / "boxed"), "--prompts", str(prompts)]) == 0

@@ -110,9 +110,10 @@ def build_dbsam(backbone: str = "vit_b", image_size: Optional[int] = None, num_c
     dim, grid = cfg["prompt_embed_dim"], size // logit_stride(backbone) // 4
     prompt = PromptEncoder(embed_dim=dim, image_embedding_size=(grid, grid), input_image_size=(size, size),
                            mask_in_chans=16)
-    decoder = MaskDecoder(num_multimask_outputs=3, transformer=TwoWayTransformer(
-        depth=cfg["decoder_depth"], embedding_dim=dim, mlp_dim=cfg["decoder_mlp_dim"], num_heads=cfg["decoder_num_heads"]),
-        transformer_dim=dim, iou_head_depth=cfg["iou_head_depth"], iou_head_hidden_dim=cfg["iou_head_hidden_dim"])
+    transformer = TwoWayTransformer(depth=cfg["decoder_depth"], embedding_dim=dim, mlp_dim=cfg["decoder_mlp_dim"],
+                                    num_heads=cfg["decoder_num_heads"])
+    decoder = MaskDecoder(num_multimask_outputs=3, transformer=transformer, transformer_dim=dim,
+                          iou_head_depth=cfg["iou_head_depth"], iou_head_hidden_dim=cfg["iou_head_hidden_dim"])
     model = DBSAM(encoder, prompt, decoder, backbone, num_classes, spec.pixel_mean if backbone == "medsam_lite"
                   else PIXEL_MEAN, spec.pixel_std if backbone == "medsam_lite" else PIXEL_STD)
     if checkpoint is not None:
