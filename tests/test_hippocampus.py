@@ -51,7 +51,7 @@ def test_hippocampus_subset_trains_validates_and_predicts(nnunet_dirs, monkeypat
     d = DeSAMPlansManager(plans).get_configuration(CONFIGURATION).desam
     assert d.backbone == "medsam_lite" and d.image_size == 128 and d.cache.default == "auto"
     assert d.mask_logits_size == (64, 64)  # PDMM at half resolution
-    t = train(4, 0, device="cpu", epochs=2, iterations_per_epoch=4, val_iterations=2, use_cache=False)
+    t = train(4, 0, device="cpu", epochs=1, iterations_per_epoch=4, val_iterations=1, use_cache=False)
     assert not t.use_cache and t.network.trainable_parameter_count() < sum(p.numel() for p in t.network.parameters())
     fold = nnunet_dirs["nnUNet_results"] / "Dataset004_Hippocampus" / "DeSAMTrainer__DeSAMPlans__desam_2d" / "fold_0"
     summary = json.loads((fold / "validation" / "summary.json").read_text())

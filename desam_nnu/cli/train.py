@@ -134,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dataset", help="dataset id (4) or name (Dataset004_Hippocampus)")
     p.add_argument("fold", help="0-4 (nnU-Net's 5-fold splits_final.json) or all")
     p.add_argument("-tr", default=None, dest="trainer",
-                   help="trainer class (default: the plans' family's own, DeSAMTrainer or DAPSAMTrainer)")
+                   help="trainer class (default: the plans' family's own: DeSAMTrainer, DAPSAMTrainer or DBSAMTrainer)")
     p.add_argument("-p", default=PLANS_NAME, dest="plans")
     p.add_argument("--sam-checkpoint", default=None,
                    help="SAM weights (sam_vit_*.pth); default $DESAM_SAM_CHECKPOINT; not needed for tiny")
