@@ -31,6 +31,8 @@ plans carried over from an earlier run):
 - DAPSAM (``--runs dapsam``): the same with ``desam_plan_and_preprocess -d 4 -np 2 --family dapsam``, whose
   plans make ``desam_train`` use ``DAPSAMTrainer`` (the official recipe); prompt-free, so
   ``desam_find_best_configuration`` chooses only nnU-Net's postprocessing.
+- DB-SAM (``--runs dbsam``): the same with ``--family dbsam`` (``DBSAMTrainer``, the official recipe); its final
+  validation and the choice use its automatic mode, a box over each whole tile per class.
 
 Each row is merged into benchmarks/results/dice_budget.json under the key (tool, budget, cases) as
 soon as it is measured; the table printed at the end has one line per budget, the two tools side by
@@ -300,9 +302,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     p.add_argument("--minutes", type=float, nargs="+", default=[30.0],
                    help="training budgets in wall minutes, first step to last (default 30); one row per tool and "
                         "budget")
-    p.add_argument("--runs", nargs="+", default=["nnunet", "desam"], choices=["nnunet", "desam", "dapsam"],
-                   help="tools to race, in this order within each budget (default nnunet desam; dapsam: the DAPSAM "
-                        "family, planned with --family dapsam)")
+    p.add_argument("--runs", nargs="+", default=["nnunet", "desam"], choices=["nnunet", "desam", "dapsam", "dbsam"],
+                   help="tools to race, in this order within each budget (default nnunet desam; dapsam, dbsam: the "
+                        "DAPSAM and DB-SAM families, planned with --family)")
     p.add_argument("--nnunet-epoch-seconds", type=float, default=1500.0,
                    help="nnU-Net's wall seconds per epoch (250 iterations), for the epochs that fit a budget; "
                         "measured on a 2-core CPU with the 200 cases (default 1500)")

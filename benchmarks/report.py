@@ -73,8 +73,12 @@ BENCHMARKS: List[Benchmark] = [
               more=(("--cases", "100", "--sizes", "256", "--volumes", "8"),), merge=(("results", ()),)),
     # one race of both tools per budget, one after the other (hours: 2 x 3.5 h of training on 2 cores); the quick
     # settings still train one whole epoch each (no shortened schedules: that was the unfair part)
-    Benchmark("dice_budget", "dice_budget.py", ("--minutes", "30", "60", "120"), ("--cases", "10", "--minutes", "1"),
+    Benchmark("dice_budget", "dice_budget.py", ("--minutes", "30", "60", "120"),
+              ("--cases", "10", "--minutes", "1", "--runs", "nnunet", "desam", "dbsam"),
               "dice_budget.json", merge=(("rows", ()), ("earlier", ()))),
+    # the race's models with a simulated user's boxes (dice_budget.py's kept folder trees: run it first)
+    Benchmark("prompted_boxes", "prompted_boxes.py", ("--minutes", "30"),
+              ("--minutes", "1", "--cases", "10", "--volumes", "2", "--vit-slices", "0"), "prompted_boxes.json"),
     # the race's models (dice_budget.py's kept folder trees) under simulated scanner shifts
     Benchmark("robustness", "robustness.py", ("--minutes", "30", "--cases", "10"),
               ("--minutes", "1", "--race-cases", "10", "--cases", "2", "--levels", "1", "--shifts", "blur"),

@@ -9,7 +9,8 @@ from report import Results, clean_command, code, fill, fmt_dice, fmt_ratio, fmt_
 from report_litemedsam_box import _lite_sizes, _lite_volumes
 
 
-TOOLS = ("nnunet", "desam", "dapsam")  # nnU-Net's 2D U-Net, then the SAM families beside it
+TOOLS = ("nnunet", "desam", "dapsam", "dbsam")  # nnU-Net's 2D U-Net, then the SAM families beside it
+FAMILY_NAMES = {"desam": "DeSAM", "dapsam": "DAPSAM", "dbsam": "DB-SAM"}
 
 
 def dice_rows(d: dict) -> Tuple[Dict[str, dict], int]:
@@ -27,7 +28,7 @@ def _tool(key: str, row: dict) -> str:
 def _name(key: str, row: dict) -> str:
     """A row's tool and configuration as the tables and the plot name it."""
     tool = _tool(key, row)
-    return "nnU-Net 2D" if tool == "nnunet" else f"{'DAPSAM' if tool == 'dapsam' else 'DeSAM'} {_desam_config(row)}"
+    return "nnU-Net 2D" if tool == "nnunet" else f"{FAMILY_NAMES[tool]} {_desam_config(row)}"
 
 
 def _dice_cell(row: Optional[dict], key: str = "dice") -> str:
@@ -112,7 +113,7 @@ def budget_table(rows: Dict[str, dict]) -> Tuple[List[str], List[List[str]]]:
                                                                                str(r.get("backbone_flag"))))]
         for tool, ds in sams or [("desam", None)]:
             volumes = ((nn or ds or {}).get("dice") or {}).get("cases")
-            config = f"DAPSAM {_desam_config(ds)}" if tool == "dapsam" else _desam_config(ds)
+            config = _desam_config(ds) if tool == "desam" else f"{FAMILY_NAMES[tool]} {_desam_config(ds)}"
             body.append([f"{minutes:g} min", f"{cases}" + (f" ({volumes} val.)" if volumes else ""), _dice_cell(nn),
                          _iterations(nn), fmt_s((nn or {}).get("s_per_iteration")), config, _dice_cell(ds),
                          _iterations(ds), fmt_s((ds or {}).get("s_per_iteration")),
@@ -129,7 +130,8 @@ def _schedule(row: dict) -> str:
     o = row.get("options") if isinstance(row.get("options"), dict) else {}
     feats = "train encoder" if o.get("train_encoder") else ("cache" if o.get("use_cache") else "online encoding")
     epochs = "epochs until the budget" if o.get("time_budget") else f"{o.get('num_epochs', '?')} epochs"
-    prompts = f"{o['prompt_mode']} prompts" if o.get("prompt_mode") else "prompt-free"
+    prompts = (f"{o['prompt_mode']} prompts" if o.get("prompt_mode") else "box prompts, the whole tile's without a "
+               "prompts file" if o.get("family") == "dbsam" else "prompt-free")
     return f"{epochs}, {o.get('num_iterations_per_epoch', '?')} it each{batch}, {prompts}, {feats}"
 
 

@@ -38,6 +38,7 @@ from report_gpu_check import section_gpu  # noqa: E402
 from report_header import header  # noqa: E402
 from report_robustness import section_robustness  # noqa: E402
 from report_ensemble import section_ensemble  # noqa: E402
+from report_prompted_boxes import section_prompted  # noqa: E402
 from report_encoder_levers import section_encoder_levers  # noqa: E402
 
 sys.path.insert(0, str(REPO))
@@ -66,6 +67,8 @@ SECTIONS: List[Tuple[str, str, Tuple[str, ...], Callable[[Results], str]]] = [
      section_lite),
     ("Hippocampus fold-0 validation Dice after the same wall-clock training budget: DeSAM against nnU-Net's 2D U-Net",
      "dice_budget.py", ("dice_budget",), section_dice),
+    ("Prompted accuracy: a simulated user's boxes, DeSAM and DB-SAM against LiteMedSAM", "prompted_boxes.py",
+     ("prompted_boxes",), section_prompted),
     ("Robustness under simulated scanner shifts: DeSAM against nnU-Net's 2D U-Net, the race's models", "robustness.py",
      ("robustness",), section_robustness),
     ("GPU: the CUDA path, timed", "gpu_check.py", ("gpu_check",), section_gpu),

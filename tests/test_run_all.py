@@ -150,6 +150,14 @@ FABRICATED = {
          "train_s_per_iter": 0.1, "predict_prompt_free_s_per_slice": 0.02, "train_peak_gpu_mib": 2000.0,
          "predict_prompt_free_peak_gpu_mib": 190.0, "command": "python benchmarks/gpu_check.py"}],
         "torch": "2.11.0+cu130", "cuda": "13.0", "cuda_tests": {"command": "python -m pytest -k cuda", "result": "4 passed"}},
+    "prompted_boxes.json": {
+        "note": "hippocampus fold 0", "cases": ["hippocampus_001", "hippocampus_002"], "jitter_mm": 5.0, "seed": 0,
+        "minutes": 30.0, "command": "python benchmarks/prompted_boxes.py --minutes 30",
+        "rows": {"desam": {"dice": {"1": 0.8, "2": 0.7, "mean": 0.75, "cases": 2}, "s_per_volume": 12.0,
+                           "model": "/work/main/benchmarks/work/dice_budget/desam_30min_200cases/m"},
+                 "litemedsam": {"dice": {"1": 0.6, "2": 0.5, "mean": 0.55, "cases": 2}, "s_per_volume": 20.0,
+                                "model": "/work/main/benchmarks/work/prompted_boxes/litemedsam_model"}},
+        "vit_b": {"s_per_slice": 100.0, "slices": 1, "threads": 2, "parameters_m": 150.0}},
 }
 
 
@@ -255,6 +263,8 @@ def test_every_area_rendered_with_ratios_from_the_numbers(tmp_path):
     assert _row(text, "dapsam | medsam_lite | 128")[4:] == [
         "-", "0.100 s (batch 8)", "- / - / 0.0200 s", "- / 2000 MiB / - / - / 190 MiB", "`python benchmarks/gpu_check.py`"]
     assert "torch 2.11.0+cu130, CUDA 13.0." in text and "4 passed (`python -m pytest -k cuda`)" in text
+    assert _row(text, "DeSAM-medsam_lite, trained")[1:5] == ["0.800", "0.700", "0.750", "12 s"]
+    assert _row(text, "LiteMedSAM, no training")[3] == "0.550" and "100 s per slice (1 slice(s), 2 threads" in text
 
 
 def test_missing_results_render_as_not_measured_yet(tmp_path):
