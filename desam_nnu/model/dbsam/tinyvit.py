@@ -11,10 +11,11 @@ tokens before its neck. ``extract`` and ``out`` start at zero, so the untrained 
 embedding exactly as it is: training starts from the pretrained model.
 
 The conv branch is the official's on the S/4 grid (the input resized to 2S, S, S/2, S/4), narrower (32, 64,
-128 channels), and the adapter is 64 wide with 4 heads of 16 channels. Measured on this 2-core CPU at 128 px,
-batch 8: a training step (forward and backward) took 54 s with a 128-wide adapter (8 heads) and 23 s with 64,
-against 0.6 s per image for TinyViT's own forward; the deformable sampling (``grid_sample`` and its weighted
-sum, the official's arithmetic) is most of it.
+128 channels), and the adapter is 32 wide with 2 heads of 16 channels. Measured on this 2-core CPU at 128 px,
+batch 8, a training step (forward and backward) took 54 s with a 128-wide adapter (8 heads), 23 s with 64 (4
+heads) and 12.6 s with 32, of which TinyViT itself (forward, and backward through the stages after the first
+interaction) is about 7 s; the deformable sampling (``grid_sample`` and its weighted sum, the official's
+arithmetic) is most of the rest. At 32 a 30-minute budget trains about as many iterations as DAPSAM's.
 
 Keys: LiteMedSAM's ``image_encoder.*`` unchanged (its packaged weights load strictly), plus
 ``image_encoder.adapter.*``.
@@ -33,7 +34,7 @@ from .deform_attn import MSDeformAttn, MSDeformCrossAttnBlock
 from .fusion import FeatureFusion
 from .network import init_weights
 
-ADAPTER_DIM, ADAPTER_HEADS = 64, 4
+ADAPTER_DIM, ADAPTER_HEADS = 32, 2
 CONV_WIDTHS = (32, 64, 128)
 
 
