@@ -270,6 +270,16 @@ BACKBONES: Dict[str, BackboneSpec] = {
 }
 
 
+def packaged_weights_wanted(network: str, spec: BackboneSpec, pretrained: Optional[bool], checkpoint: Any) -> bool:
+    """Whether a family's builder loads ``spec``'s packaged weights: ``pretrained`` as asked (True without packaged
+    weights, or with a checkpoint, is an error naming ``network``), None: when there are some and no checkpoint."""
+    if pretrained and spec.packaged_checkpoint is None:
+        raise ValueError(f"{network} has no packaged weights: pass checkpoint=<SAM file or the family's own>")
+    if pretrained and checkpoint is not None:
+        raise ValueError("pass checkpoint=... or pretrained=True, not both")
+    return checkpoint is None and spec.packaged_checkpoint is not None if pretrained is None else bool(pretrained)
+
+
 def _build_desam(
     backbone: str,
     image_size: Optional[int] = None,

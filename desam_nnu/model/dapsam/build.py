@@ -16,7 +16,7 @@ from segment_anything.modeling.mask_decoder import MaskDecoder
 from segment_anything.modeling.transformer import TwoWayTransformer
 from torch import Tensor, nn
 
-from ..backbones import BACKBONES
+from ..backbones import BACKBONES, packaged_weights_wanted
 from ..checkpoints import (CheckpointError, StateDictSource, _describe, _fail, _resize_position_tables, _source_name,
                            read_state_dict)
 from .network import DAPSAM, DAPSAMEncoder
@@ -96,12 +96,7 @@ def build_dapsam(backbone: str = "vit_b", image_size: Optional[int] = None, num_
     None loads them when there are some and no checkpoint is given. The ViTs have none."""
     cfg = dapsam_config(backbone, **overrides)
     spec = BACKBONES[backbone]
-    if pretrained and spec.packaged_checkpoint is None:
-        raise ValueError(f"DAPSAM({backbone}) has no packaged weights: pass checkpoint=<SAM or DAPSAM file>")
-    if pretrained and checkpoint is not None:
-        raise ValueError("pass checkpoint=... or pretrained=True, not both")
-    if pretrained is None:
-        pretrained = checkpoint is None and spec.packaged_checkpoint is not None
+    pretrained = packaged_weights_wanted(f"DAPSAM({backbone})", spec, pretrained, checkpoint)
     size = int(image_size or native_image_size(backbone))
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")

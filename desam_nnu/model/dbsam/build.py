@@ -13,7 +13,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 from segment_anything.modeling import MaskDecoder, PromptEncoder, TwoWayTransformer
 from torch import Tensor, nn
 
-from ..backbones import BACKBONES
+from ..backbones import BACKBONES, packaged_weights_wanted
 from ..checkpoints import (CheckpointError, StateDictSource, _fail, _resize_position_tables, _source_name,
                            read_state_dict)
 from .conv_branch import WIDTHS
@@ -99,12 +99,7 @@ def build_dbsam(backbone: str = "vit_b", image_size: Optional[int] = None, num_c
     and ``adapter_heads``."""
     cfg = dbsam_config(backbone, **overrides)
     spec = BACKBONES[backbone]
-    if pretrained and spec.packaged_checkpoint is None:
-        raise ValueError(f"DBSAM({backbone}) has no packaged weights: pass checkpoint=<SAM or DB-SAM file>")
-    if pretrained and checkpoint is not None:
-        raise ValueError("pass checkpoint=... or pretrained=True, not both")
-    if pretrained is None:
-        pretrained = checkpoint is None and spec.packaged_checkpoint is not None
+    pretrained = packaged_weights_wanted(f"DBSAM({backbone})", spec, pretrained, checkpoint)
     size = int(image_size or native_image_size(backbone))
     encoder = _encoder(backbone, cfg, size, antialias)
     dim, grid = cfg["prompt_embed_dim"], size // logit_stride(backbone) // 4
