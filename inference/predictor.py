@@ -414,7 +414,7 @@ class DeSAMPredictor(nnUNetPredictor):
         images = {**{c: None for c in inputs.failures}, **{c: files[0] for c, files in inputs.cases.items()}}
         prompts = read_prompts(path, images, [int(c) for c in self.label_manager.foreground_labels],
                                self.desam.user_prompts)
-        if isinstance(self.network, PromptFreeTiles):  # a box-prompted family (DB-SAM) without its automatic box
+        if self.desam.prompts is None:  # a box-prompted family without DeSAM's prompt modes (DB-SAM)
             self.network = UserPromptedBoxes(self.network.network, self.desam)
         else:
             self.network = UserPromptedDeSAM(self.network.desam, self.desam, ensemble=self.network.ensemble)

@@ -270,6 +270,15 @@ BACKBONES: Dict[str, BackboneSpec] = {
 }
 
 
+# The backbone table's sizes an adapter family (DAPSAM, DB-SAM) builds from: SAM's decoder on every backbone, and
+# on the ViTs the encoder's too (not DeSAM's pdmm_*); medsam_lite's encoder is LiteMedSAM's TinyViT as it is.
+ADAPTER_FAMILY_VIT_BACKBONES = ("vit_b", "vit_l", "vit_h", "tiny")
+DECODER_SIZE_KEYS = ("prompt_embed_dim", "decoder_depth", "decoder_mlp_dim", "decoder_num_heads", "iou_head_depth",
+                     "iou_head_hidden_dim")
+VIT_SIZE_KEYS = ("encoder_embed_dim", "encoder_depth", "encoder_num_heads", "encoder_global_attn_indexes",
+                 "window_size", "patch_size") + DECODER_SIZE_KEYS
+
+
 def packaged_weights_wanted(network: str, spec: BackboneSpec, pretrained: Optional[bool], checkpoint: Any) -> bool:
     """Whether a family's builder loads ``spec``'s packaged weights: ``pretrained`` as asked (True without packaged
     weights, or with a checkpoint, is an error naming ``network``), None: when there are some and no checkpoint."""

@@ -16,7 +16,8 @@ from segment_anything.modeling.mask_decoder import MaskDecoder
 from segment_anything.modeling.transformer import TwoWayTransformer
 from torch import Tensor, nn
 
-from ..backbones import BACKBONES, packaged_weights_wanted
+from ..backbones import (ADAPTER_FAMILY_VIT_BACKBONES, BACKBONES, DECODER_SIZE_KEYS, VIT_SIZE_KEYS,
+                         packaged_weights_wanted)
 from ..checkpoints import (CheckpointError, StateDictSource, _describe, _fail, _resize_position_tables, _source_name,
                            read_state_dict)
 from .network import DAPSAM, DAPSAMEncoder
@@ -24,14 +25,9 @@ from .network import DAPSAM, DAPSAMEncoder
 logger = logging.getLogger(__name__)
 
 NATIVE_IMAGE_SIZE = 384  # the official's input (its prompt generator hard-codes the 24 x 24 token grid)
-VIT_BACKBONES = ("vit_b", "vit_l", "vit_h", "tiny")
+VIT_BACKBONES = ADAPTER_FAMILY_VIT_BACKBONES
 BACKBONES_RUN = VIT_BACKBONES + ("medsam_lite",)  # medsam_lite: ours (tinyvit.py)
-_DECODER_KEYS = ("prompt_embed_dim", "decoder_depth", "decoder_mlp_dim", "decoder_num_heads", "iou_head_depth",
-                 "iou_head_hidden_dim")
-# the backbone table's sizes DAPSAM uses (not DeSAM's pdmm_dim), plus its memory size
-_VIT_KEYS = ("encoder_embed_dim", "encoder_depth", "encoder_num_heads", "encoder_global_attn_indexes", "window_size",
-             "patch_size") + _DECODER_KEYS
-_DEFAULTS: Dict[str, Any] = {"memory_slots": 256}
+_DEFAULTS: Dict[str, Any] = {"memory_slots": 256}  # beside the backbone table's sizes: its memory
 # SAM tensors the official load_from leaves new: DAPSAM has one mask token per class, not SAM's four
 _NEW_DECODER_PARTS = ("mask_tokens", "output_hypernetworks_mlps", "iou_prediction_head")
 _TINYVIT_STRIDE, _TINYVIT_NECK = 4, 256
@@ -58,7 +54,7 @@ def dapsam_config(backbone: str, **overrides: Any) -> Dict[str, Any]:
     """The resolved sizes for ``backbone`` with ``overrides``; unknown names are a TypeError."""
     if backbone not in BACKBONES_RUN:
         raise ValueError(f"DAPSAM runs on {list(BACKBONES_RUN)}, not {backbone!r}")
-    keys = _VIT_KEYS if backbone in VIT_BACKBONES else _DECODER_KEYS
+    keys = VIT_SIZE_KEYS if backbone in VIT_BACKBONES else DECODER_SIZE_KEYS
     cfg = {k: BACKBONES[backbone].defaults[k] for k in keys}
     cfg.update(_DEFAULTS)
     unknown = sorted(set(overrides) - set(cfg))

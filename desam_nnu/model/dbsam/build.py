@@ -13,7 +13,8 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 from segment_anything.modeling import MaskDecoder, PromptEncoder, TwoWayTransformer
 from torch import Tensor, nn
 
-from ..backbones import BACKBONES, packaged_weights_wanted
+from ..backbones import (ADAPTER_FAMILY_VIT_BACKBONES, BACKBONES, DECODER_SIZE_KEYS, VIT_SIZE_KEYS,
+                         packaged_weights_wanted)
 from ..checkpoints import (CheckpointError, StateDictSource, _fail, _resize_position_tables, _source_name,
                            read_state_dict)
 from .conv_branch import WIDTHS
@@ -22,12 +23,8 @@ from .tinyvit import ADAPTER_DIM, ADAPTER_HEADS, CONV_WIDTHS
 
 logger = logging.getLogger(__name__)
 
-VIT_BACKBONES = ("vit_b", "vit_l", "vit_h", "tiny")
+VIT_BACKBONES = ADAPTER_FAMILY_VIT_BACKBONES
 BACKBONES_RUN = VIT_BACKBONES + ("medsam_lite",)  # medsam_lite: ours (tinyvit.py)
-_DECODER_KEYS = ("prompt_embed_dim", "decoder_depth", "decoder_mlp_dim", "decoder_num_heads", "iou_head_depth",
-                 "iou_head_hidden_dim")
-_VIT_KEYS = ("encoder_embed_dim", "encoder_depth", "encoder_num_heads", "encoder_global_attn_indexes", "window_size",
-             "patch_size") + _DECODER_KEYS
 _OURS = ("class_embed.",)  # keys no official checkpoint has (C > 1 classes), zero at the start
 _TINYVIT_NECK = 256
 
@@ -43,7 +40,7 @@ def dbsam_config(backbone: str, **overrides: Any) -> Dict[str, Any]:
     """The resolved sizes for ``backbone`` with ``overrides``; unknown names are a TypeError."""
     if backbone not in BACKBONES_RUN:
         raise ValueError(f"DB-SAM runs on {list(BACKBONES_RUN)}, not {backbone!r}")
-    keys = _VIT_KEYS if backbone in VIT_BACKBONES else _DECODER_KEYS
+    keys = VIT_SIZE_KEYS if backbone in VIT_BACKBONES else DECODER_SIZE_KEYS
     cfg = {**{k: BACKBONES[backbone].defaults[k] for k in keys}, **_adapter_defaults(backbone)}
     unknown = sorted(set(overrides) - set(cfg))
     if unknown:
