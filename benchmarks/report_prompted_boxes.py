@@ -8,6 +8,11 @@ NAMES = {"desam": "DeSAM-medsam_lite, trained", "dbsam": "DB-SAM-medsam_lite, tr
          "litemedsam": "LiteMedSAM, no training"}
 
 
+def _repo_path(path: str) -> str:
+    """A model folder under the repository's benchmarks/ as the repository names it."""
+    return "benchmarks/" + path.split("/benchmarks/", 1)[1] if "/benchmarks/" in path else path
+
+
 def section_prompted(res: Results) -> str:
     d = res.get("prompted_boxes")
     if d is None:
@@ -16,7 +21,7 @@ def section_prompted(res: Results) -> str:
     for name, r in d.get("rows", {}).items():
         dice = r["dice"]
         rows.append([NAMES.get(name, name), *(fmt_dice(dice.get(c)) for c in CLASSES), fmt_dice(dice.get("mean")),
-                     fmt_s(r.get("s_per_volume")), f"`{r.get('model', '-').split('/work/', 1)[-1]}`"])
+                     fmt_s(r.get("s_per_volume")), f"`{_repo_path(r.get('model', '-'))}`"])
     table = md_table(["model", *(f"Dice {c}" for c in CLASSES.values()), "mean Dice", "s / volume", "model folder"],
                      rows)
     vit = d.get("vit_b")

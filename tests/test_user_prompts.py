@@ -94,6 +94,33 @@ def test_voxel_boxes_cover_their_structure_slice_by_slice(planned, tmp_path, tra
             assert abs(y0 - where[:, 1].min()) <= 1 and abs(y1 - where[:, 1].max()) <= 1
 
 
+def test_world_boxes_become_the_voxel_box_around_their_corners(planned, tmp_path):
+    """A box given in world millimetres on the rotated, anisotropic, cropped image (the world-axis box around a
+    class's voxels) becomes the voxel box around its eight corners, which holds the class's voxels, and after the
+    crop and resampling covers every preprocessed slice and pixel of the class."""
+    image, label, data, seg, props, tf = _preprocess(planned, (0, 1, 2), (0.8, 0.8))
+    ref = sitk.ReadImage(str(label))
+    z, y, x = np.argwhere(sitk.GetArrayFromImage(ref) == 1).T
+    corners = np.array([ref.TransformContinuousIndexToPhysicalPoint([float(a), float(b), float(c)])
+                        for a in (x.min(), x.max()) for b in (y.min(), y.max()) for c in (z.min(), z.max())])
+    lo, hi = corners.min(0), corners.max(0)
+    path = _write(tmp_path, {"coordinates": "world", "cases": {"case_000": {"1": {"boxes": [
+        {"box": [lo[0], lo[1], hi[0], hi[1]], "slices": [lo[2], hi[2]]}]}}}})
+    (box,) = read_prompts(path, {"case_000": str(image)}, [1, 2])["case_000"].boxes[1]
+    back = np.array([ref.TransformPhysicalPointToContinuousIndex([float(a), float(b), float(c)])
+                     for a in (lo[0], hi[0]) for b in (lo[1], hi[1]) for c in (lo[2], hi[2])])
+    np.testing.assert_allclose(box.lo, back.min(0), atol=1e-6)
+    np.testing.assert_allclose(box.hi, back.max(0), atol=1e-6)
+    assert box.lo[0] <= x.min() and box.lo[1] <= y.min() and box.hi[0] >= x.max() and box.hi[1] >= y.max()
+    assert box.hi[0] - box.lo[0] > x.max() - x.min()  # the rotation widens the box
+    mapped = slice_prompts(read_prompts(path, {"case_000": str(image)}, [1, 2])["case_000"], props, tf,
+                           data.shape[1:])
+    for k in sorted({int(k) for k in np.argwhere(seg == 1)[:, 0]}):
+        (x0, y0, x1, y1), = mapped[1][k].boxes
+        rows, cols = np.nonzero(seg[k] == 1)
+        assert x0 - 1 <= cols.min() and cols.max() <= x1 + 1 and y0 - 1 <= rows.min() and rows.max() <= y1 + 1
+
+
 def test_voxel_index_maps_through_transpose_crop_and_scale():
     props = {"bbox_used_for_cropping": [[1, 9], [2, 30], [0, 20]],
              "shape_after_cropping_and_before_resampling": [8, 28, 20]}
