@@ -27,7 +27,8 @@ def section_prompted(res: Results) -> str:
     vit = d.get("vit_b")
     vit_text = (f"DB-SAM on SAM's ViT-B at 1024 px with random weights (its cost, whatever the weights): "
                 f"{fmt_s(vit['s_per_slice'])} per slice ({vit['slices']} slice(s), {vit['threads']} threads, "
-                f"{vit['parameters_m']:.0f} M parameters) on this CPU." if vit else "DB-SAM-vit_b's cost: not measured.")
+                f"{vit['parameters_m']:.0f} M parameters) on this CPU."
+                if vit else "DB-SAM-vit_b's cost: not measured.")
     return fill("prompted_boxes", volumes=len(d.get("cases", [])), minutes=f"{d.get('minutes', 30):g}",
                 jitter=f"{d.get('jitter_mm', 5):g}", seed=d.get("seed", 0), table=table, vit=vit_text,
                 command=code(clean_command(d.get("command"))))
