@@ -148,12 +148,12 @@ class DBSAM(nn.Module):
         boxes = boxes[:, None] if boxes.ndim == 2 else boxes
         if classes is not None and self.class_embed is None and bool((classes != 0).any()):
             raise ValueError("this DB-SAM has one class: classes must be 0 or None")
-        out = []
+        out, image_pe = [], self.prompt_encoder.get_dense_pe()  # [1, 256, h, w], the same for every image
         for i, emb in enumerate(embeddings):
             sparse, dense = self.prompt_encoder(points=None, boxes=boxes[i], masks=None)  # [K, 2, 256], [K, 256, h, w]
             if classes is not None and self.class_embed is not None:
                 sparse = sparse + self.class_embed(classes[i])[:, None]
-            masks, _ = self.mask_decoder(image_embeddings=emb[None], image_pe=self.prompt_encoder.get_dense_pe(),
+            masks, _ = self.mask_decoder(image_embeddings=emb[None], image_pe=image_pe,
                                          sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
                                          multimask_output=False)
             out.append(masks[:, 0])
