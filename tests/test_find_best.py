@@ -1,5 +1,7 @@
 """desam_find_best_configuration: the sweep over stored validation candidates, the written choice, and
 desam_predict following it; on synthetic NIfTI with the tiny backbone (two folds, mixed prompts)."""
+import contextlib
+import io
 import json
 import shutil
 from pathlib import Path
@@ -12,6 +14,7 @@ from scipy import ndimage
 from conftest import trained_tiny_model
 from synthetic import synthetic_case, write_nifti
 
+from desam_nnu.cli.find_best_configuration import find_best
 from desam_nnu.cli.find_best_configuration import main as find_best_main
 from desam_nnu.cli.predict import main as predict_main
 from desam_nnu.config import PromptDefaults
@@ -41,7 +44,11 @@ def _plan_prompts(model: Path) -> PromptDefaults:
 
 @pytest.fixture(scope="module")
 def chosen(trained):
-    return find_best_configuration(8, FOLDS, allow_tqdm=False)
+    """The command's own function, run once: its configuration, plus what it printed (under ``"printed"``)."""
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        result = find_best("8", [str(f) for f in FOLDS])
+    return {**result, "printed": printed.getvalue()}
 
 
 def _brute_force_dice(root: Path, prompts: dict, out: Path) -> float:
@@ -113,7 +120,7 @@ def test_sweep_equals_brute_force_reprediction(trained, chosen, tmp_path):
     assert abs(_brute_force_dice(trained, t["prompts"], tmp_path / "t01") - t["dice"]) <= 1e-6
 
 
-def test_configuration_file_and_table(trained, chosen, capsys):
+def test_configuration_file_and_table(trained, chosen):
     data = json.loads((_model(trained) / FILE).read_text())
     assert data["prompts"] == chosen["prompts"] and data["folds"] == ["0", "1"]
     assert data["plans_sha256"] == plans_sha256(str(_model(trained)))
@@ -121,8 +128,7 @@ def test_configuration_file_and_table(trained, chosen, capsys):
     assert data["dice"]["after_postprocessing"] >= data["dice"]["selected"] - 1e-9
     assert not list(_model(trained).glob(".find_best-*"))  # its scratch folder is gone
     # the command prints every candidate with its Dice and marks the chosen one
-    assert find_best_main(["8", "-f", "0", "1"]) == 0
-    out = capsys.readouterr().out
+    out = chosen["printed"]
     rows = [line for line in out.splitlines() if line[2:].startswith(("grid iou>=", "box "))]
     assert len(rows) == 40 and sum(line.startswith("* ") for line in rows) == 1
     assert all(float(line[28:38]) >= 0 for line in rows if "nan" not in line[28:38])
@@ -142,11 +148,13 @@ def test_failed_selection_writes_nothing(trained, monkeypatch):
 
     before = (_model(trained) / FILE).read_bytes()
 
-    def broken(*args, **kwargs):
-        raise RuntimeError("postprocessing crashed")
+    def broken(references, predictions, *args, **kwargs):
+        assert list(Path(predictions).glob("*.nii.gz"))  # the replayed outputs are in the scratch folder
+        raise RuntimeError("scoring crashed")
 
-    monkeypatch.setattr(fb, "determine_postprocessing", broken)
-    with pytest.raises(RuntimeError):
+    # a crash once the candidates' outputs fill the scratch folder (the first scoring, after the replay)
+    monkeypatch.setattr(fb, "compute_metrics_on_folder", broken)
+    with pytest.raises(RuntimeError, match="scoring crashed"):
         find_best_configuration(8, FOLDS, allow_tqdm=False)
     assert (_model(trained) / FILE).read_bytes() == before
     assert not list(_model(trained).glob(".find_best-*")) and not list(_model(trained).glob(f"{FILE}.*"))

@@ -46,7 +46,7 @@ def test_hippocampus_subset_trains_validates_and_predicts(nnunet_dirs, monkeypat
     in box mode and score them."""
     from desam_nnu.cli.train import train
     monkeypatch.delenv("DESAM_SAM_CHECKPOINT", raising=False)
-    hippocampus_subset(nnunet_dirs["nnUNet_raw"], 10)
+    hippocampus_subset(nnunet_dirs["nnUNet_raw"], 5)  # 5 folds of 5: one validation case
     plans = plan_and_preprocess(4, num_processes=2)
     d = DeSAMPlansManager(plans).get_configuration(CONFIGURATION).desam
     assert d.backbone == "medsam_lite" and d.image_size == 128 and d.cache.default == "auto"
@@ -55,15 +55,15 @@ def test_hippocampus_subset_trains_validates_and_predicts(nnunet_dirs, monkeypat
     assert not t.use_cache and t.network.trainable_parameter_count() < sum(p.numel() for p in t.network.parameters())
     fold = nnunet_dirs["nnUNet_results"] / "Dataset004_Hippocampus" / "DeSAMTrainer__DeSAMPlans__desam_2d" / "fold_0"
     summary = json.loads((fold / "validation" / "summary.json").read_text())
-    assert len(summary["metric_per_case"]) == 2 and set(summary["mean"]) == {"1", "2"}
+    assert len(summary["metric_per_case"]) == 1 and set(summary["mean"]) == {"1", "2"}
     assert (fold / "checkpoint_final.pth").is_file() and (fold / "progress.png").is_file()
-    assert len(t.items.cases) == 10 and t.items.has_foreground.any() and (~t.items.has_foreground).any()
+    assert len(t.items.cases) == 5 and t.items.has_foreground.any() and (~t.items.has_foreground).any()
 
-    # held-back cases (not among the 10 trained on), predicted as whole volumes and scored
+    # a held-back case (not among the 5 planned and trained on), predicted as a whole volume and scored
     test_dir = nnunet_dirs["nnUNet_raw"].parent / "test"
     for sub in ("imagesTs", "labelsTs"):
         (test_dir / sub).mkdir(parents=True)
-    held_back = sorted(f.name[: -len(".nii.gz")] for f in (HIPPOCAMPUS / "labelsTr").glob("*.nii.gz"))[10:12]
+    held_back = sorted(f.name[: -len(".nii.gz")] for f in (HIPPOCAMPUS / "labelsTr").glob("*.nii.gz"))[5:6]
     for case in held_back:
         os.symlink(HIPPOCAMPUS / "imagesTr" / f"{case}_0000.nii.gz", test_dir / "imagesTs" / f"{case}_0000.nii.gz")
         os.symlink(HIPPOCAMPUS / "labelsTr" / f"{case}.nii.gz", test_dir / "labelsTs" / f"{case}.nii.gz")
@@ -79,4 +79,4 @@ def test_hippocampus_subset_trains_validates_and_predicts(nnunet_dirs, monkeypat
         assert (out / "previews" / f"{case}.png").is_file()
     assert evaluate_main(["-ref", str(test_dir / "labelsTs"), "-pred", str(out)]) == 0
     scored = json.loads((out / "summary.json").read_text())
-    assert len(scored["metric_per_case"]) == 2 and set(scored["mean"]) == {"1", "2"}
+    assert len(scored["metric_per_case"]) == 1 and set(scored["mean"]) == {"1", "2"}

@@ -182,13 +182,12 @@ def test_two_channel_ct_and_mr(nnunet_dirs, capsys):
 
 
 def test_the_installed_entry_point_runs(nnunet_dirs):
-    """One run of the real console script, as a user types it."""
-    make_dataset(str(nnunet_dirs["nnUNet_raw"]), 5, num_cases=2, shape_zyx=(6, 24, 24))
+    """The real console script, as a user types it: its help, and a bad id's one-line error. (The script with
+    its spawned workers runs into preprocessing in the SIGTERM test; a whole run's outputs are checked in-process
+    above.)"""
     exe = os.path.join(os.path.dirname(sys.executable), "desam_plan_and_preprocess")
-    done = subprocess.run([exe, "-d", "5", "-np", "1", "--backbone", "tiny"], capture_output=True, text=True,
-                          timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert (nnunet_dirs["nnUNet_preprocessed"] / "Dataset005_Synth" / f"{PLANS_NAME}.json").is_file()
+    done = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.startswith("usage: desam_plan_and_preprocess"), done.stderr[-2000:]
     bad = subprocess.run([exe, "-d", "99"], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith("error: dataset '99' not found")
 
