@@ -15,6 +15,7 @@ setup(
         "desam_nnu.model",
         "desam_nnu.model.dapsam",
         "desam_nnu.model.dbsam",
+        "desam_nnu.model.masksam",
         "desam_nnu.cli",
         "desam_nnu.planners",
         "desam_nnu.trainers",

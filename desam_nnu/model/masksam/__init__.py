@@ -1,0 +1,12 @@
+"""MaskSAM (Xie et al., arXiv 2403.14103; bxie9/MaskSAM): SAM's ViT over the slices of a 3D patch with
+slice-mixing adapters, prompted by boxes and masks that its own prompt generator predicts per query."""
+from .adapters import LayerNorm3d, SliceConvAdapter, SliceMLPAdapter
+from .decoder import (ClassifierMaskDecoder, SliceAdaptedTwoWayBlock, SliceAdaptedTwoWayTransformer,
+                      SlicePromptEncoder)
+from .encoder import SliceAdaptedBlock, SliceAdaptedViT
+from .network import MaskSAM, SliceAdaptedSam, mask_boxes
+from .build import build_masksam, build_slice_adapted_sam
+
+__all__ = ["ClassifierMaskDecoder", "LayerNorm3d", "MaskSAM", "SliceAdaptedBlock", "SliceAdaptedSam",
+           "SliceAdaptedTwoWayBlock", "SliceAdaptedTwoWayTransformer", "SliceAdaptedViT", "SliceConvAdapter",
+           "SliceMLPAdapter", "SlicePromptEncoder", "build_masksam", "build_slice_adapted_sam", "mask_boxes"]
