@@ -42,8 +42,8 @@ def test_hippocampus_subset_plans_and_preprocesses(nnunet_dirs):
 
 def test_hippocampus_subset_trains_validates_and_predicts(nnunet_dirs, monkeypatch):
     """The default backbone (pretrained medsam_lite, no SAM checkpoint): plan, train a few iterations
-    (online: no cache build for 8 iterations), validate in grid mode, then predict held-back cases
-    in box mode and score them."""
+    (online: no cache build for 4 iterations), validate in grid mode, then predict a held-back case
+    in box mode and score it."""
     from desam_nnu.cli.train import train
     monkeypatch.delenv("DESAM_SAM_CHECKPOINT", raising=False)
     hippocampus_subset(nnunet_dirs["nnUNet_raw"], 5)  # 5 folds of 5: one validation case
