@@ -1,4 +1,5 @@
-"""The DeSAM section of ``DeSAMPlans.json`` (configuration ``desam_2d``) as a typed, read-only object.
+"""The DeSAM section of ``DeSAMPlans.json`` (configuration ``desam_2d``, or ``masksam_3d`` for a family over 3D
+patches) as a typed, read-only object.
 
 The plans are the only contract between stages: the planner writes every decision here (the network
 family among them) and the trainer and predictor read them through this object, never recomputing
@@ -8,7 +9,18 @@ from dataclasses import dataclass
 from typing import Any, Dict, Optional, Tuple
 
 PLANS_NAME = "DeSAMPlans"
-CONFIGURATION = "desam_2d"
+CONFIGURATION = "desam_2d"  # the 2D families' configuration (DeSAM, DAPSAM, DB-SAM)
+CONFIGURATION_3D = "masksam_3d"  # a family over 3D patches (MaskSAM): T slices x p x p
+CONFIGURATIONS = (CONFIGURATION, CONFIGURATION_3D)
+
+
+def plans_configuration(plans: Dict[str, Any]) -> str:
+    """The configuration a DeSAM plans dict holds (it holds one: the planner writes the family's)."""
+    names = [c for c in CONFIGURATIONS if c in plans.get("configurations", {})]
+    if len(names) != 1:
+        raise ValueError(f"plans {plans.get('plans_name', '')!r} hold configurations "
+                         f"{sorted(plans.get('configurations', {}))}, not one of {list(CONFIGURATIONS)}")
+    return names[0]
 
 
 @dataclass(frozen=True)
@@ -94,6 +106,8 @@ class DeSAMConfig:
     # (DB-SAM); what ``desam_predict --prompts`` may give: "boxes", "points"
     automatic_mode: str = "prompts"
     user_prompts: Tuple[str, ...] = ("boxes", "points")
+    # a 3D configuration's slices per patch (the patch is slices x patch_size); None: a 2D configuration
+    slices_per_patch: Optional[int] = None
 
     @classmethod
     def from_configuration(cls, configuration: Dict[str, Any]) -> "DeSAMConfig":
@@ -104,7 +118,7 @@ class DeSAMConfig:
             backbone=d["backbone"],
             image_size=int(d["image_size"]),
             native_image_size=int(d["native_image_size"]),
-            patch_size=tuple(int(i) for i in configuration["patch_size"]),
+            patch_size=tuple(int(i) for i in configuration["patch_size"][-2:]),
             patch_to_input_scale=float(d["resize"]["patch_to_input_scale"]),
             mask_logits_size=tuple(int(i) for i in d["resize"]["mask_logits_size"]),
             slicing_axis=int(d["slicing"]["axis"]),
@@ -131,6 +145,7 @@ class DeSAMConfig:
             # plans written before the keys: DeSAM's prompts, or prompt-free
             automatic_mode=d.get("automatic_mode", "prompts" if d.get("prompts") else "prompt_free"),
             user_prompts=tuple(d.get("user_prompts", ("boxes", "points") if d.get("prompts") else ())),
+            slices_per_patch=int(configuration["patch_size"][0]) if len(configuration["patch_size"]) == 3 else None,
         )
 
     def network_kwargs(self) -> Dict[str, Any]:

@@ -25,7 +25,7 @@ from nnunetv2.postprocessing.remove_connected_components import determine_postpr
 from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
 from tqdm import tqdm
 
-from desam_nnu.config import CONFIGURATION, PLANS_NAME
+from desam_nnu.config import CONFIGURATION, PLANS_NAME, plans_configuration
 from desam_nnu.errors import DeSAMInputError
 from desam_nnu.inference import candidates
 from desam_nnu.inference.configuration import plans_sha256, postprocessing_to_json, write_configuration
@@ -94,7 +94,7 @@ def find_best_configuration(dataset: Union[int, str], folds: Sequence[Union[int,
     start = time.perf_counter()
     name, folder, trainer = model_folder_of(dataset, trainer, plans)
     plans_manager = DeSAMPlansManager(load_json(join(folder, "plans.json")))
-    configuration_manager = plans_manager.get_configuration(CONFIGURATION)
+    configuration_manager = plans_manager.get_configuration(plans_configuration(plans_manager.plans))
     cfg = configuration_manager.desam
     folds = [str(f) for f in folds]
     if cfg.prompts is None:  # a prompt-free family (DAPSAM)
@@ -239,7 +239,7 @@ def prompt_free_postprocessing(name: str, folder: str, folds: Sequence[str], tra
     before, after = pp["input_folder"], pp["postprocessed"]
     result = {
         "created_by": "desam_find_best_configuration",
-        "dataset": name, "trainer": trainer, "plans": plans, "configuration": CONFIGURATION,
+        "dataset": name, "trainer": trainer, "plans": plans, "configuration": plans_configuration(plans_dict),
         "folds": list(folds), "plans_sha256": plans_sha256(folder), "prompts": None,
         "postprocessing": postprocessing_to_json(pp_fns, pp_kwargs),
         "dice": {"selected": float(before["foreground_mean"]["Dice"]),

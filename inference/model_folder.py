@@ -1,6 +1,7 @@
 """Which trained model ``desam_predict`` uses: ``-m FOLDER``, ``-d ID``, or the only one there is.
 
-A trained model is nnU-Net's results folder ``DatasetXXX/<trainer>__<plans>__desam_2d/`` holding
+A trained model is nnU-Net's results folder ``DatasetXXX/<trainer>__<plans>__desam_2d/`` (``__masksam_3d`` for a
+family over 3D patches) holding
 ``plans.json``, ``dataset.json`` and ``fold_N/<checkpoint>``; it may be copied anywhere and used with ``-m``.
 """
 import os
@@ -8,7 +9,7 @@ from typing import List, Optional, Sequence, Union
 
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
-from desam_nnu.config import CONFIGURATION, PLANS_NAME
+from desam_nnu.config import CONFIGURATIONS, PLANS_NAME
 from desam_nnu.errors import DeSAMInputError
 from desam_nnu.paths import env_dir, resolve_dataset_name
 
@@ -16,13 +17,13 @@ FoldSpec = Union[int, str]
 
 
 def trained_models(results_root: str) -> List[str]:
-    """Every ``DatasetXXX/*__*__desam_2d`` folder under ``results_root`` with at least one fold folder."""
+    """Every ``DatasetXXX/*__*__desam_2d`` (or ``__masksam_3d``) folder under ``results_root`` with a fold folder."""
     found = []
     for dataset in sorted(os.listdir(results_root)) if os.path.isdir(results_root) else []:
         base = os.path.join(results_root, dataset)
         for name in sorted(os.listdir(base)) if os.path.isdir(base) else []:
             folder = os.path.join(base, name)
-            if name.endswith(f"__{CONFIGURATION}") and os.path.isdir(folder) and \
+            if name.rsplit("__", 1)[-1] in CONFIGURATIONS and os.path.isdir(folder) and \
                     any(f.startswith("fold_") for f in os.listdir(folder)):
                 found.append(folder)
     return found
@@ -40,11 +41,11 @@ def resolve_model_folder(model_dir: Optional[str] = None, dataset: Optional[Unio
         root = env_dir("nnUNet_results")
         name = resolve_dataset_name(dataset, root)
         if trainer is None:
-            suffix = f"__{plans}__{CONFIGURATION}"
-            of_dataset = [os.path.basename(m)[:-len(suffix)] for m in trained_models(root)
-                          if os.path.basename(os.path.dirname(m)) == name and m.endswith(suffix)]
+            of_dataset = [parts[0] for parts, m in ((os.path.basename(m).split("__"), m) for m in trained_models(root))
+                          if os.path.basename(os.path.dirname(m)) == name and parts[1] == plans]
             trainer = "DeSAMTrainer" if "DeSAMTrainer" in of_dataset or len(of_dataset) != 1 else of_dataset[0]
-        folder = os.path.join(root, name, f"{trainer}__{plans}__{CONFIGURATION}")
+        candidates = [os.path.join(root, name, f"{trainer}__{plans}__{c}") for c in CONFIGURATIONS]
+        folder = next((c for c in candidates if os.path.isdir(c)), candidates[0])
         if not os.path.isdir(folder):
             raise DeSAMInputError(f"{folder}: no trained model; run desam_train {dataset} FOLD first")
     else:

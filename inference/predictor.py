@@ -1,12 +1,12 @@
 """DeSAMPredictor: nnU-Net's predictor with DeSAM as the network, whole 3D volumes in and out.
 
 What stays nnU-Net's: preprocessing with the plans (``DeSAMPreprocessor.run_case``), the 2D sliding
-window over every slice of the transposed volume (``predict_sliding_window_return_logits``: steps,
-Gaussian weights, padding, mirroring), fold ensembling (``predict_logits_from_preprocessed_data``),
-and the export back to the original geometry (``export_prediction_from_logits``: resampling,
-un-cropping, transpose, the original affine and direction). What is DeSAM's is the network call
-(:class:`~desam_nnu.inference.prompted.PromptedDeSAM`) and how its outputs become labels
-(``DeSAMPlansManager.get_label_manager``).
+window over every slice of the transposed volume (3D over T-slice patches for MaskSAM's ``masksam_3d``;
+``predict_sliding_window_return_logits``: steps, Gaussian weights, padding, mirroring), fold ensembling
+(``predict_logits_from_preprocessed_data``), and the export back to the original geometry
+(``export_prediction_from_logits``: resampling, un-cropping, transpose, the original affine and direction).
+What is DeSAM's is the network call (:class:`~desam_nnu.inference.prompted.PromptedDeSAM`) and how its outputs
+become labels (``DeSAMPlansManager.get_label_manager``).
 
 Two methods are ours instead of nnU-Net's, for reasons nnU-Net's cannot be subclassed around:
 ``initialize_from_trained_model_folder`` (nnU-Net finds trainer classes only inside nnunetv2 and
@@ -42,7 +42,7 @@ from desam_nnu.inference.configuration import (InferenceConfiguration, read_conf
                                               trained_predict_modes)
 from desam_nnu.inference.inputs import InputCases, collect_cases
 from desam_nnu.inference.model_folder import FoldSpec, resolve_folds
-from desam_nnu.inference.prompt_free import PromptFreeTiles
+from desam_nnu.inference.prompt_free import MixtureTiles, PromptFreeTiles
 from desam_nnu.inference.prompted import GridStats, PromptedDeSAM, PromptSettings, TileNetwork
 from desam_nnu.inference.user_prompts import (CasePrompts, UserPromptedBoxes, UserPromptedDeSAM, read_prompts,
                                               slice_prompts)
@@ -220,7 +220,7 @@ class DeSAMPredictor(nnUNetPredictor):
         as it is, DeSAM with this predictor's prompts (the plans' defaults with the overrides, when no
         model folder chose them)."""
         if cfg.prompts is None:
-            return PromptFreeTiles(network, cfg)
+            return MixtureTiles(network, cfg) if cfg.slices_per_patch else PromptFreeTiles(network, cfg)
         self.prompts = self.prompts or PromptSettings.from_plans(cfg, **self.prompt_overrides)
         prompts = self.prompts
         return PromptedDeSAM(network, cfg, prompts, ensemble=ensemble)

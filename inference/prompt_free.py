@@ -1,8 +1,10 @@
-"""The tile network of a prompt-free family (DAPSAM): every class from the image alone.
+"""The tile networks of the prompt-free families: every class from the image alone.
 
-nnU-Net's sliding window calls ``network(tile)``; this maps the tile to the family's input as the plans
-say (channels to RGB, resize to ``image_size``, the family's normalisation), runs the network once and
-returns ``[0.5, p_1, ..., p_C]`` at the tile's resolution, as :class:`~.prompted.PromptedDeSAM` does.
+nnU-Net's sliding window calls ``network(tile)``. For a 2D family (DAPSAM) :class:`PromptFreeTiles` maps the tile
+to the family's input as the plans say (channels to RGB, resize to ``image_size``, the family's normalisation),
+runs the network once and returns ``[0.5, p_1, ..., p_C]`` at the tile's resolution, as
+:class:`~.prompted.PromptedDeSAM` does. For a family over 3D patches (MaskSAM) :class:`MixtureTiles` returns its
+semantic mixture over a whole 3D tile.
 """
 import torch
 import torch.nn.functional as F
@@ -42,3 +44,25 @@ class PromptFreeTiles(TileNetwork):
 
     def _probabilities(self, tiles: Tensor) -> Tensor:
         return torch.sigmoid(family_logits(self.network, tiles.float(), self.cfg))
+
+
+def volume_input(patches: Tensor) -> Tensor:
+    """3D patches [B, C_in, T, p, p] (0..255, the plans' mapping) -> MaskSAM's stem input at 0..1 (plans'
+    ``input_normalisation`` "unit_range"; the learned stem maps the channels to SAM's three itself)."""
+    return patches.float() / 255
+
+
+class MixtureTiles(PromptFreeTiles):
+    """``forward(tiles [B, C_in, T, p, p]) -> [B, 1 + C, T, p, p]``: MaskSAM's semantic mixture (background first;
+    ``planners.plans.mixture_probabilities`` makes it probabilities). A tile without contrast is background
+    (1, 0, ..., 0) without a call, as in :class:`~.prompted.TileNetwork`."""
+
+    @torch.no_grad()
+    def forward(self, tiles: Tensor) -> Tensor:
+        flat = tiles.flatten(1)
+        informative = self._informative = flat.amax(1) > flat.amin(1)
+        out = torch.zeros((tiles.shape[0], self.num_classes + 1, *tiles.shape[2:]), device=tiles.device)
+        out[:, 0] = 1
+        if informative.any():
+            out[informative] = self.network(volume_input(tiles[informative])).float()
+        return out

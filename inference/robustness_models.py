@@ -9,7 +9,7 @@ from typing import Dict, List, Optional, Sequence
 import torch
 from batchgenerators.utilities.file_and_folder_operations import load_json, load_pickle
 
-from desam_nnu.config import CONFIGURATION
+from desam_nnu.config import CONFIGURATIONS
 from desam_nnu.errors import DeSAMInputError
 from desam_nnu.inference.model_folder import resolve_folds, resolve_model_folder
 
@@ -43,7 +43,7 @@ def _kind(folder: str) -> Optional[str]:
         return None
     if parts[2] not in load_json(os.path.join(folder, "plans.json")).get("configurations", {}):
         return None
-    return "desam" if parts[2] == CONFIGURATION else "nnunet"
+    return "desam" if parts[2] in CONFIGURATIONS else "nnunet"
 
 
 def resolve_study_models(specs: Sequence[str]) -> List[StudyModel]:

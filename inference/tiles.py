@@ -66,15 +66,20 @@ class _PeakBytes(TorchDispatchMode):
 
 @lru_cache(maxsize=8)
 def tile_working_bytes(cfg: DeSAMConfig) -> int:
-    """The bytes one tile costs in a call: the peak of the plans' image encoder on one float32 tile, run on
-    the meta device (nothing allocated, no weights). ViT-B at 1024 px: 2.4 GiB (the cache build on an H200
-    peaked at 12 GiB for 8 such tiles in fp16, weights included: BENCHMARKS, GPU). The decoders are small
+    """The bytes one tile costs in a call: the peak of the plans' image encoder on one float32 tile (a 3D
+    family's whole network on one 3D tile), run on the meta device (nothing allocated, no weights). ViT-B at
+    1024 px: 2.4 GiB (the cache build on an H200 peaked at 12 GiB for 8 such tiles in fp16, weights included:
+    BENCHMARKS, GPU). The decoders are small
     beside it and grid mode decodes tile by tile, so they do not grow with the batch."""
     with torch.device("meta"):
-        encoder = cfg.build_network().image_encoder
-        image = torch.empty(1, 3, cfg.image_size, cfg.image_size)
+        if cfg.slices_per_patch:  # a 3D tile: the whole network on it (every slice of it is encoded)
+            network = cfg.build_network()
+            image = torch.empty(1, cfg.num_input_channels, cfg.slices_per_patch, *cfg.patch_size)
+        else:
+            network = cfg.build_network().image_encoder
+            image = torch.empty(1, 3, cfg.image_size, cfg.image_size)
         with torch.no_grad(), _PeakBytes() as counted:
-            encoder(image)
+            network(image)
     return max(int(counted.peak), 1)
 
 

@@ -18,7 +18,7 @@ from nnunetv2.utilities.json_export import recursive_fix_for_json_export
 from nnunetv2.utilities.utils import get_filenames_of_train_images_and_targets
 
 from desam_nnu.atomic import atomic_copy, atomic_write_json, pid_alive
-from desam_nnu.config import CONFIGURATION, PLANS_NAME, DeSAMConfig
+from desam_nnu.config import PLANS_NAME, DeSAMConfig, plans_configuration
 from desam_nnu.errors import DeSAMInputError
 from desam_nnu.paths import env_dir, resolve_dataset_name
 from desam_nnu.planners.dataset_checks import (check_dataset, check_dataset_json, check_files_complete,
@@ -143,16 +143,17 @@ def _preprocess_staged(plans: dict, name: str, pre: str, cases: dict, dataset_js
     """Run nnU-Net's preprocessing (our subclass) into a staging folder, then swap it in."""
     tag = f".staging{os.getpid()}"
     staging_plans_name = PLANS_NAME + tag
-    final_id = plans["configurations"][CONFIGURATION]["data_identifier"]
+    configuration = plans_configuration(plans)
+    final_id = plans["configurations"][configuration]["data_identifier"]
     staging = dict(plans, plans_name=staging_plans_name,
-                   configurations={CONFIGURATION: dict(plans["configurations"][CONFIGURATION],
+                   configurations={configuration: dict(plans["configurations"][configuration],
                                                        data_identifier=final_id + tag)})
     staging_plans_file = os.path.join(pre, staging_plans_name + ".json")
     staging_dir, final_dir = os.path.join(pre, final_id + tag), os.path.join(pre, final_id)
     atomic_write_json(staging, staging_plans_file)
     try:
         try:
-            DeSAMPreprocessor(verbose=False).run(name, CONFIGURATION, staging_plans_name, num_processes)
+            DeSAMPreprocessor(verbose=False).run(name, configuration, staging_plans_name, num_processes)
         except Exception as e:
             raise _diagnose(e, cases, dataset_json, rw_class, num_processes, "preprocessing",
                             os.path.dirname(cases[next(iter(cases))]["images"][0])) from e
@@ -179,11 +180,13 @@ def _copy_ground_truth(cases: dict, folder: str, file_ending: str) -> None:
 
 
 def _print_summary(plans: dict, plans_file: str) -> None:
-    cfg = DeSAMConfig.from_configuration(plans["configurations"][CONFIGURATION])
+    name = plans_configuration(plans)
+    cfg = DeSAMConfig.from_configuration(plans["configurations"][name])
     axis = cfg.slicing_axis
     print(f"Plans written to {plans_file}")
-    print(f"  {CONFIGURATION}: slices across axis {axis} of the images, patch {list(cfg.patch_size)} voxels at "
-          f"spacing {plans['configurations'][CONFIGURATION]['spacing']}, {cfg.family} on {cfg.backbone} at "
+    patch = plans["configurations"][name]["patch_size"]
+    print(f"  {name}: slices across axis {axis} of the images, patch {patch} voxels at "
+          f"spacing {plans['configurations'][name]['spacing']}, {cfg.family} on {cfg.backbone} at "
           f"{cfg.image_size}x{cfg.image_size}, batch size {cfg.batch_size}")
     c = cfg.cache
     if not network_family(cfg.family).cacheable_features:

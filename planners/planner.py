@@ -1,4 +1,6 @@
-"""DeSAMPlanner: nnU-Net's experiment planner, reduced to one 2D configuration for a SAM network family.
+"""DeSAMPlanner: nnU-Net's experiment planner, reduced to one configuration for a SAM network family: ``desam_2d``,
+or ``masksam_3d`` for a family over 3D patches (MaskSAM: nnU-Net's 3d_fullres spacing, a patch of T slices x p x p
+with T the family's slices, p as below but rounded to 16 and SAM's input 4p, batch 2 as the official plans).
 
 The family (``--family``: DeSAM by default, DAPSAM or DB-SAM) brings its own decisions from the registry
 (``desam_nnu.model.registry``): its mask-logit stride (DAPSAM's and DB-SAM's decoders: 1/4 of the input on the
@@ -34,7 +36,7 @@ from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner
 from nnunetv2.preprocessing.resampling.default_resampling import compute_new_shape
 
 from desam_nnu.cache import feature_bytes_per_item
-from desam_nnu.config import CONFIGURATION, PLANS_NAME
+from desam_nnu.config import CONFIGURATION, CONFIGURATION_3D, PLANS_NAME
 from desam_nnu.errors import DeSAMInputError
 from desam_nnu.model.backbones import BACKBONES, BackboneSpec, encoder_output_shapes
 from desam_nnu.model.registry import NetworkFamily, network_family
@@ -63,6 +65,21 @@ def choose_image_size(patch_edge: int, native_image_size: int, pixels_per_voxel:
     """
     wanted = int(math.ceil(pixels_per_voxel * patch_edge / INPUT_MULTIPLE) * INPUT_MULTIPLE)
     return max(min(minimum, native_image_size), min(wanted, native_image_size))
+
+
+MASKSAM_PATCH_MULTIPLE = 16  # the ACDC layout: the patch is 4x the 16-pixel token grid
+MASKSAM_BATCH_SIZE = 2  # the official plans' "b2"
+
+
+def choose_3d_patch(median_shape: Tuple[float, float, float], slices: int, native_image_size: int,
+                    pixels_per_voxel: int = 4, minimum: int = MIN_IMAGE_SIZE) -> Tuple[List[int], int]:
+    """(patch [T, p, p], SAM input k p) of a family over 3D patches: T the family's slices (the median depth when
+    thinner), p the longest in-plane edge rounded up to 16, between minimum / k and native / k. The official ACDC
+    layout has k = 4 (p from 64, a 256 px input of 16 x 16 tokens, to 256, SAM's 1024); MaskSAM on TinyViT k = 2."""
+    depth = max(1, min(slices, int(round(median_shape[0]))))
+    edge = int(math.ceil(max(median_shape[1:]) / MASKSAM_PATCH_MULTIPLE) * MASKSAM_PATCH_MULTIPLE)
+    edge = max(minimum // pixels_per_voxel, min(edge, native_image_size // pixels_per_voxel))
+    return [depth, edge, edge], pixels_per_voxel * edge
 
 
 def validate_image_size(image_size: int, native_image_size: int, patch_stride: int) -> None:
@@ -98,7 +115,7 @@ def backbone_spec(name: str) -> BackboneSpec:
 
 
 class DeSAMPlanner(ExperimentPlanner):
-    """Writes ``DeSAMPlans.json`` with the single configuration ``desam_2d``."""
+    """Writes ``DeSAMPlans.json`` with its family's single configuration, ``desam_2d`` or ``masksam_3d``."""
 
     def __init__(self, dataset_name_or_id: Union[str, int], backbone: str = "medsam_lite",
                  image_size: Optional[int] = None, plans_name: str = PLANS_NAME,
@@ -110,6 +127,9 @@ class DeSAMPlanner(ExperimentPlanner):
         if image_size is not None:
             stride = self.backbone.feature_layout(self.backbone.defaults).embedding_stride
             validate_image_size(image_size, self.backbone.native_image_size, stride)
+            step = self.family.logit_stride(backbone) * MASKSAM_PATCH_MULTIPLE if self.family.logit_stride else 1
+            if self.family.slices_per_patch and image_size % step:
+                raise DeSAMInputError(f"--image-size {image_size}: {family} on {backbone} takes a multiple of {step}")
         self.image_size_override = image_size
         self.cache_dtype = cache_dtype
         self.channel_names = channel_names(self.dataset_json, f"{self.raw_dataset_folder}/dataset.json")
@@ -154,11 +174,23 @@ class DeSAMPlanner(ExperimentPlanner):
         minimum = self.backbone.min_image_size
         patch_edge = choose_patch_edge(tuple(median_shape[1:]), native)
         image_size = self.image_size_override or choose_image_size(patch_edge, native, per_voxel, minimum)
-        logits_edge = layout.mask_size(image_size) if layout is not None else image_size // per_voxel
-
+        rule = f"clip(ceil64({per_voxel} * patch {patch_edge}), {minimum}, native {native})"
         n_voxels_dataset = float(np.prod(median_shape, dtype=np.float64) * self.dataset_json["numTraining"])
         bs_5_percent = round(n_voxels_dataset * self.max_dataset_covered / patch_edge ** 2)
         batch_size = max(min(OFFICIAL_BATCH_SIZE, bs_5_percent), MIN_BATCH_SIZE)
+        name, patch, spacing = CONFIGURATION, [patch_edge, patch_edge], spacing_2d
+        if family.slices_per_patch:  # a family over 3D patches: nnU-Net's 3d_fullres spacing, T x p x p
+            name, spacing, batch_size = CONFIGURATION_3D, [float(i) for i in fullres_spacing[transpose_forward]], \
+                MASKSAM_BATCH_SIZE
+            patch, image_size = choose_3d_patch(tuple(median_shape), family.slices_per_patch, native, per_voxel,
+                                                minimum)
+            if self.image_size_override:
+                patch[1:], image_size = [self.image_size_override // per_voxel] * 2, self.image_size_override
+            patch_edge = patch[-1]
+            overrides = {"num_frames": patch[0], "input_channels": len(self.channel_names)}
+            rule = "override" if self.image_size_override else \
+                f"{per_voxel} x patch {patch_edge} (ceil16 of the median slice, {minimum} .. {native} / {per_voxel})"
+        logits_edge = layout.mask_size(image_size) if layout is not None else image_size // per_voxel
 
         schemes, use_mask = self.determine_normalization_scheme_and_whether_mask_is_used_for_norm()
         res_data, res_data_kw, res_seg, res_seg_kw = self.determine_resampling()
@@ -170,12 +202,12 @@ class DeSAMPlanner(ExperimentPlanner):
         normalisation = family.input_normalisation(self.backbone.name)
         network_mean_std = normalisation == "network"
         configuration = {
-            "data_identifier": self.generate_data_identifier(CONFIGURATION),
+            "data_identifier": self.generate_data_identifier(name),
             "preprocessor_name": self.preprocessor_name,
             "batch_size": int(batch_size),
-            "patch_size": [patch_edge, patch_edge],
-            "median_image_size_in_voxels": [float(i) for i in median_shape[1:]],
-            "spacing": spacing_2d,
+            "patch_size": patch,
+            "median_image_size_in_voxels": [float(i) for i in median_shape[-len(patch):]],
+            "spacing": spacing,
             "normalization_schemes": schemes,
             "use_mask_for_norm": use_mask,
             "resampling_fn_data": res_data.__name__,
@@ -195,8 +227,7 @@ class DeSAMPlanner(ExperimentPlanner):
                 "family": family.name,
                 "backbone": self.backbone.name,
                 "image_size": image_size,
-                "image_size_rule": "override" if self.image_size_override else
-                f"clip(ceil64({per_voxel} * patch {patch_edge}), {minimum}, native {native})",
+                "image_size_rule": "override" if self.image_size_override else rule,
                 "native_image_size": native,
                 # build_desam size overrides the backbone table plans (medsam_lite: PDMM at half resolution)
                 "network_overrides": overrides,
@@ -229,7 +260,7 @@ class DeSAMPlanner(ExperimentPlanner):
             "image_reader_writer": self.determine_reader_writer().__name__,
             "transpose_forward": [int(i) for i in transpose_forward],
             "transpose_backward": [int(i) for i in transpose_backward],
-            "configurations": {CONFIGURATION: configuration},
+            "configurations": {name: configuration},
             "experiment_planner_used": self.__class__.__name__,
             "label_manager": "LabelManager",
             "foreground_intensity_properties_per_channel":

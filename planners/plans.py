@@ -12,7 +12,7 @@ import torch
 from nnunetv2.utilities.label_handling.label_handling import LabelManager
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 
-from desam_nnu.config import DeSAMConfig
+from desam_nnu.config import DeSAMConfig, plans_configuration
 from desam_nnu.planners.planner import DeSAMPlanner
 from desam_nnu.planners.preprocessor import DeSAMPreprocessor
 
@@ -34,6 +34,13 @@ def desam_probabilities(outputs: torch.Tensor) -> torch.Tensor:
     return probabilities
 
 
+def mixture_probabilities(outputs: torch.Tensor) -> torch.Tensor:
+    """MaskSAM's prediction outputs (its semantic mixture, sum over queries of softmax(class) * sigmoid(mask), one
+    channel per label, background included) -> per-label probabilities: normalised to sum 1, which keeps the
+    official argmax (its export takes a softmax of the mixture, which keeps it too)."""
+    return outputs / outputs.sum(0, keepdim=True).clamp_min(1e-8)
+
+
 class DeSAMConfigurationManager(ConfigurationManager):
     @property
     def preprocessor_class(self) -> Type:
@@ -50,8 +57,10 @@ class DeSAMPlansManager(PlansManager):
         return DeSAMConfigurationManager(super().get_configuration(configuration_name).configuration)
 
     def get_label_manager(self, dataset_json: dict, **kwargs) -> LabelManager:
-        """nnU-Net's label manager with DeSAM's output-to-probability mapping (``desam_probabilities``)."""
-        kwargs.setdefault("inference_nonlin", desam_probabilities)
+        """nnU-Net's label manager with the family's output-to-probability mapping: ``desam_probabilities`` for the
+        2D families' [0.5, p_1, ..., p_C], ``mixture_probabilities`` for MaskSAM's mixture."""
+        family = self.plans["configurations"][plans_configuration(self.plans)]["desam"].get("family", "desam")
+        kwargs.setdefault("inference_nonlin", mixture_probabilities if family == "masksam" else desam_probabilities)
         return super().get_label_manager(dataset_json, **kwargs)
 
     @property

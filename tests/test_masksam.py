@@ -181,3 +181,44 @@ def test_forward_is_the_semantic_mixture_and_trains_end_to_end():
     with pytest.raises(ValueError, match="4x the token grid"):
         build_masksam(1, 3, 2, (32, 32), embed_dim=32, depth=4, num_heads=2, global_attn_indexes=(0, 1, 2, 3),
                       image_size=64)
+
+
+def test_medsam_lite_starts_from_litemedsam_and_trains_its_stage_adapters():
+    """Ours: LiteMedSAM's TinyViT with a slice adapter per stage (last layer zero) and a zero slice embedding, so the
+    untrained encoder gives LiteMedSAM's embedding of every slice; SAM's input is 2x the patch; the packaged
+    weights fill the prompt encoder and mask decoder too."""
+    from desam_nnu.model import BACKBONES, build_network, read_state_dict
+    from desam_nnu.model.masksam import freeze_sam
+    from desam_nnu.model.masksam.tinyvit import MaskSAMLite
+    from desam_nnu.model.tinyvit import TinyViTFeatureEncoder, build_on_cpu
+
+    torch.manual_seed(0)
+    net = build_network("masksam", "medsam_lite", image_size=64, num_classes=1, num_frames=2, input_channels=1)
+    assert isinstance(net, MaskSAMLite) and net.patch == (32, 32)
+    packaged = read_state_dict(BACKBONES["medsam_lite"].packaged_checkpoint())
+    own = net.state_dict()
+    for key in ("mask_decoder.iou_token.weight", "prompt_encoder.point_embeddings.0.weight",
+                "image_encoder.neck.0.weight"):
+        torch.testing.assert_close(own[f"sam_model.{key}"], packaged[key], rtol=0, atol=0)
+    lite = build_on_cpu(lambda: TinyViTFeatureEncoder(64))
+    lite.load_state_dict({k[len("image_encoder."):]: v for k, v in packaged.items() if k.startswith("image_encoder.")})
+    net.eval()
+    lite.eval()
+    images = torch.rand(1, 3, 2, 64, 64)
+    with torch.no_grad():
+        levels = net.sam_model.image_encoder(images)
+        expected = lite.forward_features(images[0].transpose(0, 1))
+    assert [tuple(v.shape[1:]) for v in levels] == [(128, 32, 32), (160, 16, 16), (320, 16, 16), (320, 16, 16),
+                                                     (256, 16, 16)]
+    torch.testing.assert_close(levels[-1], expected, rtol=1e-5, atol=1e-5)
+    freeze_sam(net)
+    net.train()
+    assert not net.sam_model.image_encoder.layers[0].blocks[0].conv1.bn.training  # frozen BatchNorms keep LiteMedSAM's
+    probs = net(torch.rand(1, 1, 2, 32, 32))
+    assert probs.shape == (1, 2, 2, 32, 32)
+    probs[:, 1].sum().backward()
+    for name in ("sam_model.image_encoder.stage_adapters.3.D_fc2.weight", "sam_model.image_encoder.temporal_embedding",
+                 "lite_skips.3.convs.0.conv.weight", "first_conv.0.convs.0.conv.weight"):
+        param = dict(net.named_parameters())[name]
+        assert param.requires_grad and float(param.grad.abs().sum()) > 0, name
+    assert not dict(net.named_parameters())["sam_model.image_encoder.neck.0.weight"].requires_grad

@@ -8,7 +8,6 @@ from synthetic import make_dataset
 
 from desam_nnu.config import CONFIGURATION, DeSAMConfig
 from desam_nnu.errors import DeSAMInputError
-from desam_nnu.planners.plan_and_preprocess import plan_and_preprocess
 from desam_nnu.planners.planner import DeSAMPlanner, choose_image_size, choose_patch_edge
 from desam_nnu.model import build_desam
 from desam_nnu.model.backbones import BACKBONES
@@ -91,8 +90,10 @@ def test_small_dataset_caps_the_batch_size(nnunet_dirs):
     ((4.0, 0.8, 0.8), (40, 48, 10), 2, (40, 48)),   # thick along x (numpy axis 2): transpose_forward moves it first
 ])
 def test_slices_are_cut_across_the_lowest_resolution_axis(nnunet_dirs, spacing_xyz, shape_zyx, axis, slice_shape):
+    from nnunetv2.experiment_planning.dataset_fingerprint.fingerprint_extractor import DatasetFingerprintExtractor
     make_dataset(str(nnunet_dirs["nnUNet_raw"]), 11, num_cases=2, shape_zyx=shape_zyx, spacing_xyz=spacing_xyz)
-    plans = plan_and_preprocess(11, num_processes=1, backbone="tiny")
+    DatasetFingerprintExtractor(11, 1).run()  # the real fingerprint (cropping included); no preprocessing needed
+    plans = DeSAMPlanner(11, backbone="tiny").plan_experiment()
     cfg = DeSAMConfig.from_configuration(plans["configurations"][CONFIGURATION])
     assert cfg.slicing_axis == axis and plans["transpose_forward"][0] == axis
     assert plans["configurations"][CONFIGURATION]["spacing"] == pytest.approx([0.8, 0.8])
@@ -170,5 +171,22 @@ def test_dapsam_plans_take_the_familys_decisions(nnunet_dirs, backbone, image_si
 
 
 def test_an_unknown_family_is_refused(nnunet_dirs):
-    with pytest.raises(DeSAMInputError, match="unknown network family 'masksam'"):
-        _planner_for(nnunet_dirs, [[30, 50, 40]], [[2.0, 1.0, 1.0]], backbone="tiny", family="masksam")
+    with pytest.raises(DeSAMInputError, match="unknown network family 'unet'"):
+        _planner_for(nnunet_dirs, [[30, 50, 40]], [[2.0, 1.0, 1.0]], backbone="tiny", family="unet")
+
+
+@pytest.mark.parametrize("backbone, shape, patch, image_size", [
+    ("vit_b", [40, 50, 35], [4, 64, 64], 256),  # the ACDC layout: SAM's input 4x the patch, from 256 px
+    ("vit_b", [3, 300, 280], [3, 256, 256], 1024),  # thinner than 4 slices; SAM's 1024 caps the patch
+    ("medsam_lite", [40, 50, 35], [4, 64, 64], 128),  # ours on TinyViT: 2x the patch, as DeSAM's medsam_lite
+])
+def test_masksam_plans_a_3d_configuration(nnunet_dirs, backbone, shape, patch, image_size):
+    from desam_nnu.config import CONFIGURATION_3D
+    planner = _planner_for(nnunet_dirs, [shape], [[1.0, 1.0, 1.0]], backbone=backbone, family="masksam")
+    conf = planner.plan_experiment()["configurations"][CONFIGURATION_3D]
+    assert conf["patch_size"] == patch and conf["spacing"] == [1.0, 1.0, 1.0] and conf["batch_size"] == 2
+    cfg = DeSAMConfig.from_configuration(conf)
+    assert cfg.image_size == image_size and cfg.slices_per_patch == patch[0] and cfg.mask_logits_size == tuple(patch[1:])
+    assert conf["architecture"]["arch_kwargs"]["num_frames"] == patch[0]
+    with pytest.raises(DeSAMInputError, match="takes a multiple of"):
+        _planner_for(nnunet_dirs, [shape], [[1.0, 1.0, 1.0]], backbone=backbone, family="masksam", image_size=160 + 16)

@@ -13,6 +13,7 @@ from desam_nnu.trainers.base import SAMFamilyTrainer
 from desam_nnu.trainers.dapsam_trainer import DAPSAMTrainer
 from desam_nnu.trainers.dbsam_trainer import DBSAMTrainer
 from desam_nnu.trainers.desam_trainer import DeSAMTrainer
+from desam_nnu.trainers.masksam_trainer import MaskSAMTrainer
 
 
 def find_trainers() -> Dict[str, Type[SAMFamilyTrainer]]:
@@ -34,4 +35,5 @@ def default_trainer(family: str) -> str:
     return names[0]
 
 
-__all__ = ["DAPSAMTrainer", "DBSAMTrainer", "DeSAMTrainer", "SAMFamilyTrainer", "default_trainer", "find_trainers"]
+__all__ = ["DAPSAMTrainer", "DBSAMTrainer", "DeSAMTrainer", "MaskSAMTrainer", "SAMFamilyTrainer", "default_trainer",
+           "find_trainers"]

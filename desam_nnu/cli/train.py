@@ -5,7 +5,7 @@ import os
 from typing import Optional, Union
 
 from desam_nnu.cli.common import command_main
-from desam_nnu.config import CONFIGURATION, PLANS_NAME
+from desam_nnu.config import PLANS_NAME, plans_configuration
 from desam_nnu.errors import DeSAMInputError
 from desam_nnu.paths import env_dir, resolve_dataset_name
 
@@ -55,7 +55,8 @@ def train(dataset: Union[int, str], fold: Union[int, str], trainer: Optional[str
     if not os.path.isfile(plans_file):
         raise DeSAMInputError(f"{plans_file}: not found; run desam_plan_and_preprocess -d {dataset} first")
     plans_dict = load_json(plans_file)
-    data_dir = os.path.join(pre_root, name, plans_dict["configurations"][CONFIGURATION]["data_identifier"])
+    configuration = plans_configuration(plans_dict)
+    data_dir = os.path.join(pre_root, name, plans_dict["configurations"][configuration]["data_identifier"])
     if not os.path.isdir(data_dir):
         raise DeSAMInputError(f"{data_dir}: preprocessed data missing; run desam_plan_and_preprocess -d {dataset}")
     if continue_training and validation_only:
@@ -67,15 +68,15 @@ def train(dataset: Union[int, str], fold: Union[int, str], trainer: Optional[str
     plans_dict["continue_training"] = continue_training
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if num_gpus != 1:
-        _check_processes(num_gpus, dev, cache_only, plans_dict["configurations"][CONFIGURATION]["batch_size"])
+        _check_processes(num_gpus, dev, cache_only, plans_dict["configurations"][configuration]["batch_size"])
         from desam_nnu.trainers.distributed import spawn
         spawn(num_gpus, dev.type, _train_rank, dict(given, device=dev.type, num_gpus=1))
         return None
     from desam_nnu.model.registry import network_family
     if trainer is None:
         from desam_nnu.trainers import default_trainer
-        trainer = default_trainer(plans_dict["configurations"][CONFIGURATION]["desam"].get("family", "desam"))
-    t = _trainer_class(trainer)(plans=plans_dict, configuration=CONFIGURATION, fold=fold,
+        trainer = default_trainer(plans_dict["configurations"][configuration]["desam"].get("family", "desam"))
+    t = _trainer_class(trainer)(plans=plans_dict, configuration=configuration, fold=fold,
                                 dataset_json=load_json(os.path.join(pre_root, name, "dataset.json")), device=dev)
     saved = os.path.join(t.output_folder, "desam_options.json")
     if (continue_training or validation_only) and os.path.isfile(saved):

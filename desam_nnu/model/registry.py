@@ -31,6 +31,8 @@ from .dapsam import build as dapsam_build
 from .dbsam import DBSAM, build_dbsam, load_official_dbsam, load_sam_into_dbsam
 from .dbsam import build as dbsam_build
 from .desam import DeSAM
+from .masksam import MaskSAM, load_official_masksam, load_sam_into_masksam
+from .masksam import build as masksam_build
 
 StateDictSource = Union[str, os.PathLike, Mapping[str, Tensor]]
 
@@ -54,6 +56,9 @@ class NetworkFamily:
     # class); and what a prompts file (``desam_predict --prompts``) may give it
     automatic_mode: str = "prompt_free"
     user_prompts: Tuple[str, ...] = ()
+    # slices per 3D patch (a family over 3D patches, MaskSAM: the planner writes the ``masksam_3d`` configuration,
+    # patch T x p x p, predicted with nnU-Net's 3D sliding window); None: a 2D family (``desam_2d``)
+    slices_per_patch: Optional[int] = None
 
     @property
     def network_class_name(self) -> str:
@@ -96,6 +101,13 @@ NETWORKS: Dict[str, NetworkFamily] = {
                            dbsam_build.BACKBONES_RUN, official_repository="AlfredQin/DB-SAM",
                            logit_stride=dbsam_build.logit_stride, cacheable_features=False,
                            automatic_mode="whole_image_box", user_prompts=("boxes",)),
+    # prompt-free over 3D patches of 4 slices (the official ACDC depth); its learned stem takes the plans' channels
+    # at 0..1, no RGB mapping; the ACDC layout: SAM's input 4x the patch, masks back at the patch
+    "masksam": NetworkFamily("masksam", masksam_build.build, load_official_masksam, load_sam_into_masksam, MaskSAM,
+                             masksam_build.BACKBONES_RUN, official_repository="bxie9/MaskSAM",
+                             logit_stride=masksam_build.input_pixels_per_voxel,
+                             input_normalisation=lambda backbone: "unit_range",
+                             cacheable_features=False, slices_per_patch=4),
 }
 
 

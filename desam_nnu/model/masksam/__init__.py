@@ -5,8 +5,10 @@ from .decoder import (ClassifierMaskDecoder, SliceAdaptedTwoWayBlock, SliceAdapt
                       SlicePromptEncoder)
 from .encoder import SliceAdaptedBlock, SliceAdaptedViT
 from .network import MaskSAM, SliceAdaptedSam, mask_boxes
-from .build import build_masksam, build_slice_adapted_sam
+from .build import (build_masksam, build_slice_adapted_sam, freeze_sam, load_official_masksam,
+                    load_sam_into_masksam)
 
 __all__ = ["ClassifierMaskDecoder", "LayerNorm3d", "MaskSAM", "SliceAdaptedBlock", "SliceAdaptedSam",
            "SliceAdaptedTwoWayBlock", "SliceAdaptedTwoWayTransformer", "SliceAdaptedViT", "SliceConvAdapter",
-           "SliceMLPAdapter", "SlicePromptEncoder", "build_masksam", "build_slice_adapted_sam", "mask_boxes"]
+           "SliceMLPAdapter", "SlicePromptEncoder", "build_masksam", "build_slice_adapted_sam", "freeze_sam",
+           "load_official_masksam", "load_sam_into_masksam", "mask_boxes"]

@@ -27,6 +27,7 @@ from dynamic_network_architectures.building_blocks.simple_conv_blocks import Sta
 from segment_anything.utils.transforms import ResizeLongestSide
 from torch import Tensor, nn
 
+from ..frozen_norms import keep_frozen_norms_in_eval
 from .decoder import ClassifierMaskDecoder, SlicePromptEncoder
 from .encoder import SliceAdaptedViT
 
@@ -91,39 +92,65 @@ class MaskSAM(nn.Module):
         self.sam_model, self.num_classes, self.num_queries, self.patch = sam, num_classes, num_queries, tuple(patch)
         encoder = sam.image_encoder
         self.image_size, self.num_frames = encoder.img_size, encoder.num_frames
-        grid = encoder.img_size // encoder.patch_embed.proj.kernel_size[0]
-        if self.patch != (4 * grid, 4 * grid) or encoder.img_size != 4 * self.patch[0]:
-            raise ValueError(f"the ACDC layout needs a patch of 4x the token grid and SAM's input of 4x the patch; "
-                             f"got patch {self.patch}, grid {grid}, input {encoder.img_size}")
+        self._check_layout()
         token_dim = sam.mask_decoder.transformer_dim
         self.classifier_pool = int(round(token_dim ** 0.5))
         if self.classifier_pool ** 2 != token_dim:
             raise ValueError(f"the classifier feature is a square pooled map of {token_dim} cells: not a square")
-        self.first_conv = nn.Sequential(
-            _convs(1, input_channels, 16, (3, 3, 3)), _up(16, 16), nn.InstanceNorm3d(16), nn.GELU(),
-            _up(16, 32), nn.InstanceNorm3d(32), nn.GELU(), _convs(1, 32, 32, (3, 3, 3)), _convs(1, 32, 3, (3, 3, 3)))
+        self.first_conv = self._stem(input_channels)
         neck, mid, top = widths
-        n = convs_per_stage - 1  # the official's n_conv - 1 (StackedConvBlocks builds at least one)
-        vit = encoder.embed_dim
         pooled = neck + mid + 3 * top
         # registered in the official order: a state dict's copies of the shared skip load in turn, the last wins
         self.bbox_conv = StackedConvBlocks(1, nn.Conv3d, pooled, num_queries, 1, 1, False, CONV["norm_op"],
                                            CONV["norm_op_kwargs"], None, None, nn.Sigmoid, None, False)
         self.residual_classifier = StackedConvBlocks(1, nn.Conv3d, pooled, num_queries, 3, 1, True, CONV["norm_op"],
                                                      CONV["norm_op_kwargs"], None, None, nn.GELU, None, False)
+        self._build_prompt_generator(kernel, convs_per_stage, widths)
+        self.resize = ResizeLongestSide(self.image_size)
+
+    def _check_layout(self) -> None:
+        encoder = self.sam_model.image_encoder
+        grid = encoder.img_size // encoder.patch_embed.proj.kernel_size[0]
+        if self.patch != (4 * grid, 4 * grid) or encoder.img_size != 4 * self.patch[0]:
+            raise ValueError(f"the ACDC layout needs a patch of 4x the token grid and SAM's input of 4x the patch; "
+                             f"got patch {self.patch}, grid {grid}, input {encoder.img_size}")
+
+    def _stem(self, input_channels: int) -> nn.Sequential:
+        """The official stem: x4 in-plane (two transposed convolutions), then to SAM's three channels."""
+        return nn.Sequential(
+            _convs(1, input_channels, 16, (3, 3, 3)), _up(16, 16), nn.InstanceNorm3d(16), nn.GELU(),
+            _up(16, 32), nn.InstanceNorm3d(32), nn.GELU(), _convs(1, 32, 32, (3, 3, 3)), _convs(1, 32, 3, (3, 3, 3)))
+
+    def _build_prompt_generator(self, kernel: Sequence[int], convs_per_stage: int,
+                                widths: Tuple[int, int, int]) -> None:
+        encoder = self.sam_model.image_encoder
+        neck, mid, top = widths
+        n = convs_per_stage - 1  # the official's n_conv - 1 (StackedConvBlocks builds at least one)
+        vit = encoder.embed_dim
         self.image_decoder_stages = nn.ModuleList([
             _convs(convs_per_stage, encoder.neck[0].out_channels, neck, kernel), _convs(n, 2 * mid, mid, kernel),
             _convs(n, 2 * top, top, kernel)])
         self.image_decoder_stages_first = nn.ModuleList([_convs(n, 2 * top, top, kernel)])
         self.image_decoder_stages_second = nn.ModuleList([_convs(n, 2 * top, top, kernel)])
         self.image_decoder_transpconvs = nn.ModuleList([_up(neck, mid), _up(mid, top)])
-        self.image_decoder_seg_layers = nn.ModuleList([nn.Conv3d(top, num_queries, 1, 1, 0, bias=True)])
+        self.image_decoder_seg_layers = nn.ModuleList([nn.Conv3d(top, self.num_queries, 1, 1, 0, bias=True)])
         shared = [_up(vit, top), _convs(n, top, top, kernel), _up(top, top), _convs(n, top, top, kernel)]
         self.image_decoder_skips = nn.ModuleList([nn.Sequential(_up(vit, mid), _convs(n, mid, mid, kernel)),
                                                   nn.Sequential(*shared)])
         self.image_decoder_skips_first = nn.ModuleList([nn.Sequential(*shared)])  # the same modules (official)
         self.image_decoder_skips_second = nn.ModuleList([nn.Sequential(*shared)])
-        self.resize = ResizeLongestSide(self.image_size)
+
+    def train(self, mode: bool = True) -> "MaskSAM":
+        super().train(mode)
+        keep_frozen_norms_in_eval(self)  # medsam_lite: the frozen TinyViT's BatchNorms keep LiteMedSAM's statistics
+        return self
+
+    def _pooled(self, stages: List[Tensor], t: int) -> Tuple[Tensor, Tensor]:
+        """The five decoder stages' features pooled for the box head [B, 768, T, 2, 2] and the classifier
+        [B, 768, T, p, p]."""
+        p = self.classifier_pool
+        return (torch.cat([F.adaptive_avg_pool3d(s, (t, 2, 2)) for s in stages], dim=1),
+                torch.cat([F.adaptive_avg_pool3d(s, (t, p, p)) for s in stages], dim=1))
 
     def _prompt_generator(self, levels: List[Tensor], t: int) -> Tuple[Tensor, Tensor, Tensor]:
         """The encoder's ``[g1, g2, g3, g4, neck]`` ([B*T, C, h, w]) -> auxiliary mask logits [B, Q, T, H, W] and
@@ -141,10 +168,7 @@ class MaskSAM(nn.Module):
         stages.append(x)
         x = self.image_decoder_stages_first[0](torch.cat([x, self.image_decoder_skips_first[0](vol[0])], dim=1))
         stages.append(x)
-        p = self.classifier_pool
-        boxes = torch.cat([F.adaptive_avg_pool3d(s, (t, 2, 2)) for s in stages], dim=1)
-        classes = torch.cat([F.adaptive_avg_pool3d(s, (t, p, p)) for s in stages], dim=1)
-        return self.image_decoder_seg_layers[0](x), boxes, classes
+        return (self.image_decoder_seg_layers[0](x), *self._pooled(stages, t))
 
     def outputs(self, x: Tensor) -> Dict[str, Tensor]:
         b, _, t, h, w = x.shape
