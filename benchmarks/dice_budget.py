@@ -33,6 +33,8 @@ plans carried over from an earlier run):
   ``desam_find_best_configuration`` chooses only nnU-Net's postprocessing.
 - DB-SAM (``--runs dbsam``): the same with ``--family dbsam`` (``DBSAMTrainer``, the official recipe); its final
   validation and the choice use its automatic mode, a box over each whole tile per class.
+- MaskSAM (``--runs masksam``): the same with ``--family masksam`` (``MaskSAMTrainer`` on the ``masksam_3d``
+  configuration, nnU-Net's 3D loader with ``nnUNet_n_proc_DA=2`` as nnU-Net's race); prompt-free.
 
 Each row is merged into benchmarks/results/dice_budget.json under the key (tool, budget, cases) as
 soon as it is measured; the table printed at the end has one line per budget, the two tools side by
@@ -62,6 +64,7 @@ from report_dice_budget import budget_table, dice_rows, plot_curve  # noqa: E402
 from results_file import combined, invocation_args, read_runs, record_run  # noqa: E402
 from train import DATASET  # noqa: E402
 
+from desam_nnu.config import plans_configuration  # noqa: E402
 from desam_nnu.paths import link_dataset_subset  # noqa: E402
 from desam_nnu.trainers import default_trainer  # noqa: E402
 
@@ -259,13 +262,15 @@ def race_desam(folder: Path, minutes: float, cases: Optional[int], backbone: Opt
     print(f"{family}, {minutes:g} min: training + final validation", flush=True)
     start = time.time()
     command_s = _run(train, env, folder / "train.log")
-    fold = Path(env["nnUNet_results"]) / DATASET.name / f"{default_trainer(family)}__DeSAMPlans__desam_2d" / "fold_0"
+    plans = json.loads((Path(env["nnUNet_preprocessed"]) / DATASET.name / "DeSAMPlans.json").read_text())
+    configuration = plans_configuration(plans)
+    cfg = plans["configurations"][configuration]
+    fold = (Path(env["nnUNet_results"]) / DATASET.name / f"{default_trainer(family)}__DeSAMPlans__{configuration}"
+            / "fold_0")
     times = log_times(fold, start)
     options_file = fold / "desam_options.json"
     options = json.loads(options_file.read_text()) if options_file.is_file() else None
     final = _dice(fold / "validation" / "summary.json")
-    plans = json.loads((Path(env["nnUNet_preprocessed"]) / DATASET.name / "DeSAMPlans.json").read_text())
-    cfg = plans["configurations"]["desam_2d"]
     row = dict(times, tool=family, backbone_flag=backbone, backbone=cfg["desam"]["backbone"],
                image_size=cfg["desam"]["image_size"], batch_size=cfg.get("batch_size"), options=options,
                iterations_per_epoch=(options or {}).get("num_iterations_per_epoch"), dice=final,
@@ -302,9 +307,10 @@ def main(argv: Optional[List[str]] = None) -> None:
     p.add_argument("--minutes", type=float, nargs="+", default=[30.0],
                    help="training budgets in wall minutes, first step to last (default 30); one row per tool and "
                         "budget")
-    p.add_argument("--runs", nargs="+", default=["nnunet", "desam"], choices=["nnunet", "desam", "dapsam", "dbsam"],
-                   help="tools to race, in this order within each budget (default nnunet desam; dapsam, dbsam: the "
-                        "DAPSAM and DB-SAM families, planned with --family)")
+    p.add_argument("--runs", nargs="+", default=["nnunet", "desam"],
+                   choices=["nnunet", "desam", "dapsam", "dbsam", "masksam"],
+                   help="tools to race, in this order within each budget (default nnunet desam; dapsam, dbsam, "
+                        "masksam: those families, planned with --family)")
     p.add_argument("--nnunet-epoch-seconds", type=float, default=1500.0,
                    help="nnU-Net's wall seconds per epoch (250 iterations), for the epochs that fit a budget; "
                         "measured on a 2-core CPU with the 200 cases (default 1500)")

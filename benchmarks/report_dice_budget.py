@@ -9,8 +9,8 @@ from report import Results, clean_command, code, fill, fmt_dice, fmt_ratio, fmt_
 from report_litemedsam_box import _lite_sizes, _lite_volumes
 
 
-TOOLS = ("nnunet", "desam", "dapsam", "dbsam")  # nnU-Net's 2D U-Net, then the SAM families beside it
-FAMILY_NAMES = {"desam": "DeSAM", "dapsam": "DAPSAM", "dbsam": "DB-SAM"}
+TOOLS = ("nnunet", "desam", "dapsam", "dbsam", "masksam")  # nnU-Net's 2D U-Net, then the SAM families beside it
+FAMILY_NAMES = {"desam": "DeSAM", "dapsam": "DAPSAM", "dbsam": "DB-SAM", "masksam": "MaskSAM"}
 
 
 def dice_rows(d: dict) -> Tuple[Dict[str, dict], int]:

@@ -1,6 +1,7 @@
 """DeSAMPlanner: nnU-Net's experiment planner, reduced to one configuration for a SAM network family: ``desam_2d``,
 or ``masksam_3d`` for a family over 3D patches (MaskSAM: nnU-Net's 3d_fullres spacing, a patch of T slices x p x p
-with T the family's slices, p as below but rounded to 16 and SAM's input 4p, batch 2 as the official plans).
+with T the family's slices, p as below but rounded to 16 and SAM's input k p with k the family's input pixels per
+voxel, 4 on the ViTs and 2 on medsam_lite; batch 2 as the official plans).
 
 The family (``--family``: DeSAM by default, DAPSAM or DB-SAM) brings its own decisions from the registry
 (``desam_nnu.model.registry``): its mask-logit stride (DAPSAM's and DB-SAM's decoders: 1/4 of the input on the

@@ -136,6 +136,29 @@ def test_whole_network_equals_the_official(fixture):
         net.outputs(torch.zeros(1, 1, t, 128, 128))
 
 
+def test_patch256_variant_equals_the_official_in_float64(fixture):
+    """The patch-256 wrapper (the Synapse trainer's: the patch fed to SAM as it is, its six-stage decoder, boxes in
+    patch pixels with the top-left dense encoding, final_conv) on a ViT with windowed and global blocks, float64:
+    auxiliary masks and boxes, class logits, masks and the semantic output to 1e-6."""
+    from desam_nnu.model.masksam import MaskSAM256, build_masksam_256
+    n = maker.NET256
+    net = build_masksam_256(n["channels"], n["classes"], n["frames"], n["patch"], n["queries"],
+                            embed_dim=n["embed_dim"], depth=n["depth"], num_heads=n["num_heads"],
+                            global_attn_indexes=n["global_attn_indexes"])
+    assert isinstance(net, MaskSAM256) and net.num_queries == 24
+    maker.in_float64(_ours(net, fixture, "net256", maker.SEEDS["net256_weights"]))
+    x = maker.net256_input()
+    with torch.no_grad():
+        outputs = net.outputs(x)
+        semantic = net.semantic(outputs, 1)
+    t, p = n["frames"], n["patch"]
+    assert outputs["pred_masks"].shape == (t, 24, p, p) and semantic.shape == (1, n["classes"], t, p, p)
+    for name, value in maker.net_outputs(outputs, semantic, prefix="net256_").items():
+        np.testing.assert_allclose(value, fixture[name], atol=1e-6, rtol=1e-6, err_msg=name)
+    boxes = outputs["pred_aux_bboxes"]
+    assert float(boxes.min()) >= 0 and float(boxes.max()) <= 1  # in the patch's 0..1 frame
+
+
 def test_loss_equals_the_official(fixture):
     """Targets per slice (labels present, masks, boxes as the official trainer makes them), the Hungarian
     matching and every loss term, from the same seeded outputs and the same random points."""

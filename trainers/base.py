@@ -64,6 +64,8 @@ class SAMFamilyTrainer(TimeBudgetMixin, nnUNetTrainer):
 
     family = ""
     recipe: Dict[str, object] = {}  # the family's training recipe, set over nnU-Net's and the shared defaults
+    # iterations per epoch under a time budget: short epochs leave little of the budget unused at the end
+    budget_epoch_iterations = BUDGET_EPOCH_ITERATIONS
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")) -> None:
@@ -139,7 +141,7 @@ class SAMFamilyTrainer(TimeBudgetMixin, nnUNetTrainer):
         if self.num_epochs is None:
             self.num_epochs = BUDGET_MAX_EPOCHS if budget else 100
         if self.num_iterations_per_epoch is None:
-            self.num_iterations_per_epoch = BUDGET_EPOCH_ITERATIONS if budget else 250
+            self.num_iterations_per_epoch = self.budget_epoch_iterations if budget else 250
         if self.num_val_iterations_per_epoch is None:
             self.num_val_iterations_per_epoch = max(1, round(self.num_iterations_per_epoch * VAL_PER_TRAIN_ITERATION))
 

@@ -5,10 +5,11 @@ from .decoder import (ClassifierMaskDecoder, SliceAdaptedTwoWayBlock, SliceAdapt
                       SlicePromptEncoder)
 from .encoder import SliceAdaptedBlock, SliceAdaptedViT
 from .network import MaskSAM, SliceAdaptedSam, mask_boxes
-from .build import (build_masksam, build_slice_adapted_sam, freeze_sam, load_official_masksam,
+from .build import (build_masksam, build_masksam_256, build_slice_adapted_sam, freeze_sam, load_official_masksam,
                     load_sam_into_masksam)
+from .patch256 import MaskSAM256
 
-__all__ = ["ClassifierMaskDecoder", "LayerNorm3d", "MaskSAM", "SliceAdaptedBlock", "SliceAdaptedSam",
+__all__ = ["ClassifierMaskDecoder", "LayerNorm3d", "MaskSAM", "MaskSAM256", "SliceAdaptedBlock", "SliceAdaptedSam",
            "SliceAdaptedTwoWayBlock", "SliceAdaptedTwoWayTransformer", "SliceAdaptedViT", "SliceConvAdapter",
-           "SliceMLPAdapter", "SlicePromptEncoder", "build_masksam", "build_slice_adapted_sam", "freeze_sam",
-           "load_official_masksam", "load_sam_into_masksam", "mask_boxes"]
+           "SliceMLPAdapter", "SlicePromptEncoder", "build_masksam", "build_masksam_256", "build_slice_adapted_sam",
+           "freeze_sam", "load_official_masksam", "load_sam_into_masksam", "mask_boxes"]

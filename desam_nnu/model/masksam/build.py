@@ -20,12 +20,14 @@ from ..checkpoints import (CheckpointError, StateDictSource, _fail, _resize_posi
 from .decoder import ClassifierMaskDecoder, SliceAdaptedTwoWayTransformer, SlicePromptEncoder
 from .encoder import SliceAdaptedViT
 from .network import MaskSAM, SliceAdaptedSam
+from .patch256 import MaskSAM256
 
 logger = logging.getLogger(__name__)
 
 PROMPT_DIM = 256
 BACKBONES_RUN = ADAPTER_FAMILY_VIT_BACKBONES + ("medsam_lite",)  # medsam_lite: ours (tinyvit.py)
-OFFICIAL_QUERIES = 8  # the ACDC wrapper's (the patch-256 and patch-512 variants: 24)
+OFFICIAL_QUERIES = 8  # the ACDC wrapper's
+PATCH256_QUERIES = 24  # the patch-256 and patch-512 variants'
 # SAM parameters that train (the official freezes every other one when it loads SAM weights): the slice
 # embeddings, the adapters and the classifier token and head
 TRAINED_IN_SAM = ("temporal_embedding", "Adapter", "adapter")
@@ -35,9 +37,12 @@ def build_slice_adapted_sam(num_frames: int, num_classes: int, num_queries: int 
                             embed_dim: int = 768, depth: int = 12, num_heads: int = 12,
                             global_attn_indexes: Sequence[int] = (2, 5, 8, 11), image_size: int = 1024,
                             window_size: int = 14, prompt_dim: int = PROMPT_DIM, decoder_depth: int = 2,
-                            decoder_num_heads: int = 8, decoder_mlp_dim: int = 2048) -> SliceAdaptedSam:
-    """SAM's three parts with MaskSAM's additions; the sizes default to the official ViT-B's."""
-    grid = (image_size // 16, image_size // 16)
+                            decoder_num_heads: int = 8, decoder_mlp_dim: int = 2048,
+                            prompt_grid: Optional[int] = None) -> SliceAdaptedSam:
+    """SAM's three parts with MaskSAM's additions; the sizes default to the official ViT-B's. ``prompt_grid``: the
+    prompt side's token grid when SAM is fed less than ``image_size`` (the patch-256 variant: 16); default the
+    encoder's, ``image_size / 16``."""
+    grid = (prompt_grid or image_size // 16,) * 2
     encoder = SliceAdaptedViT(num_frames, depth=depth, embed_dim=embed_dim, num_heads=num_heads,
                               global_attn_indexes=global_attn_indexes, img_size=image_size, out_chans=prompt_dim,
                               window_size=window_size)
@@ -73,6 +78,15 @@ def _build_lite(input_channels: int, num_classes: int, num_frames: int, size: in
     transformer = SliceAdaptedTwoWayTransformer(num_frames, num_queries, grid, embedding_dim=PROMPT_DIM)
     sam = SliceAdaptedSam(encoder, prompt_encoder, ClassifierMaskDecoder(transformer, num_classes, PROMPT_DIM))
     return MaskSAMLite(sam, input_channels, num_classes, (size // 2, size // 2), num_queries)
+
+
+def build_masksam_256(input_channels: int, num_classes: int, num_frames: int, patch: int = 256,
+                      num_queries: int = PATCH256_QUERIES, canvas: int = 1024, **vit) -> MaskSAM256:
+    """The patch-256 variant (:mod:`.patch256`): SAM built for ``canvas`` px, fed the ``patch`` px patch as it is.
+    ``num_classes`` counts background."""
+    sam = build_slice_adapted_sam(num_frames, num_classes, num_queries, image_size=canvas, prompt_grid=patch // 16,
+                                  **vit)
+    return MaskSAM256(sam, input_channels, num_classes, (patch, patch), num_queries)
 
 
 def _vit_sizes(backbone: str) -> Dict[str, Any]:
@@ -118,19 +132,25 @@ def build(backbone: str, image_size: Optional[int] = None, num_classes: int = 1,
     return net
 
 
-def _load_official(net: MaskSAM, sd: Dict[str, Tensor], name: str) -> MaskSAM:
+def _load(net: MaskSAM, sd: Dict[str, Tensor], name: str, what: str, new: Sequence[str] = ()) -> MaskSAM:
+    """``sd`` into ``net``: every tensor of ``net`` but ``new`` from the file, with its shape (position tables
+    resized), and nothing left over; else one CheckpointError naming every difference."""
     sd = dict(sd)
     own = net.state_dict()
     resized = _resize_position_tables(sd, own)
-    missing = [k for k in own if k not in sd]
+    missing = [k for k in own if k not in sd and k not in set(new)]
     unexpected = [k for k in sd if k not in own]
     mismatched = [f"{k} file {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
                   for k in own if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)]
     _fail(name, net, missing, unexpected, mismatched)
-    net.load_state_dict(sd, strict=True)
-    logger.info("loaded official MaskSAM state dict %s (%d tensors, %d position tables resized)", name, len(sd),
+    net.load_state_dict(sd, strict=not new)
+    logger.info("loaded %s %s into MaskSAM (%d tensors, %d position tables resized)", what, name, len(sd),
                 len(resized))
     return net
+
+
+def _load_official(net: MaskSAM, sd: Dict[str, Tensor], name: str) -> MaskSAM:
+    return _load(net, sd, name, "official MaskSAM state dict")
 
 
 def _load_sam(net: MaskSAM, raw: Dict[str, Tensor], name: str) -> MaskSAM:
@@ -139,19 +159,8 @@ def _load_sam(net: MaskSAM, raw: Dict[str, Tensor], name: str) -> MaskSAM:
     Position tables are resized to the model's input (the official always runs SAM at 1024 px here)."""
     if any(k.startswith(("prim.", "pdmm.", "prompt_generator.")) for k in raw):
         raise CheckpointError(f"{name} is a checkpoint of another family, not a SAM or MaskSAM one")
-    sd = {f"sam_model.{k}": v for k, v in raw.items()}
-    own = net.state_dict()
-    resized = _resize_position_tables(sd, own)
-    new = [k for k in own if not k.startswith("sam_model.") or any(p in k for p in TRAINED_IN_SAM)]
-    missing = [k for k in own if k not in sd and k not in new]
-    unexpected = [k for k in sd if k not in own]
-    mismatched = [f"{k} file {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
-                  for k in sd if k in own and tuple(sd[k].shape) != tuple(own[k].shape)]
-    _fail(name, net, missing, unexpected, mismatched)
-    net.load_state_dict(sd, strict=False)
-    logger.info("loaded SAM checkpoint %s into MaskSAM (%d tensors, %d position tables resized)", name, len(sd),
-                len(resized))
-    return net
+    new = [k for k in net.state_dict() if not k.startswith("sam_model.") or any(p in k for p in TRAINED_IN_SAM)]
+    return _load(net, {f"sam_model.{k}": v for k, v in raw.items()}, name, "SAM checkpoint", new)
 
 
 def load_official_masksam(source: StateDictSource, net: MaskSAM) -> MaskSAM:

@@ -98,8 +98,7 @@ class MaskSAM(nn.Module):
         if self.classifier_pool ** 2 != token_dim:
             raise ValueError(f"the classifier feature is a square pooled map of {token_dim} cells: not a square")
         self.first_conv = self._stem(input_channels)
-        neck, mid, top = widths
-        pooled = neck + mid + 3 * top
+        pooled = self._pooled_channels(widths)
         # registered in the official order: a state dict's copies of the shared skip load in turn, the last wins
         self.bbox_conv = StackedConvBlocks(1, nn.Conv3d, pooled, num_queries, 1, 1, False, CONV["norm_op"],
                                            CONV["norm_op_kwargs"], None, None, nn.Sigmoid, None, False)
@@ -114,6 +113,11 @@ class MaskSAM(nn.Module):
         if self.patch != (4 * grid, 4 * grid) or encoder.img_size != 4 * self.patch[0]:
             raise ValueError(f"the ACDC layout needs a patch of 4x the token grid and SAM's input of 4x the patch; "
                              f"got patch {self.patch}, grid {grid}, input {encoder.img_size}")
+
+    def _pooled_channels(self, widths: Tuple[int, int, int]) -> int:
+        """Channels of the five decoder stages' pooled features (the box head's and classifier's input)."""
+        neck, mid, top = widths
+        return neck + mid + 3 * top
 
     def _stem(self, input_channels: int) -> nn.Sequential:
         """The official stem: x4 in-plane (two transposed convolutions), then to SAM's three channels."""
@@ -185,19 +189,32 @@ class MaskSAM(nn.Module):
         boxes = (regressed + mask_boxes(binary)) / 2  # [B*T, Q, 2, 2]
         # floored in patch pixels: no gradient reaches the box head through the prompt (as in the official)
         prompt = torch.floor(boxes * torch.tensor([w, h], dtype=boxes.dtype, device=boxes.device)).detach()
-        prompt = self.resize.apply_boxes_torch(prompt.reshape(b * t * q, 4), (h, w)).to(x.dtype)
+        prompt = self._prompt_boxes(prompt.reshape(b * t * q, 4), h, w).to(x.dtype)
         classifier = self.residual_classifier(class_features)  # [B, Q, T, p, p]
         classifier = classifier.transpose(1, 2).reshape(b * t * q, 1, -1)
         pe = self.sam_model.prompt_encoder
         dense_mask = F.interpolate(binary.reshape(b * t * q, 1, h, w), size=pe.mask_input_size, mode="nearest")
         sparse, dense = pe(points=None, boxes=prompt, masks=dense_mask)
         low_res, _, logits = self.sam_model.mask_decoder(
-            image_embeddings=levels[-1], image_pe=pe.slice_dense_pe(b * t), sparse_prompt_embeddings=sparse,
+            image_embeddings=levels[-1], image_pe=self._dense_pe(b * t), sparse_prompt_embeddings=sparse,
             dense_prompt_embeddings=dense, multimask_output=False, classifier_outputs=classifier)
-        masks = F.interpolate(low_res, (self.image_size, self.image_size), mode="bilinear", align_corners=False)
-        masks = F.interpolate(masks, (h, w), mode="bilinear", align_corners=False)
+        masks = self._masks_at_patch(low_res, b, t, h, w)
         return {"pred_aux_masks": aux, "pred_aux_bboxes": boxes.reshape(b * t, q, 4),
                 "pred_logits": logits.reshape(b * t, q, -1), "pred_masks": masks.reshape(b * t, q, h, w)}
+
+    def _prompt_boxes(self, boxes: Tensor, h: int, w: int) -> Tensor:
+        """Floored patch-pixel boxes [N, 4] -> SAM's input frame (ACDC: scaled from the patch to SAM's input)."""
+        return self.resize.apply_boxes_torch(boxes, (h, w))
+
+    def _dense_pe(self, batch: int) -> Tensor:
+        """SAM's dense positional encoding plus the slice embedding, [B*T, C, grid, grid]."""
+        return self.sam_model.prompt_encoder.slice_dense_pe(batch)
+
+    def _masks_at_patch(self, low_res: Tensor, b: int, t: int, h: int, w: int) -> Tensor:
+        """The decoder's masks [B*T*Q, 1, 4 grid, 4 grid] -> [B*T*Q, 1, h, w] (ACDC: SAM's ``postprocess_masks``,
+        up to SAM's input, then down to the patch)."""
+        masks = F.interpolate(low_res, (self.image_size, self.image_size), mode="bilinear", align_corners=False)
+        return F.interpolate(masks, (h, w), mode="bilinear", align_corners=False)
 
     def semantic(self, outputs: Dict[str, Tensor], volumes: int) -> Tensor:
         """:meth:`outputs` -> [B, C, T, H, W]: sum over queries of softmax(class)[:C] * sigmoid(mask)."""
