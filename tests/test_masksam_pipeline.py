@@ -129,7 +129,9 @@ def test_predict_a_volume_larger_than_the_patch_then_evaluate(trained, tmp_path)
     write_nifti(images[0], str(tmp_path / "imagesTs" / "a_0000.nii.gz"), (0.8, 0.8, 4.0))
     write_nifti(labels, str(tmp_path / "labelsTs" / "a.nii.gz"), (0.8, 0.8, 4.0))
     out = tmp_path / "pred"
-    assert predict_main(["-i", str(tmp_path / "imagesTs"), "-o", str(out), "-d", str(DATASET), "--disable-tta"]) == 0
+    args = ["-i", str(tmp_path / "imagesTs"), "-o", str(out), "-d", str(DATASET), "--disable-tta", "-npp", "0",
+            "-nps", "0"]
+    assert predict_main(args) == 0
     assert json.loads((out / "predict_args.json").read_text())["family"] == "masksam"
     given, predicted = (sitk.ReadImage(str(p)) for p in (tmp_path / "imagesTs" / "a_0000.nii.gz", out / "a.nii.gz"))
     assert predicted.GetSize() == given.GetSize() == (30, 26, 7)

@@ -186,7 +186,9 @@ def test_masksam_plans_a_3d_configuration(nnunet_dirs, backbone, shape, patch, i
     conf = planner.plan_experiment()["configurations"][CONFIGURATION_3D]
     assert conf["patch_size"] == patch and conf["spacing"] == [1.0, 1.0, 1.0] and conf["batch_size"] == 2
     cfg = DeSAMConfig.from_configuration(conf)
-    assert cfg.image_size == image_size and cfg.slices_per_patch == patch[0] and cfg.mask_logits_size == tuple(patch[1:])
+    assert cfg.image_size == image_size and cfg.slices_per_patch == patch[0]
+    assert cfg.mask_logits_size == tuple(patch[1:])
     assert conf["architecture"]["arch_kwargs"]["num_frames"] == patch[0]
     with pytest.raises(DeSAMInputError, match="takes a multiple of"):
-        _planner_for(nnunet_dirs, [shape], [[1.0, 1.0, 1.0]], backbone=backbone, family="masksam", image_size=160 + 16)
+        _planner_for(nnunet_dirs, [shape], [[1.0, 1.0, 1.0]], backbone=backbone, family="masksam",
+                     image_size=160 + 16)
