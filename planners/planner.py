@@ -3,7 +3,7 @@ or ``masksam_3d`` for a family over 3D patches (MaskSAM: nnU-Net's 3d_fullres sp
 with T the family's slices, p as below but rounded to 16 and SAM's input k p with k the family's input pixels per
 voxel, 4 on the ViTs and 2 on medsam_lite; batch 2 as the official plans).
 
-The family (``--family``: DeSAM by default, DAPSAM or DB-SAM) brings its own decisions from the registry
+The family (``--family``: DeSAM by default, DAPSAM, DB-SAM or MaskSAM) brings its own decisions from the registry
 (``desam_nnu.model.registry``): its mask-logit stride (DAPSAM's and DB-SAM's decoders: 1/4 of the input on the
 ViTs, the input on medsam_lite; DeSAM: the backbone's PDMM layout, below), its input normalisation, whether its
 features may be cached, its prompt defaults (DeSAM's only), its automatic mode and the prompts a file may give

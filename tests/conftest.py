@@ -16,6 +16,20 @@ os.environ.setdefault("nnUNet_n_proc_DA", "1")
 os.environ.setdefault("nnUNet_compile", "f")
 
 
+def _thread_pool_for_file_lists() -> None:
+    """nnU-Net's planner lists a raw dataset's files with a forked ``multiprocessing.Pool`` of 12
+    (``nnunetv2.utilities.utils.create_lists_from_splitted_dataset_folder``). In this long-lived test process, after
+    torch has run and other tests left threads behind, a forked child can inherit a held lock and hang forever (seen
+    in CI: a planner test waiting on its deadlocked child). Listing files needs no processes: threads do it here."""
+    from multiprocessing.pool import ThreadPool
+
+    import nnunetv2.utilities.utils as nnunet_utils
+    nnunet_utils.Pool = ThreadPool
+
+
+_thread_pool_for_file_lists()
+
+
 @pytest.fixture()
 def nnunet_dirs(tmp_path, monkeypatch):
     """Fresh nnUNet_raw / nnUNet_preprocessed / nnUNet_results for one test (nnU-Net 2.8.1 reads them lazily)."""

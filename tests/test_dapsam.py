@@ -107,8 +107,8 @@ def test_registry_builds_each_family_with_one_call():
     assert dapsam(images).shape == (2, 3, 64, 64) and dapsam(images, low_res=True).shape == (2, 3, 16, 16)
     with torch.device("meta"):  # shapes only: ViT-B at the official input size by default
         assert build_dapsam("vit_b").image_encoder.pos_embed.shape == (1, 24, 24, 768)
-    with pytest.raises(ValueError, match="unknown network family 'masksam'"):
-        desam_nnu.build_network("masksam", "tiny")
+    with pytest.raises(ValueError, match="unknown network family 'unet'"):
+        desam_nnu.build_network("unet", "tiny")
     with pytest.raises(ValueError, match="dapsam runs on .*'medsam_lite'.*not 'vit_x'"):
         desam_nnu.build_network("dapsam", "vit_x")
     with pytest.raises(TypeError, match=r"unknown size override\(s\) \['pdmm_dim'\]"):

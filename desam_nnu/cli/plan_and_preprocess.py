@@ -24,10 +24,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "$DESAM_SAM_CHECKPOINT, else medsam_lite, pretrained and CPU-friendly)")
     p.add_argument("--family", default="desam", choices=sorted(NETWORKS),
                    help="network family the plans are made for (default desam; dapsam: prompt-free, adapters "
-                        "in the encoder; dbsam: box-prompted, a conv branch mixed into the encoder; masksam: prompt-free "
-                        "over 3D patches, the masksam_3d configuration). The plans "
-                        "replace the dataset's DeSAMPlans.json; trained models keep "
-                        "their own copy")
+                        "in the encoder; dbsam: box-prompted, a conv branch mixed into the encoder; masksam: "
+                        "prompt-free over 3D patches, the masksam_3d configuration). The plans replace the "
+                        "dataset's DeSAMPlans.json; trained models keep their own copy")
     p.add_argument("--sam-checkpoint", default=None,
                    help="an official SAM checkpoint (sam_vit_*.pth); picks vit_b/l/h by its size")
     p.add_argument("--image-size", type=int, default=None,
