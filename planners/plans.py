@@ -13,6 +13,7 @@ from nnunetv2.utilities.label_handling.label_handling import LabelManager
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 
 from desam_nnu.config import DeSAMConfig, plans_configuration
+from desam_nnu.model.registry import network_family
 from desam_nnu.planners.planner import DeSAMPlanner
 from desam_nnu.planners.preprocessor import DeSAMPreprocessor
 
@@ -60,7 +61,8 @@ class DeSAMPlansManager(PlansManager):
         """nnU-Net's label manager with the family's output-to-probability mapping: ``desam_probabilities`` for the
         2D families' [0.5, p_1, ..., p_C], ``mixture_probabilities`` for MaskSAM's mixture."""
         family = self.plans["configurations"][plans_configuration(self.plans)]["desam"].get("family", "desam")
-        kwargs.setdefault("inference_nonlin", mixture_probabilities if family == "masksam" else desam_probabilities)
+        mixture = network_family(family).prediction_outputs == "mixture"
+        kwargs.setdefault("inference_nonlin", mixture_probabilities if mixture else desam_probabilities)
         return super().get_label_manager(dataset_json, **kwargs)
 
     @property

@@ -59,6 +59,9 @@ class NetworkFamily:
     # slices per 3D patch (a family over 3D patches, MaskSAM: the planner writes the ``masksam_3d`` configuration,
     # patch T x p x p, predicted with nnU-Net's 3D sliding window); None: a 2D family (``desam_2d``)
     slices_per_patch: Optional[int] = None
+    # what the predicted tiles hold: "per_class" (0.5 then a sigmoid per class, the 2D families) or "mixture"
+    # (MaskSAM's semantic mixture, one channel per label, background included)
+    prediction_outputs: str = "per_class"
 
     @property
     def network_class_name(self) -> str:
@@ -107,7 +110,7 @@ NETWORKS: Dict[str, NetworkFamily] = {
                              masksam_build.BACKBONES_RUN, official_repository="bxie9/MaskSAM",
                              logit_stride=masksam_build.input_pixels_per_voxel,
                              input_normalisation=lambda backbone: "unit_range",
-                             cacheable_features=False, slices_per_patch=4),
+                             cacheable_features=False, slices_per_patch=4, prediction_outputs="mixture"),
 }
 
 
