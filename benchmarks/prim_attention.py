@@ -8,11 +8,16 @@ so other load on a shared machine matters little) of:
   (PDMM runs for the best prompt: the worst case), what grid-mode prediction runs per tile;
 - ``train``: one training decode (batch 8, one point per slice, features given) with its backward,
   what a cached training step runs;
-- ``prim train``: PRIM alone in that step (forward + backward).
+- ``prim train``: PRIM alone in that step (forward + backward);
+- ``chunks``: the predictor's grid call (``grid_candidates``, PromptAttention) with PRIM over at most N of the 81
+  prompts at a time, wall seconds at ``--sweep-threads`` threads (the predictor's setting: all cores), with the
+  largest difference from all prompts at once: the measurement behind ``CPU_GRID_PROMPTS_PER_CALL``
+  (``inference/tiles.py``).
 
 Random weights (the timing does not depend on them), random features of the encoder's shapes.
 
     python benchmarks/prim_attention.py [--configs medsam_lite:128 tiny:256] [--rounds 3] [--threads 1]
+                                        [--chunks 81 27 9 3] [--sweep-threads 2]
 """
 from __future__ import annotations
 
@@ -22,7 +27,7 @@ import platform
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Dict
+from typing import Callable, Dict, List, Sequence
 
 import torch
 from segment_anything.modeling.transformer import Attention
@@ -49,7 +54,45 @@ def _cpu_seconds(fn: Callable[[], object]) -> float:
     return time.process_time() - start
 
 
-def measure(backbone: str, size: int, rounds: int) -> dict:
+def _wall_seconds(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def chunk_sweep(model: DeSAM, one: Sequence[torch.Tensor], grid: torch.Tensor, chunks: Sequence[int], rounds: int,
+                threads: int) -> List[dict]:
+    """Best wall seconds of the predictor's grid call per prompts-per-call setting (interleaved rounds), and the
+    largest difference of its IoUs and masks from all prompts in one call."""
+    _use(model, PromptAttention)
+    model.eval()
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+
+    def call(chunk: int):
+        with torch.no_grad():
+            return model.grid_candidates(one, grid, top_k=1, iou_thresh=float("-inf"), prompts_per_batch=chunk)
+
+    try:
+        reference = call(grid.shape[0])
+        for chunk in chunks:  # warm-up
+            call(chunk)
+        best: Dict[int, float] = {}
+        for _ in range(rounds):
+            for chunk in chunks:
+                best[chunk] = min(best.get(chunk, float("inf")), _wall_seconds(lambda: call(chunk)))
+        rows = []
+        for chunk in chunks:
+            out = call(chunk)
+            diff = max(float((out.prompt_iou - reference.prompt_iou).abs().max()),
+                       float((out.logits - reference.logits).abs().max()))
+            rows.append({"prompts_per_call": chunk, "wall_s": best[chunk], "max_abs_diff": diff})
+        return rows
+    finally:
+        torch.set_num_threads(before)
+
+
+def measure(backbone: str, size: int, rounds: int, chunks: Sequence[int] = (), sweep_threads: int = 1) -> dict:
     torch.manual_seed(0)
     model = build_desam(backbone, image_size=size, num_classes=2, pretrained=False)
     with torch.no_grad():
@@ -89,7 +132,8 @@ def measure(backbone: str, size: int, rounds: int) -> dict:
         r = grid_decode()
         outputs[name] = (r.prompt_iou, r.mask_logits)
     diff = max(float((a - b).abs().max()) for a, b in zip(outputs["sam"], outputs["ours"]))
-    return {"backbone": backbone, "image_size": size, "neck_tokens": int(one[-1].shape[-2] * one[-1].shape[-1]),
+    sweep = chunk_sweep(model, one, grid, chunks, rounds, sweep_threads) if chunks else []
+    return {"chunks": sweep, "backbone": backbone, "image_size": size, "neck_tokens": int(one[-1].shape[-2] * one[-1].shape[-1]),
             "cpu_s": best, "ratio": {job: best["ours"][job] / best["sam"][job] for job in jobs},
             "grid_max_abs_diff": diff}
 
@@ -99,13 +143,17 @@ def main() -> None:
     p.add_argument("--configs", nargs="+", default=["medsam_lite:128", "tiny:256"], help="BACKBONE:IMAGE_SIZE")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--chunks", nargs="*", type=int, default=[81, 27, 9, 3],
+                   help="prompts per PRIM call in the grid sweep (none: no sweep)")
+    p.add_argument("--sweep-threads", type=int, default=os.cpu_count() or 1,
+                   help="torch threads for the sweep (default: all cores, as the predictor runs)")
     p.add_argument("--out", type=Path, default=HERE / "results" / "prim_attention.json")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     results = []
     for config in args.configs:
         backbone, size = config.split(":")
-        results.append(measure(backbone, int(size), args.rounds))
+        results.append(measure(backbone, int(size), args.rounds, args.chunks, args.sweep_threads))
         r = results[-1]
         print(f"{config}: " + ", ".join(f"{job} {r['cpu_s']['ours'][job]:.3f} / {r['cpu_s']['sam'][job]:.3f} s "
                                         f"({x:.2f}x)" for job, x in r["ratio"].items()), flush=True)
@@ -114,7 +162,15 @@ def main() -> None:
         for job, x in r["ratio"].items():
             print(f"| {r['backbone']} | {r['image_size']} | {r['neck_tokens']} | {job} | {r['cpu_s']['sam'][job]:.3f} s "
                   f"| {r['cpu_s']['ours'][job]:.3f} s | {x:.2f}x |")
+    if any(r["chunks"] for r in results):
+        print(f"\n| backbone | input | prompts per PRIM call | wall s per tile ({args.sweep_threads} threads) "
+              "| max abs diff |\n|---|---|---|---|---|")
+        for r in results:
+            for c in r["chunks"]:
+                print(f"| {r['backbone']} | {r['image_size']} | {c['prompts_per_call']} | {c['wall_s']:.3f} "
+                      f"| {c['max_abs_diff']:.1e} |")
     record_run(args.out, {"machine": platform.machine(), "cpus": os.cpu_count(), "threads": args.threads,
+                          "sweep_threads": args.sweep_threads,
                           "rounds": args.rounds, "results": results}, "prim_attention.py")
     print(f"written {args.out}")
 

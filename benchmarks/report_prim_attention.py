@@ -16,6 +16,13 @@ def rows_prim_attention(d: dict) -> List[Row]:
             ours, sam = (cpu.get("ours") or {}).get(job), (cpu.get("sam") or {}).get(job)
             out.append(Row(f"CPU s, {label}, {r.get('backbone')} at {r.get('image_size')} px ({r.get('neck_tokens')} "
                            "image tokens)", fmt_s(ours), f"{fmt_s(sam)} (SAM's Attention)", ratio(ours, sam), "-", cmd))
+        chunks = r.get("chunks") or []
+        whole = max(chunks, key=lambda c: c["prompts_per_call"], default=None)
+        for c in chunks:
+            out.append(Row(f"wall s per tile, grid call with PRIM over {c['prompts_per_call']} prompts at a time, "
+                           f"{r.get('backbone')} at {r.get('image_size')} px (max abs diff {c['max_abs_diff']:.0e})",
+                           fmt_s(c["wall_s"]), f"{fmt_s(whole['wall_s'])} ({whole['prompts_per_call']} at once)",
+                           ratio(c["wall_s"], whole["wall_s"]), "-", cmd))
     return out
 
 
@@ -24,5 +31,5 @@ def section_prim_attention(res: Results) -> str:
     if d is None:
         return not_measured("prim_attention")
     diff = max((num(r.get("grid_max_abs_diff")) or 0 for r in d.get("results", [])), default=0)
-    return fill("prim_attention", threads=d.get("threads", "?"), rounds=d.get("rounds", "?"), diff=f"{diff:.1e}",
+    return fill("prim_attention", sweep_threads=d.get("sweep_threads", "?"), threads=d.get("threads", "?"), rounds=d.get("rounds", "?"), diff=f"{diff:.1e}",
                 table=standard_table(rows_prim_attention, d))

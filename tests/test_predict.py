@@ -412,8 +412,9 @@ def test_many_tiles_per_call_predict_as_one_at_a_time(trained, tmp_path, mode, m
     torch.testing.assert_close(outputs[1], outputs[0], rtol=0, atol=2e-3)
 
 
-def test_grid_prompts_a_row_at_a_time_on_a_cpu_predict_as_all_at_once(trained, tmp_path, monkeypatch):
-    """On a CPU PRIM takes the 81 grid prompts 9 at a time (inference/tiles.py): the logits of all 81 at once."""
+def test_grid_prompts_a_third_at_a_time_on_a_cpu_predict_as_all_at_once(trained, tmp_path, monkeypatch):
+    """On a CPU PRIM takes the 81 grid prompts a third at a time (inference/tiles.py): the logits of all 81 at
+    once."""
     from desam_nnu.inference import tiles
     image = _write_case(tmp_path / "in", "big", shape_zyx=(2, 80, 96))
     seen, original = [], DeSAM.grid_candidates
@@ -425,7 +426,7 @@ def test_grid_prompts_a_row_at_a_time_on_a_cpu_predict_as_all_at_once(trained, t
         p = _predictor(trained, use_mirroring=False, prompt_overrides={"mode": "grid", "iou_threshold": 0.0})
         outputs.append(p.predict_logits_from_preprocessed_data(_preprocessed(p, image)).float())
         assert p.network.grid.shape[0] == 81
-    assert seen[0] == 9 and seen[-1] is None and len(seen) == 2 * seen.count(9) > 2  # every tile, both ways
+    assert seen[0] == 27 and seen[-1] is None and len(seen) == 2 * seen.count(27) > 2  # every tile, both ways
     assert outputs[0][1:].amax() > 0.1  # not all background: the comparison means something
     torch.testing.assert_close(outputs[0], outputs[1], rtol=0, atol=2e-3)  # fp16 sums, as nnU-Net's
 

@@ -112,7 +112,9 @@ FABRICATED = {
                             "results": [{"backbone": "medsam_lite", "image_size": 128, "neck_tokens": 1024,
                                          "cpu_s": {"sam": {"grid": 2.0, "train": 10.0, "prim train": 0.5},
                                                    "ours": {"grid": 1.5, "train": 10.0, "prim train": 0.4}},
-                                         "grid_max_abs_diff": 1e-6}]},
+                                         "grid_max_abs_diff": 1e-6,
+                                         "chunks": [{"prompts_per_call": 81, "wall_s": 1.0, "max_abs_diff": 0.0},
+                                                    {"prompts_per_call": 9, "wall_s": 0.8, "max_abs_diff": 2e-7}]}]},
     "litemedsam_box.json": {"machine": "x86_64", "cpus": 2, "threads": 2, "split_cases": 40, "axis": 0,
                             "results": {"128": {"dice": {"1": 0.4, "2": 0.4, "mean": 0.4}, "s_per_volume": 1.0,
                                                 "per_case": {f"c{i}": {"1": 0.4, "2": 0.4} for i in range(8)}},
@@ -228,6 +230,8 @@ def test_every_area_rendered_with_ratios_from_the_numbers(tmp_path):
     assert "Fastest per tile: 1 per call." in text
     assert _row(text, "CPU s, grid decode of 81 prompts, medsam_lite at 128 px (1024 image tokens)")[1:4] == [
         "1.5 s", "2 s (SAM's Attention)", "0.75x"]
+    assert _row(text, "wall s per tile, grid call with PRIM over 9 prompts at a time, medsam_lite at 128 px "
+                      "(max abs diff 2e-07)")[1:4] == ["0.8 s", "1 s (81 at once)", "0.8x"]
     ct = _row(text, "peak RSS of `desam_predict`, process tree, CT 512 x 512 x 300")
     assert ct[1].startswith("3072 MiB") and ct[4] == "<= 6 GB, met"
     assert _row(text, "mean Dice, box per slice, 128 px vs 256 px (the 8 volumes both have)")[3] == "0.5x"
