@@ -133,9 +133,9 @@ def measure(backbone: str, size: int, rounds: int, chunks: Sequence[int] = (), s
         outputs[name] = (r.prompt_iou, r.mask_logits)
     diff = max(float((a - b).abs().max()) for a, b in zip(outputs["sam"], outputs["ours"]))
     sweep = chunk_sweep(model, one, grid, chunks, rounds, sweep_threads) if chunks else []
-    return {"chunks": sweep, "backbone": backbone, "image_size": size, "neck_tokens": int(one[-1].shape[-2] * one[-1].shape[-1]),
+    return {"backbone": backbone, "image_size": size, "neck_tokens": int(one[-1].shape[-2] * one[-1].shape[-1]),
             "cpu_s": best, "ratio": {job: best["ours"][job] / best["sam"][job] for job in jobs},
-            "grid_max_abs_diff": diff}
+            "grid_max_abs_diff": diff, "chunks": sweep}
 
 
 def main() -> None:

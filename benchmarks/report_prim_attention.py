@@ -21,7 +21,7 @@ def rows_prim_attention(d: dict) -> List[Row]:
         for c in chunks:
             out.append(Row(f"wall s per tile, grid call with PRIM over {c['prompts_per_call']} prompts at a time, "
                            f"{r.get('backbone')} at {r.get('image_size')} px (max abs diff {c['max_abs_diff']:.0e})",
-                           fmt_s(c["wall_s"]), f"{fmt_s(whole['wall_s'])} ({whole['prompts_per_call']} at once)",
+                           fmt_s(c["wall_s"]), f"{fmt_s(whole['wall_s'])} ({whole['prompts_per_call']} per call)",
                            ratio(c["wall_s"], whole["wall_s"]), "-", cmd))
     return out
 
@@ -31,5 +31,5 @@ def section_prim_attention(res: Results) -> str:
     if d is None:
         return not_measured("prim_attention")
     diff = max((num(r.get("grid_max_abs_diff")) or 0 for r in d.get("results", [])), default=0)
-    return fill("prim_attention", sweep_threads=d.get("sweep_threads", "?"), threads=d.get("threads", "?"), rounds=d.get("rounds", "?"), diff=f"{diff:.1e}",
-                table=standard_table(rows_prim_attention, d))
+    return fill("prim_attention", threads=d.get("threads", "?"), rounds=d.get("rounds", "?"), diff=f"{diff:.1e}",
+                sweep_threads=d.get("sweep_threads", "?"), table=standard_table(rows_prim_attention, d))

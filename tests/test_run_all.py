@@ -231,7 +231,7 @@ def test_every_area_rendered_with_ratios_from_the_numbers(tmp_path):
     assert _row(text, "CPU s, grid decode of 81 prompts, medsam_lite at 128 px (1024 image tokens)")[1:4] == [
         "1.5 s", "2 s (SAM's Attention)", "0.75x"]
     assert _row(text, "wall s per tile, grid call with PRIM over 9 prompts at a time, medsam_lite at 128 px "
-                      "(max abs diff 2e-07)")[1:4] == ["0.8 s", "1 s (81 at once)", "0.8x"]
+                      "(max abs diff 2e-07)")[1:4] == ["0.8 s", "1 s (81 per call)", "0.8x"]
     ct = _row(text, "peak RSS of `desam_predict`, process tree, CT 512 x 512 x 300")
     assert ct[1].startswith("3072 MiB") and ct[4] == "<= 6 GB, met"
     assert _row(text, "mean Dice, box per slice, 128 px vs 256 px (the 8 volumes both have)")[3] == "0.5x"
