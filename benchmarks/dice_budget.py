@@ -26,7 +26,7 @@ plans carried over from an earlier run):
   -device cpu --time-budget M`` with ``DESAM_BUDGET_CLOCK=wall`` and the trainer's own defaults
   (epoch length, cache or online encoding, prompts; recorded from its ``desam_options.json``), then
   ``desam_find_best_configuration 4 -f 0``. Its budget counts from its setup on (the embedding cache
-  build included) and it stops when another epoch would not fit; its log's ``Budget spent: ...``
+  build included) and its last epoch is shortened to what fits; its log's ``Budget spent: ...``
   line, kept verbatim, says where the time went.
 - DAPSAM (``--runs dapsam``): the same with ``desam_plan_and_preprocess -d 4 -np 2 --family dapsam``, whose
   plans make ``desam_train`` use ``DAPSAMTrainer`` (the official recipe); prompt-free, so
@@ -150,6 +150,13 @@ def log_times(fold: Path, command_start: float) -> dict:
             "train_wall_s": done - first if first is not None and done is not None else None,
             "validation_s": valid - done if done is not None and valid is not None else None,
             "budget_spent": budget}
+
+
+def budget_iterations(budget_spent: Optional[str]) -> Optional[int]:
+    """The iterations DeSAM's ``Budget spent: ...; N iterations, S s each`` line counts (its last epoch may be
+    shortened), or None without the line."""
+    m = re.search(r"; (\d+) iterations, ", budget_spent or "")
+    return int(m.group(1)) if m else None
 
 
 def _pseudo_dice(fold: Path) -> List[float]:
@@ -356,7 +363,8 @@ def main(argv: Optional[List[str]] = None) -> None:
             else:
                 key = f"{run}_{tag}" if args.backbone is None else f"{run}_{args.backbone}_{tag}"
                 row = race_desam(work / key, minutes, args.cases, args.backbone, args.also_default_predict, run)
-            iterations = row["epochs"] * row["iterations_per_epoch"] if row.get("iterations_per_epoch") else None
+            iterations = budget_iterations(row.get("budget_spent")) or (
+                row["epochs"] * row["iterations_per_epoch"] if row.get("iterations_per_epoch") else None)
             wall = row["train_wall_s"]
             row.update(budget_clock=CLOCK, minutes=minutes, budget_s=minutes * 60, cases=cases, iterations=iterations,
                        s_per_iteration=wall / iterations if wall is not None and iterations else None,

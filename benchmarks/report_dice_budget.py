@@ -39,7 +39,10 @@ def _dice_cell(row: Optional[dict], key: str = "dice") -> str:
 def _iterations(row: Optional[dict]) -> str:
     if not row or row.get("iterations") is None:
         return "-"
-    return f"{row['iterations']} ({row.get('epochs', '?')} x {row.get('iterations_per_epoch', '?')})"
+    epochs, per_epoch, done = row.get("epochs"), row.get("iterations_per_epoch"), row["iterations"]
+    if isinstance(epochs, int) and isinstance(per_epoch, int) and 0 < done - (epochs - 1) * per_epoch < per_epoch:
+        return f"{done} ({epochs - 1} x {per_epoch} + {done - (epochs - 1) * per_epoch})"  # a shortened last epoch
+    return f"{done} ({epochs if epochs is not None else '?'} x {per_epoch if per_epoch is not None else '?'})"
 
 
 def _minutes(seconds) -> str:

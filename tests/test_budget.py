@@ -74,6 +74,19 @@ def test_training_fits_the_budget_with_the_rate_decaying_over_it(fake_clock):
     assert spent.endswith("20 iterations, 10.00 s each")
 
 
+def test_a_last_epoch_that_would_not_fit_is_shortened_to_what_does(fake_clock):
+    """230 s, epochs of 4 steps of 10 s: 5 whole epochs (200 s), then one of the 2 steps that fit 90% of
+    the 30 s left, then the run stops; 20 s idle at whole epochs would have been 10 s here."""
+    t = train(12, 0, device="cpu", iterations_per_epoch=4, val_iterations=1, use_cache=False, time_budget=230 / 60)
+    assert t.current_epoch == 6
+    log = _log(t)
+    assert "the last epoch shortened to 2 of 4 iterations (1 of 1 pseudo-validation), 200 s spent" in log
+    assert "stopping after 6 epoch(s) (220 s spent; the shortened last epoch done)" in log
+    assert re.search(r"Budget spent: 220 s of 230 s: .*; 22 iterations, 10.00 s each", log)
+    lr_last = t.logger.get_value("lrs", step=5)
+    assert lr_last == pytest.approx(1e-4 * (1 - 200 / 230) ** 0.9, rel=1e-6)  # the clock's rate, as every epoch
+
+
 def test_the_budget_includes_the_cache_build(prepared, fake_clock, monkeypatch):
     """A 150-s cache build leaves room for 2 of the 10 epochs of 20 s."""
     shutil.rmtree(prepared / "nnUNet_preprocessed" / "Dataset012_Synth" / "desam_cache", ignore_errors=True)

@@ -365,7 +365,7 @@ def test_dice_race_details_show_the_schedule_the_budget_and_the_choice(tmp_path)
                             dice_final_validation={"1": 0.6, "2": 0.6, "mean": 0.6, "cases": 8})
     dapsam = dict(_desam_race_row(0.5, train_wall_s=1700.0, find_best_s=None, dice_final_validation=None,
                                   options={"num_iterations_per_epoch": 50, "use_cache": False, "time_budget": 1800.0}),
-                  tool="dapsam")
+                  tool="dapsam", iterations=1480)  # its 30th epoch shortened to 30 iterations
     rows = {"nnunet_2d_30min_40cases": _dice_row("nnunet", 0.25, trainer="nnUNetTrainer_1epoch", planned_epochs=1),
             "desam_30min_40cases": desam, "dapsam_30min_40cases": dapsam}
     text = _render(tmp_path, dict(FABRICATED, **{"dice_budget.json": {"rows": rows}}))
@@ -373,6 +373,10 @@ def test_dice_race_details_show_the_schedule_the_budget_and_the_choice(tmp_path)
     race = [ln for ln in text.splitlines() if ln.startswith("| 30 min |")]
     assert [c.strip() for c in race[0].split("|")[6:7] + race[1].split("|")[6:7]] == [
         "default (medsam_lite 128 px)", "DAPSAM default (medsam_lite 128 px)"]  # DeSAM first, then DAPSAM
+    assert [race[0].split("|")[8].strip(), race[1].split("|")[8].strip()] == ["1500 (30 x 50)", "1480 (29 x 50 + 30)"]
+    import dice_budget  # the race counts the iterations the trainer's budget line counts
+    assert dice_budget.budget_iterations("Budget spent: 220 s of 230 s: ...; 22 iterations, 10.00 s each") == 22
+    assert dice_budget.budget_iterations(None) is None
     assert _row(text, "30 min")[9] == "2.5x"  # DeSAM's mean after its choice against nnU-Net's
     assert race[1].split("|")[10].strip() == "2x"
     details = _row(text, "DAPSAM default (medsam_lite 128 px)")

@@ -4,9 +4,11 @@ A mixin for any ``nnUNetTrainer`` subclass (``DeSAMTrainer``): with ``time_budge
 
 - the budget covers everything from ``run_training`` on: data setup (the embedding cache build
   included), training steps, per-epoch pseudo-validation, checkpoints; not the final validation;
-- training stops at an epoch's end when the next epoch, as long as the last one, would not fit,
-  so the whole run ends within the budget, as nnU-Net's own fixed schedules are chosen to; it
-  ends as a finished training does (``checkpoint_final.pth``, then the final validation);
+- when the next epoch, as long as the last one, would not fit, it is shortened to the iterations
+  that do (pseudo-validation scaled with them, ``LAST_EPOCH_MARGIN`` of the time left kept in hand),
+  then training stops, so the whole run ends within the budget, as nnU-Net's own fixed schedules
+  are chosen to, without leaving up to an epoch of it unused; it ends as a finished training does
+  (``checkpoint_final.pth``, then the final validation);
 - the learning rate follows nnU-Net's poly schedule over the budget instead of over the epochs,
   set at each epoch's start as nnU-Net sets it: ``lr = initial_lr * (1 - spent / budget) ** 0.9``,
   so a short run decays as nnU-Net's short trainers do instead of keeping the first epochs' rate;
@@ -24,10 +26,12 @@ from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from desam_nnu.trainers.distributed import from_rank0
 
 CLOCKS = {"wall": time.monotonic, "cpu": time.process_time}
+# the shortened last epoch plans for this share of the time left: epochs vary by about 10% in length
+LAST_EPOCH_MARGIN = 0.9
 
 
 class _BudgetSpent(Exception):
-    """Raised at an epoch's end when the next epoch would not fit; ``run_training`` finishes cleanly."""
+    """Raised at an epoch's end when the budget is spent; ``run_training`` finishes cleanly."""
 
 
 def budget_clock() -> str:
@@ -60,6 +64,7 @@ class TimeBudgetMixin:
     _epoch_started: float = 0.0
     _phase_started: float = 0.0
     _last_epoch_s: float = 0.0
+    _last_epoch_shortened: bool = False
     _budget_parts: Dict[str, float]  # seconds per phase, set in run_training
     _budget_iterations: int = 0
 
@@ -75,7 +80,7 @@ class TimeBudgetMixin:
         name = budget_clock()
         self._clock = CLOCKS[name]
         self._training_started = self._clock()
-        self._budget_parts, self._budget_iterations = {}, 0
+        self._budget_parts, self._budget_iterations, self._last_epoch_shortened = {}, 0, False
         if self.time_budget is not None:
             self.print_to_log_file(f"Time budget: {self.time_budget:.0f} s of {name} time, the learning rate "
                                    f"decaying over it")
@@ -120,12 +125,26 @@ class TimeBudgetMixin:
         super().on_epoch_end()
         self._last_epoch_s = self._clock() - self._epoch_started
         spent, self._last_epoch_s = from_rank0((self.budget_spent_s, self._last_epoch_s))  # all ranks stop together
-        if (self.time_budget is not None and spent + self._last_epoch_s > self.time_budget
-                and self.current_epoch < self.num_epochs):
+        if (self.time_budget is None or spent + self._last_epoch_s <= self.time_budget
+                or self.current_epoch >= self.num_epochs):
+            return
+        # the epoch's seconds per training iteration, its share of pseudo-validation and checkpoints included
+        per_iteration = self._last_epoch_s / self.num_iterations_per_epoch
+        fit = int(LAST_EPOCH_MARGIN * (self.time_budget - spent) // per_iteration)
+        if self._last_epoch_shortened or fit < 1:
+            why = ("the shortened last epoch done" if self._last_epoch_shortened
+                   else f"another {self._last_epoch_s:.0f} s epoch would not fit, nor one iteration of it")
             self.print_to_log_file(f"Time budget of {self.time_budget:.0f} s: stopping after {self.current_epoch} "
-                                   f"epoch(s) ({spent:.0f} s spent; another {self._last_epoch_s:.0f} s epoch "
-                                   f"would not fit)")
+                                   f"epoch(s) ({spent:.0f} s spent; {why})")
             raise _BudgetSpent()
+        val = max(1, round(self.num_val_iterations_per_epoch * fit / self.num_iterations_per_epoch))
+        self.print_to_log_file(f"Time budget of {self.time_budget:.0f} s: the last epoch shortened to {fit} of "
+                               f"{self.num_iterations_per_epoch} iterations ({val} of "
+                               f"{self.num_val_iterations_per_epoch} pseudo-validation), {spent:.0f} s spent and "
+                               f"another {self._last_epoch_s:.0f} s epoch would not fit")
+        # nnU-Net's run_training reads both counts afresh at each epoch's loops
+        self.num_iterations_per_epoch, self.num_val_iterations_per_epoch = fit, val
+        self._last_epoch_shortened = True
 
     def on_train_end(self) -> None:
         if self._training_started is not None:
