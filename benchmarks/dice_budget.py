@@ -18,8 +18,9 @@ plans carried over from an earlier run):
   -tr T`` with its augmentation in background workers (``nnUNet_n_proc_DA=2``, ``nnUNet_compile=f``),
   then ``nnUNetv2_find_best_configuration 4 -c 2d -tr T -f 0``. T is nnU-Net's own trainer with the
   number of epochs whose whole schedule (250 iterations each, learning rate decaying to 0) fits the
-  budget: floor(budget / ``--nnunet-epoch-seconds``), at least 1 (default 2530 s: the 30-minute race's
-  one 2D epoch on the 200 cases, 2528 s on 2026-12-01, this 2-core CPU); its shipped ``nnUNetTrainer_1epoch`` for one epoch, else
+  budget: floor(budget / ``--nnunet-epoch-seconds``), at least 1 (default 2530 s: the 30-minute
+  race's one 2D epoch on the 200 cases, 2528 s on 2026-12-01, this 2-core CPU); its shipped
+  ``nnUNetTrainer_1epoch`` for one epoch, else
   its ``nnUNetTrainer_{N}epochs``, or for 2-4 epochs ours of the same kind from
   ``benchmarks/nnunet_trainers/`` (found through ``nnUNet_extTrainer``; only ``num_epochs`` differs).
 - DeSAM: ``desam_plan_and_preprocess -d 4 -np 2`` (default backbone medsam_lite), ``desam_train 4 0

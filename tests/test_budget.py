@@ -71,7 +71,9 @@ def test_training_fits_the_budget_with_the_rate_decaying_over_it(fake_clock):
     assert t.optimizer.param_groups[0]["lr"] == 0.0
     spent = re.search(r"Budget spent: (.*)", _log(t)).group(1).strip()
     assert spent.startswith("200 s of 200 s:") and "training (batches and steps) 200 s" in spent
-    assert spent.endswith("20 iterations, 10.00 s each")
+    # the fake clock runs outside the step, so its seconds are the batches' and the step's parts take none
+    assert spent.endswith("20 iterations, 10.00 s each; per iteration: batches 10.00 s, forward and loss 0.00 s "
+                          "(the encoder 0.00 s), backward and optimizer 0.00 s")
 
 
 def test_a_last_epoch_that_would_not_fit_is_shortened_to_what_does(fake_clock):
@@ -82,9 +84,21 @@ def test_a_last_epoch_that_would_not_fit_is_shortened_to_what_does(fake_clock):
     log = _log(t)
     assert "the last epoch shortened to 2 of 4 iterations (1 of 1 pseudo-validation), 200 s spent" in log
     assert "stopping after 6 epoch(s) (220 s spent; the shortened last epoch done)" in log
-    assert re.search(r"Budget spent: 220 s of 230 s: .*; 22 iterations, 10.00 s each", log)
+    assert re.search(r"Budget spent: 220 s of 230 s: .*; 22 iterations, 10.00 s each;", log)
     lr_last = t.logger.get_value("lrs", step=5)
     assert lr_last == pytest.approx(1e-4 * (1 - 200 / 230) ** 0.9, rel=1e-6)  # the clock's rate, as every epoch
+
+
+def test_the_budget_line_splits_a_training_iteration_into_its_parts(prepared):
+    """On the real clock: batches, forward and loss (of it the frozen encoder, online), backward and optimizer,
+    each per iteration, adding up to the seconds per iteration."""
+    shutil.rmtree(prepared / "nnUNet_results", ignore_errors=True)
+    t = train(12, 0, device="cpu", epochs=1, iterations_per_epoch=3, val_iterations=2, use_cache=False)
+    m = re.search(r"; 3 iterations, ([\d.]+) s each; per iteration: batches ([\d.]+) s, forward and loss ([\d.]+) s "
+                  r"\(the encoder ([\d.]+) s\), backward and optimizer ([\d.]+) s", _log(t))
+    each, batches, forward, encoder, backward = map(float, m.groups())
+    assert forward > 0 and backward > 0 and 0 < encoder <= forward  # the validation's encoder runs are not counted
+    assert batches + forward + backward == pytest.approx(each, abs=0.02)
 
 
 def test_the_budget_includes_the_cache_build(prepared, fake_clock, monkeypatch):

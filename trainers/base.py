@@ -345,8 +345,13 @@ class SAMFamilyTrainer(TimeBudgetMixin, nnUNetTrainer):
         # nnU-Net's step (AMP + grad scaler on CUDA, clip at 12) around our forward: its own train_step calls
         # network(data) and its loss on deep-supervision targets, which DeSAM's prompted decode cannot go through
         self.optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(self.device.type, enabled=self.device.type == "cuda"):
+        with torch.autocast(self.device.type, enabled=self.device.type == "cuda"), self.step_part("forward and loss"):
             loss, _, _ = self._forward(batch)
+        with self.step_part("backward and optimizer"):
+            self._backward_and_step(loss)
+        return {"loss": loss.detach().cpu().numpy()}
+
+    def _backward_and_step(self, loss: torch.Tensor) -> None:
         if self.grad_scaler is not None:
             self.grad_scaler.scale(loss).backward()
             if self.is_ddp:
@@ -361,7 +366,6 @@ class SAMFamilyTrainer(TimeBudgetMixin, nnUNetTrainer):
                 average_gradients(list(self.network.parameters()))
             torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
             self.optimizer.step()
-        return {"loss": loss.detach().cpu().numpy()}
 
     def validation_step(self, batch: dict) -> dict:
         """Pseudo-Dice per class (sigmoid >= 0.5) on validation items, as nnU-Net's green curve."""

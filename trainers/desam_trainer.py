@@ -65,7 +65,8 @@ class DeSAMTrainer(SAMFamilyTrainer):
             features = [f.to(self.device) for f in batch["features"]]
         else:
             x = to_network_input(batch["images"].to(self.device), self.desam.channel_to_rgb, self.desam.image_size)
-            features = self.bare_network.encode(x)
+            with self.step_part("encoder"):
+                features = self.bare_network.encode(x)
         seg = batch["seg"].to(self.device)
         logits, iou, iou_target = self._decode_training_prompts(features, seg, batch["generator"])
         logits = F.interpolate(logits, size=seg.shape[-2:], mode="bilinear", align_corners=False)

@@ -12,14 +12,17 @@ A mixin for any ``nnUNetTrainer`` subclass (``DeSAMTrainer``): with ``time_budge
 - the learning rate follows nnU-Net's poly schedule over the budget instead of over the epochs,
   set at each epoch's start as nnU-Net sets it: ``lr = initial_lr * (1 - spent / budget) ** 0.9``,
   so a short run decays as nnU-Net's short trainers do instead of keeping the first epochs' rate;
-- at the end the log says how the budget was spent (``Budget spent: ...``).
+- at the end the log says how the budget was spent (``Budget spent: ...``), on a CPU with a training
+  iteration's seconds by part (``step_part``): batches (loading, augmentation), forward and loss (the
+  frozen encoder's share named where a family times it), backward and optimizer.
 
 The clock is wall time, or with ``DESAM_BUDGET_CLOCK=cpu`` the CPU time of the training process
 (all its threads; ``time.process_time``), which does not count background workers.
 """
 import os
 import time
-from typing import Callable, Dict, Optional
+from contextlib import contextmanager
+from typing import Callable, Dict, Iterator, Optional
 
 from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 
@@ -67,6 +70,7 @@ class TimeBudgetMixin:
     _last_epoch_shortened: bool = False
     _budget_parts: Dict[str, float]  # seconds per phase, set in run_training
     _budget_iterations: int = 0
+    _step_parts: Dict[str, float]  # seconds per part of the training steps (step_part), CPU only
 
     @property
     def budget_spent_s(self) -> float:
@@ -76,11 +80,41 @@ class TimeBudgetMixin:
     def _spend(self, what: str, seconds: float) -> None:
         self._budget_parts[what] = self._budget_parts.get(what, 0.0) + seconds
 
+    @contextmanager
+    def step_part(self, what: str) -> Iterator[None]:
+        """Times a part of a training step (not of pseudo-validation) for the budget line; on a CPU only, where
+        the clock sees the work (CUDA kernels run asynchronously, and synchronising to time them would slow
+        the step)."""
+        if self.device.type != "cpu" or not self.network.training:
+            yield
+            return
+        start = self._clock()
+        try:
+            yield
+        finally:
+            parts = self.__dict__.setdefault("_step_parts", {})  # steps may run outside run_training (benchmarks)
+            parts[what] = parts.get(what, 0.0) + self._clock() - start
+
+    def _step_parts_text(self, steps_s: float, iterations: int) -> str:
+        """``; per iteration: batches a s, forward and loss b s (the encoder c s), backward and optimizer d s``;
+        batches are the training phase's seconds outside the steps (loading, augmentation, nnU-Net's hooks)."""
+        parts = self.__dict__.get("_step_parts")
+        if not parts or not iterations:
+            return ""
+        timed = {k: v for k, v in parts.items() if k in ("forward and loss", "backward and optimizer")}
+        text = [f"batches {(steps_s - sum(timed.values())) / iterations:.2f} s"]
+        for k, v in timed.items():
+            text.append(f"{k} {v / iterations:.2f} s")
+            if k == "forward and loss" and "encoder" in parts:
+                text[-1] += f" (the encoder {parts['encoder'] / iterations:.2f} s)"
+        return "; per iteration: " + ", ".join(text)
+
     def run_training(self) -> None:
         name = budget_clock()
         self._clock = CLOCKS[name]
         self._training_started = self._clock()
         self._budget_parts, self._budget_iterations, self._last_epoch_shortened = {}, 0, False
+        self._step_parts = {}
         if self.time_budget is not None:
             self.print_to_log_file(f"Time budget: {self.time_budget:.0f} s of {name} time, the learning rate "
                                    f"decaying over it")
@@ -156,5 +190,6 @@ class TimeBudgetMixin:
             budget = f" of {self.time_budget:.0f} s" if self.time_budget is not None else ""
             self.print_to_log_file(
                 f"Budget spent: {total:.0f} s{budget}: " + ", ".join(f"{k} {v:.0f} s" for k, v in parts.items())
-                + f"; {iterations} iterations, {steps / max(iterations, 1):.2f} s each")
+                + f"; {iterations} iterations, {steps / max(iterations, 1):.2f} s each"
+                + self._step_parts_text(steps, iterations))
         super().on_train_end()
