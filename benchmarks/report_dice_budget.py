@@ -67,23 +67,28 @@ def _mean(row: Optional[dict]) -> Optional[float]:
 
 
 def plot_curve(rows: Dict[str, dict], path: Path) -> Optional[Path]:
-    """Mean Dice (after each tool's choice) against its training wall minutes, one line per tool (and DeSAM
-    configuration), on the largest case count raced; a PNG at ``path`` (None when no row has both)."""
+    """Mean Dice (after each tool's choice) against its training wall minutes, a point per run, on the largest
+    case count raced; a PNG at ``path`` (None when no row has both). A tool's line (and DeSAM configuration's)
+    joins the mean of its runs per schedule: nnU-Net's trainer, whose one epoch fits both 30 and 60 minutes
+    (two runs of one schedule, not a curve), or a SAM model's budget."""
     cases = max((r.get("cases") or 0 for r in rows.values()), default=0)
-    lines: Dict[str, List[Tuple[float, float]]] = {}
+    lines: Dict[str, Dict[object, List[Tuple[float, float]]]] = {}
     for key, r in rows.items():
         wall, mean = num(r.get("train_wall_s")), _mean(r)
         if r.get("cases") == cases and wall is not None and mean is not None:
-            lines.setdefault(_name(key, r), []).append((wall / 60, mean))
+            schedule = r.get("trainer") or r.get("minutes")
+            lines.setdefault(_name(key, r), {}).setdefault(schedule, []).append((wall / 60, mean))
     if not lines:
         return None
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
-    for name, points in sorted(lines.items()):
-        xs, ys = zip(*sorted(points))
-        ax.plot(xs, ys, marker="o", label=name)
+    for name, schedules in sorted(lines.items()):
+        means = sorted((sum(x for x, _ in runs) / len(runs), sum(y for _, y in runs) / len(runs))
+                       for runs in schedules.values())
+        (line,) = ax.plot(*zip(*means), marker="x", label=name)
+        ax.scatter(*zip(*[p for runs in schedules.values() for p in runs]), color=line.get_color(), s=20, zorder=3)
     ax.set_xlabel("training wall time (min)")
     ax.set_ylabel(f"fold-0 validation mean Dice ({cases} cases)")
     ax.set_ylim(0, 1)
