@@ -130,8 +130,10 @@ def test_whole_network_equals_the_official(fixture):
     assert outputs["pred_aux_masks"].shape == outputs["pred_masks"].shape == (t, q, h, w)
     assert outputs["pred_logits"].shape == (t, q, n["classes"] + 1) and semantic.shape == (1, n["classes"], t, h, w)
     got = maker.net_outputs(outputs, semantic)
+    # float32 sums depend on the CPU's SIMD width: on the 2026-12-02 machine 2 of the 16384 mask logits moved
+    # by 1.7e-4 from the fixture's machine; a wrong layer moves them by tenths (the float64 test below is exact)
     for name, value in got.items():
-        np.testing.assert_allclose(value, fixture[name], atol=1e-4, rtol=1e-4, err_msg=name)
+        np.testing.assert_allclose(value, fixture[name], atol=5e-4, rtol=1e-3, err_msg=name)
     with pytest.raises(ValueError, match="a patch of 128 x 128 into a MaskSAM built for 256 x 256"):
         net.outputs(torch.zeros(1, 1, t, 128, 128))
 
