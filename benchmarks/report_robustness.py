@@ -6,12 +6,13 @@ from typing import Dict, List
 from report import Results, clean_command, code, fill, md_table, not_measured, num
 
 # what nnU-Net 2.8.1's get_training_transforms already trains against (DeSAM's default online trainer uses the
-# same transforms, so both models of the race saw it)
+# same transforms, so both models of the race saw it; but DeSAM's models trained before 2026-12-02 got its
+# additive noise on 0..255, not on z-scores: 0.1 grey values, nothing)
 AUGMENTATION = {
     "bias_field": "no",
     "gamma_down": "partly: gamma 0.7-1.5 (shift down to 0.30)",
     "gamma_up": "partly: gamma 0.7-1.5 (shift up to 3.0)",
-    "rician_noise": "partly: Gaussian noise, variance up to 0.1 of the normalised image",
+    "rician_noise": "partly: Gaussian noise, std up to 0.1 of the image's (DeSAM before 2026-12-02: none)",
     "blur": "partly: Gaussian blur, sigma 0.5-1 voxel",
     "ghosting": "no",
     "motion": "no",
