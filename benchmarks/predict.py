@@ -41,6 +41,7 @@ from typing import Dict, List
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import predict_setup  # noqa: E402
+from arithmetic import nnunet_arithmetic  # noqa: E402
 from proc_tree import child_result, serve_one  # noqa: E402
 from results_file import record_run  # noqa: E402
 from predict_ct import synthetic_ct  # noqa: E402
@@ -90,6 +91,8 @@ def hippocampus(args, tmp: Path, t_start: float) -> dict:
     shutil.copy(fingerprint, Path(env["nnUNet_preprocessed"], name, "dataset_fingerprint.json"))
     _check_run([str(BIN / "nnUNetv2_plan_experiment"), "-d", str(DATASET_ID)], env, logs / "plan_nnunet.log")
     models["nnunet"] = write_nnunet_model(env, name)
+    models["nnunet"]["arithmetic"] = nnunet_arithmetic(
+        str(Path(env["nnUNet_results"], name, "nnUNetTrainer__nnUNetPlans__2d")), [str(i) for i in images])
     progress(f"planned nnU-Net 2d (patch {models['nnunet']['patch_size']}, batch {models['nnunet']['batch_size']}); "
              f"random-weight model folder written")
 

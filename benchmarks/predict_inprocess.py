@@ -8,6 +8,8 @@ import time
 from collections import defaultdict
 from typing import Dict, List
 
+from arithmetic import MATMUL_SIZE, PartFlops, matmul_gflops
+
 DATASET_ID = 4
 MODES = ("grid", "box")
 GRID_IOU_THRESH = -1000.0  # every tile's best grid prompt goes through PDMM (worst case for grid)
@@ -54,10 +56,11 @@ def one_run(backbone: str, input_root: str, output_root: str, repeats: int, prof
         return wrapper
 
     desam = net.desam
-    desam.image_encoder.forward = timed("encoder", desam.image_encoder.forward)
-    desam.prim.forward = timed("prim", desam.prim.forward)
-    desam.pdmm.encode_context = timed("pdmm", desam.pdmm.encode_context)
-    desam.pdmm.decode = timed("pdmm", desam.pdmm.decode)
+    flops = PartFlops()  # the same parts, counted in floating-point operations on one tile per mode
+    desam.image_encoder.forward = flops.wrap("encoder", timed("encoder", desam.image_encoder.forward))
+    desam.prim.forward = flops.wrap("prim", timed("prim", desam.prim.forward))
+    desam.pdmm.encode_context = flops.wrap("pdmm", timed("pdmm", desam.pdmm.encode_context))
+    desam.pdmm.decode = flops.wrap("pdmm", timed("pdmm", desam.pdmm.decode))
     best_iou: List[float] = []
     grid_candidates = desam.grid_candidates
 
@@ -81,6 +84,13 @@ def one_run(backbone: str, input_root: str, output_root: str, repeats: int, prof
         for mode in MODES:
             net.prompts = settings[mode]
             net(tile)
+        gflop_per_tile = {}
+        for mode in MODES:
+            net.prompts = settings[mode]
+            with flops.counting() as counted:
+                net(tile)
+            gflop_per_tile[mode] = {part: n / 1e9 for part, n in counted.items()}
+    arithmetic = {"gflop_per_tile": gflop_per_tile, "matmul_size": MATMUL_SIZE, "matmul_gflops": matmul_gflops()}
     best_iou.clear()
     encoder_ms = _encoder_ms_per_tile(desam, cfg, sorted({1, predictor.tiles_per_call}))
     parts.clear()
@@ -111,7 +121,7 @@ def one_run(backbone: str, input_root: str, output_root: str, repeats: int, prof
                                            "load_before": load})
     out = {"backbone": backbone, "image_size": cfg.image_size, "patch_size": list(cfg.patch_size),
            "volumes": volumes, "repeats": repeats, "init_s": init_s, "threads": torch.get_num_threads(),
-           "tiles_per_call": predictor.tiles_per_call, "encoder_ms_per_tile": encoder_ms,
+           "tiles_per_call": predictor.tiles_per_call, "encoder_ms_per_tile": encoder_ms, "arithmetic": arithmetic,
            "peak_rss_mib_process": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "modes": {}}
     for mode in MODES:
         best = [min(runs[mode][v], key=lambda x: x["seconds"]) for v in volumes]  # best of repeats per volume

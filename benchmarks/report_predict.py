@@ -86,6 +86,51 @@ def _goal_rows(run: dict, cmd: str) -> List[Row]:
     return out
 
 
+def _arithmetic(run: dict) -> List[str]:
+    """For each backbone with counted FLOPs: its parts' GFLOP per volume, measured seconds, achieved GFLOP/s and
+    floor at the CPU's matmul ceiling, with nnU-Net's U-Net the same way; and what the floor says of the goal."""
+    out = []
+    nn = (run.get("models", {}).get("nnunet") or {}).get("arithmetic")
+    for b, o in run.get("one", {}).items():
+        a = o.get("arithmetic")
+        if not a:
+            continue
+        peak = num(a["matmul_gflops"])
+        rows, floors = [], {}
+        for mode, m in o.get("modes", {}).items():
+            tiles, parts = num(m.get("tiles_per_volume")) or 0, m.get("parts_s_per_volume", {})
+            counted = a["gflop_per_tile"][mode]
+            for part in ("encoder", "prim", "pdmm"):
+                gflop, s = counted.get(part, 0.0) * tiles, num(parts.get(part))
+                rows.append([mode, part, f"{counted.get(part, 0.0):.2f}", f"{gflop:.0f}", fmt_s(s),
+                             f"{gflop / s:.0f}" if s else "-", fmt_s(gflop / peak)])
+            floors[mode] = counted["total"] * tiles / peak
+        verdict = ""
+        if nn:
+            per_volume = nn["gflop_per_forward"] * nn["forwards_per_volume"]
+            s = nn["s_per_forward"] * nn["forwards_per_volume"]
+            for label, k in (("no mirroring", 1), ("mirroring", nn["mirrorings"])):
+                rows.append(["nnU-Net 2D", label, f"{nn['gflop_per_forward']:.3f}", f"{per_volume * k:.1f}",
+                             fmt_s(s * k), f"{per_volume / nn['s_per_forward'] / nn['forwards_per_volume']:.0f}",
+                             fmt_s(per_volume * k / peak)])
+            goal = GOAL_VS_NNUNET * NNUNET_REF_S_PER_VOLUME
+            box = floors.get("box")
+            verdict = fill("predict_arithmetic_verdict", backbone=b, box_gflop=f"{box * peak:.0f}" if box else "-",
+                           times=f"{box * peak / (per_volume * nn['mirrorings']):.0f}" if box else "-",
+                           box_floor=fmt_s(box), goal=fmt_s(goal), reach="cannot" if box and box > goal else "can",
+                           grid_floor=fmt_s(floors.get("grid")),
+                           then=("What remains is less arithmetic: a smaller input, fewer tiles, or an encoder in "
+                                 "lower precision (int8 moved the features, above)." if box and box > goal else
+                                 "The gap to the goal is overhead, not arithmetic."))
+        header = ["mode", "part", "GFLOP / tile", "GFLOP / volume", "measured s / volume", "achieved GFLOP/s",
+                  "floor s / volume"]
+        out.append(fill("predict_arithmetic", backbone=b, threads=o.get("threads", "?"), size=a["matmul_size"],
+                        peak=f"{peak:.0f}", patch=" x ".join(map(str, (nn or {}).get("patch_size", ["?"]))),
+                        forwards=f"{(nn or {}).get('forwards_per_volume', 0):.0f}", table=md_table(header, rows),
+                        verdict=verdict))
+    return out
+
+
 def _ct_row(ct: dict, cmd: str) -> Row:
     shape = " x ".join(str(s) for s in ct.get("shape_xyz", []))
     tree, proc = num(ct.get("peak_tree_rss")), num(ct.get("peak_process_rss"))
@@ -100,7 +145,7 @@ def section_predict(res: Results) -> str:
     if d is None:
         return not_measured("predict")
     runs = predict_runs(d)
-    split, whole, ct_text, low, where = [], [], [], [], []
+    split, whole, ct_text, low, where, arithmetic = [], [], [], [], [], []
     for run in runs:
         one = run.get("one", {})
         for b, o in one.items():
@@ -125,6 +170,7 @@ def section_predict(res: Results) -> str:
                 grid_cells = [fmt_ratio(grid_over_box), target_text(grid_over_box, GRID_BOX_GOAL)]
                 split.append([f"{b} ({o.get('image_size')} px)", "grid 81" if mode == "grid" else "box", *one_decimal,
                               *(grid_cells if mode == "grid" else ["", ""])])
+        arithmetic += _arithmetic(run)
         vs = run.get("vs_nnunet", [])
         ref = next((r for r in vs if r.get("variant") == "nnunet"), None)
         n = (run.get("counts") or [run.get("cases", "?")])[0]
@@ -152,6 +198,7 @@ def section_predict(res: Results) -> str:
         details.append(fill("predict_parts", table=md_table(header, split)))
         if low:
             details.append(fill("predict_noise", backbones=", ".join(low)))
+    details += arithmetic
     if whole:
         header = ["command", "volumes", "wall", "vs nnU-Net", "peak RSS (tree)"]
         details.append(fill("predict_whole", table=md_table(header, whole)))
