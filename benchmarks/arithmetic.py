@@ -1,11 +1,11 @@
 """What prediction's parts cost in arithmetic, and what this CPU delivers: the floor under #22's speed goals.
 
 Floating-point operations are counted by torch's own ``FlopCounterMode`` (2 per multiply-add of every
-matmul, convolution and attention, fused attention on a CPU included; elementwise work is not counted), per part of DeSAM's tile network
-(encoder, PRIM, PDMM: the same parts ``predict.py`` times) and per forward of nnU-Net's 2D U-Net. The
-machine's ceiling is a large float32 matmul at the same thread count. Seconds per volume divided into
-the counted work give each part's achieved GFLOP/s; the counted work divided by the ceiling is the
-least time any implementation of the same arithmetic could take here.
+matmul, convolution and attention, fused attention on a CPU included; elementwise work is not counted),
+per part of DeSAM's tile network (encoder, PRIM, PDMM: the same parts ``predict.py`` times) and per
+forward of nnU-Net's 2D U-Net. The machine's ceiling is a large float32 matmul at the same thread
+count. The counted work divided by the measured seconds is each part's achieved GFLOP/s; divided by the
+ceiling, it is the least time any implementation of the same arithmetic could take here.
 """
 from __future__ import annotations
 

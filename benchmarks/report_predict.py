@@ -111,7 +111,7 @@ def _arithmetic(run: dict) -> List[str]:
             s = nn["s_per_forward"] * nn["forwards_per_volume"]
             for label, k in (("no mirroring", 1), ("mirroring", nn["mirrorings"])):
                 rows.append(["nnU-Net 2D", label, f"{nn['gflop_per_forward']:.3f}", f"{per_volume * k:.1f}",
-                             fmt_s(s * k), f"{per_volume / nn['s_per_forward'] / nn['forwards_per_volume']:.0f}",
+                             fmt_s(s * k), f"{nn['gflop_per_forward'] / nn['s_per_forward']:.0f}",
                              fmt_s(per_volume * k / peak)])
             goal = GOAL_VS_NNUNET * NNUNET_REF_S_PER_VOLUME
             box = floors.get("box")
