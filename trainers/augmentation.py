@@ -10,10 +10,10 @@ low resolution, gamma) and mirroring. Three things differ from nnU-Net's data lo
   while DeSAM's -1 marks padding, where no prompt is placed and no loss is taken. Shifted, padding is
   0 inside the transforms, the area a rotation brings in is nnU-Net's -1 (made 0), and shifting back
   makes both -1 again.
-- intensities are SAM's 0..255, not nnU-Net's z-scores. nnU-Net's additive Gaussian noise (std up to 0.1
-  of a unit-std image: batchgeneratorsv2 uses its ``noise_variance`` as the std) would be nearly
-  nothing on them (0.1 grey values against an image std of about 50), so each patch channel is divided by its spread (the std of its non-padding pixels)
-  before the transforms and multiplied back after. Every other transform (spatial, blur, brightness,
+- intensities are SAM's 0..255, not nnU-Net's z-scores. nnU-Net's additive Gaussian noise (std up to
+  0.1 of a unit-std image: batchgeneratorsv2 uses its ``noise_variance`` as the std) would be nearly
+  nothing on them (0.1 grey values against an image std of about 50), so each patch channel is divided
+  by its spread (the std of its non-padding pixels) before the transforms and multiplied back after. Every other transform (spatial, blur, brightness,
   contrast, low resolution, gamma with kept statistics) commutes with that scaling, and 0 (padding,
   SAM's black) stays 0, so only the noise changes: it gets nnU-Net's strength relative to the image.
 """
