@@ -80,7 +80,7 @@ class PartFlops:
 def nnunet_arithmetic(model_folder: str, images: Sequence[str], rounds: int = 5) -> dict:
     """nnU-Net's 2D U-Net of ``model_folder`` (fold 0) on ``images``: GFLOP and best-of-``rounds`` seconds per
     forward of one patch (batch 1, as its sliding window calls it), and forwards per volume as its own
-    preprocessing and sliding-window steps give them (x4 with its mirroring of the two in-plane axes)."""
+    preprocessing and sliding-window steps give them (x 2^axes with the checkpoint's mirroring axes)."""
     import torch
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
     from nnunetv2.inference.sliding_window_prediction import compute_steps_for_sliding_window
@@ -108,7 +108,7 @@ def nnunet_arithmetic(model_folder: str, images: Sequence[str], rounds: int = 5)
             best = min(best, time.perf_counter() - start)
     return {"patch_size": list(patch), "gflop_per_forward": counter.get_total_flops() / 1e9,
             "s_per_forward": best, "forwards_per_volume": sum(forwards) / len(forwards),
-            "mirrorings": 4, "threads": torch.get_num_threads()}
+            "mirrorings": 2 ** len(predictor.allowed_mirroring_axes or ()), "threads": torch.get_num_threads()}
 
 
 def network_input_channels(predictor) -> int:
