@@ -66,18 +66,27 @@ def _mean(row: Optional[dict]) -> Optional[float]:
     return num(((row or {}).get("dice") or {}).get("mean"))
 
 
-def plot_curve(rows: Dict[str, dict], path: Path) -> Optional[Path]:
-    """Mean Dice (after each tool's choice) against its training wall minutes, a point per run, on the largest
-    case count raced; a PNG at ``path`` (None when no row has both). A tool's line (and DeSAM configuration's)
-    joins the mean of its runs per schedule: nnU-Net's trainer, whose one epoch fits both 30 and 60 minutes
-    (two runs of one schedule, not a curve), or a SAM model's budget."""
+def curve_points(rows: Dict[str, dict]) -> Dict[str, Dict[object, List[Tuple[float, float]]]]:
+    """(minutes from the setup to the last step, mean Dice) per run, grouped by tool and schedule, on the largest
+    case count raced. The setup counts because a SAM model's budget includes its embedding cache build."""
     cases = max((r.get("cases") or 0 for r in rows.values()), default=0)
     lines: Dict[str, Dict[object, List[Tuple[float, float]]]] = {}
     for key, r in rows.items():
         wall, mean = num(r.get("train_wall_s")), _mean(r)
         if r.get("cases") == cases and wall is not None and mean is not None:
             schedule = r.get("trainer") or r.get("minutes")
-            lines.setdefault(_name(key, r), {}).setdefault(schedule, []).append((wall / 60, mean))
+            minutes = (wall + (num(r.get("setup_s")) or 0.0)) / 60
+            lines.setdefault(_name(key, r), {}).setdefault(schedule, []).append((minutes, mean))
+    return lines
+
+
+def plot_curve(rows: Dict[str, dict], path: Path) -> Optional[Path]:
+    """Mean Dice (after each tool's choice) against its wall minutes (``curve_points``), a point per run; a PNG
+    at ``path`` (None when no row has both). A tool's line (and DeSAM configuration's) joins the mean of its runs
+    per schedule: nnU-Net's trainer, whose one epoch fits both 30 and 60 minutes (two runs of one schedule, not a
+    curve), or a SAM model's budget."""
+    cases = max((r.get("cases") or 0 for r in rows.values()), default=0)
+    lines = curve_points(rows)
     if not lines:
         return None
     import matplotlib
@@ -89,7 +98,7 @@ def plot_curve(rows: Dict[str, dict], path: Path) -> Optional[Path]:
                        for runs in schedules.values())
         (line,) = ax.plot(*zip(*means), marker="x", label=name)
         ax.scatter(*zip(*[p for runs in schedules.values() for p in runs]), color=line.get_color(), s=20, zorder=3)
-    ax.set_xlabel("training wall time (min)")
+    ax.set_xlabel("wall time from setup to the last training step (min)")
     ax.set_ylabel(f"fold-0 validation mean Dice ({cases} cases)")
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)

@@ -405,6 +405,19 @@ def test_the_gpu_check_is_skipped_without_a_gpu_and_says_why(tmp_path, monkeypat
     assert "No GPU machine has been lent" in out.read_text()
 
 
+def test_dice_curve_counts_the_cache_build_in_the_budget():
+    import report_dice_budget
+    online = _desam_race_row(0.7, setup_s=12.0, train_wall_s=1788.0)
+    cached = _desam_race_row(0.8, minutes=120.0, setup_s=2640.0, train_wall_s=4560.0)
+    lines = report_dice_budget.curve_points({"desam_30min": online, "desam_120min": cached,
+                                             "nnunet_2d_30min": _dice_row("nnunet", 0.75, trainer="t1"),
+                                             "desam_8cases": _desam_race_row(0.9, cases=8)})
+    assert len(lines) == 2  # the 8-case row is not on the 40-case curve
+    desam = next(v for k, v in lines.items() if "nnU-Net" not in k)
+    assert desam == {30.0: [(30.0, 0.7)], 120.0: [(120.0, 0.8)]}
+    assert [p for runs in lines["nnU-Net 2D"].values() for p in runs] == [(1510.0 / 60, 0.75)]
+
+
 def test_dice_against_training_time_plot(tmp_path):
     import report_dice_budget
     results = _write(tmp_path / "results", FABRICATED)
