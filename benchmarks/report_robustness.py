@@ -59,7 +59,7 @@ def _timing(d: dict) -> str:
     before = d.get("predictions_done_before") or 0
     if before:
         return (f"{d['seconds'] / 60:.0f} minutes in its last invocation ({before} model x set predictions were "
-                f"done by an earlier, interrupted one: the study resumes)")
+                f"done by an earlier one, smaller or interrupted: the study resumes)")
     return f"{d['seconds'] / 60:.0f} minutes in all"
 
 
