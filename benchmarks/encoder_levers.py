@@ -13,7 +13,10 @@ this measurement, ``inference/tiles.py``). The levers, each against the baseline
   convolutions);
 - ``compile``: ``torch.compile`` of the image encoder (inductor, one compilation per batch size, not timed);
 - ``bf16``: ``torch.autocast("cpu", torch.bfloat16)``;
-- ``int8``: ``torch.ao.quantization.quantize_dynamic`` of the encoder's ``nn.Linear`` layers.
+- ``int8``: ``torch.ao.quantization.quantize_dynamic`` of the encoder's ``nn.Linear`` layers;
+- ``onnxruntime``: the encoder exported to ONNX (``torch.onnx.export``, every feature level, once per batch size)
+  and run by ONNX Runtime's CPU provider at the same threads (``pip install onnx onnxruntime``; not a dependency of the
+  package unless it pays).
 
 Rounds are interleaved (one call of every lever and batch per round) and the best of ``--rounds`` is kept,
 so that load from elsewhere spreads over all levers alike; the machine must be quiet all the same. Each
@@ -24,13 +27,15 @@ absolute difference says whether the lever changes the numbers (bf16, int8) or o
     python benchmarks/encoder_levers.py --levers baseline --batches 1 2 4 8 32 --out results/encoder_batches.json
     python benchmarks/encoder_levers.py --batches 1 4 --rounds 1 --levers baseline channels_last   # quick
 
-bf16 is not in the default run: on this CPU (no bf16 arithmetic) one warm-up call took 10 s for one tile and
-214 s for 32, against 0.6 s and 29 s in float32.
+bf16 is in the default run only on a CPU with bf16 arithmetic (avx512_bf16 or AMX): without it, emulated, one
+warm-up call took 10 s for one tile and 214 s for 32, against 0.6 s and 29 s in float32. With it (an AMD EPYC with
+avx512_bf16, 2026-12-03) it took 82 ms a tile against 200 ms; its Dice cost is ``prediction_options.py``'s.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import os
 import platform
 import sys
@@ -44,8 +49,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from desam_nnu.model import build_desam  # noqa: E402
 from results_file import record_run  # noqa: E402
 
-LEVERS = ("baseline", "threads1", "channels_last", "compile", "bf16", "int8")
-DEFAULT_LEVERS = ("baseline", "threads1", "channels_last", "compile", "int8")
+LEVERS = ("baseline", "threads1", "channels_last", "compile", "bf16", "int8", "onnxruntime")
+DEFAULT_LEVERS = ("baseline", "threads1", "channels_last", "compile", "int8") + (
+    ("bf16",) if torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported() else ())
 
 
 def _lever(name: str, backbone: str, image_size: int) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -66,6 +72,8 @@ def _lever(name: str, backbone: str, image_size: int) -> Callable[[torch.Tensor]
     elif name == "int8":
         desam.image_encoder = torch.ao.quantization.quantize_dynamic(desam.image_encoder, {torch.nn.Linear},
                                                                      dtype=torch.qint8)
+    elif name == "onnxruntime":
+        return _onnxruntime(desam, image_size, threads)
     elif name != "threads1" and name != "baseline":
         raise ValueError(f"unknown lever {name!r}; known: {', '.join(LEVERS)}")
 
@@ -77,6 +85,40 @@ def _lever(name: str, backbone: str, image_size: int) -> Callable[[torch.Tensor]
                 return desam.encode(prepare(tiles))[-1].float()
         finally:
             torch.set_num_threads(threads)
+
+    return encode
+
+
+class _Encoder(torch.nn.Module):
+    """DeSAM.encode as a module for the ONNX export: tiles [B, 3, S, S] -> every feature level."""
+
+    def __init__(self, desam) -> None:
+        super().__init__()
+        self.desam = desam
+
+    def forward(self, tiles: torch.Tensor):
+        return tuple(self.desam.encode(tiles))
+
+
+def _onnxruntime(desam, image_size: int, threads: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The encoder through ONNX Runtime, run at ``threads``: exported (every level, as PDMM needs them all) once per
+    batch size, as ``compile`` compiles once per batch size (TinyViT's reshapes fix the batch in the traced graph)."""
+    import io
+
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    sessions: Dict[int, "ort.InferenceSession"] = {}
+
+    def encode(tiles: torch.Tensor) -> torch.Tensor:
+        b = tiles.shape[0]
+        if b not in sessions:
+            graph = io.BytesIO()
+            with torch.inference_mode(False), torch.no_grad():
+                torch.onnx.export(_Encoder(desam), (tiles.clone(),), graph, input_names=["tiles"], dynamo=False)
+            sessions[b] = ort.InferenceSession(graph.getvalue(), options, providers=["CPUExecutionProvider"])
+        return torch.from_numpy(sessions[b].run(None, {"tiles": tiles.numpy()})[-1])
 
     return encode
 
@@ -119,6 +161,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "encoder_levers.json")
     args = ap.parse_args(argv)
     levers = ["baseline"] + [lv for lv in args.levers if lv != "baseline"]  # every lever is compared with it
+    if "onnxruntime" in levers and importlib.util.find_spec("onnxruntime") is None:
+        print("onnxruntime skipped: not installed (pip install onnx onnxruntime)", file=sys.stderr)
+        levers.remove("onnxruntime")
     rows = measure(levers, sorted(set(args.batches)), args.rounds, args.backbone, args.image_size)
     base: Dict[int, float] = {r["batch"]: r["ms_per_tile"] for r in rows if r["lever"] == "baseline"}
     print("| lever | batch | ms / tile | vs baseline | max abs diff |\n|---|---|---|---|---|")

@@ -40,6 +40,7 @@ from report_robustness import section_robustness  # noqa: E402
 from report_ensemble import section_ensemble  # noqa: E402
 from report_prompted_boxes import section_prompted  # noqa: E402
 from report_encoder_levers import section_encoder_levers  # noqa: E402
+from report_prediction_options import section_prediction_options  # noqa: E402
 
 sys.path.insert(0, str(REPO))
 from desam_nnu.atomic import atomic_path  # noqa: E402  (a plain-Python module: no torch import)
@@ -59,6 +60,8 @@ SECTIONS: List[Tuple[str, str, Tuple[str, ...], Callable[[Results], str]]] = [
     ("Cache precision: int8 against float16", "cache_dice.py", ("cache_dice",), section_cache_dice),
     ("Prediction: grid against box, against nnU-Net's 2D predictor, CT memory", "predict.py", ("predict",),
      section_predict),
+    ("Prediction options that trade exactness for speed: --bf16, --coarse-grid", "prediction_options.py",
+     ("prediction_options",), section_prediction_options),
     ("Fold ensembles of a ViT-B model: model-folder bytes, time and memory", "ensemble.py", ("ensemble",),
      section_ensemble),
     ("Peak memory", "plan_preprocess.py, train.py, predict.py", ("plan_preprocess", "train", "predict"),

@@ -75,7 +75,8 @@ class InferenceConfiguration:
     def describe(self) -> str:
         p = self.prompts
         prompts = "no prompts" if p is None else "whole-box prompts" if p.mode == "box" else \
-            f"grid {p.grid_points_per_side}x{p.grid_points_per_side}, IoU >= {p.iou_threshold:g}, top-{p.top_k}"
+            f"grid {p.grid_points_per_side}x{p.grid_points_per_side}, IoU >= {p.iou_threshold:g}, top-{p.top_k}" \
+            + (", coarse to fine" if p.coarse_grid else "")
         pp = "; ".join(f"largest component of {_labels(kw)}" for _, kw in self.postprocessing) or "no postprocessing"
         dice = f", cross-validation Dice {self.dice:.4f}" if self.dice is not None else ""
         return f"{prompts}, {pp} (folds {', '.join(self.folds)}{dice})"

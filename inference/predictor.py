@@ -46,8 +46,8 @@ from desam_nnu.inference.prompt_free import MixtureTiles, PromptFreeTiles
 from desam_nnu.inference.prompted import GridStats, PromptedDeSAM, PromptSettings, TileNetwork
 from desam_nnu.inference.user_prompts import (CasePrompts, UserPromptedBoxes, UserPromptedDeSAM, read_prompts,
                                               slice_prompts)
-from desam_nnu.inference.tiles import (memory_cap, per_call_limit, sliding_window_batched, tile_working_bytes,
-                                       tiles_per_call)
+from desam_nnu.inference.tiles import (bf16_encoder_dtype, memory_cap, per_call_limit, sliding_window_batched,
+                                       tile_working_bytes, tiles_per_call)
 from desam_nnu.model import DeSAM
 from desam_nnu.planners.plans import DeSAMPlansManager
 
@@ -162,12 +162,14 @@ class DeSAMPredictor(nnUNetPredictor):
     top_k; None = not given) win over either. ``configuration_note`` says in one line which applied.
 
     The network gets many tiles per call (``inference/tiles.py``): ``tiles_per_call`` sets how many, else
-    as many as fit in ``tile_memory_cap`` bytes (default: a share of the device's free memory)."""
+    as many as fit in ``tile_memory_cap`` bytes (default: a share of the device's free memory). ``bf16`` runs
+    DeSAM's image encoder under bfloat16 autocast on a CPU with bf16 arithmetic (1.7x faster box mode on
+    hippocampus, mean Dice -0.0025: not the default; BENCHMARKS, prediction options)."""
 
     def __init__(self, tile_step_size: float = 0.5, use_mirroring: bool = True,
                  device: torch.device = torch.device("cpu"), prompt_overrides: Optional[dict] = None,
                  verbose: bool = False, allow_tqdm: bool = True, tiles_per_call: Optional[int] = None,
-                 tile_memory_cap: Optional[int] = None) -> None:
+                 tile_memory_cap: Optional[int] = None, bf16: bool = False) -> None:
         super().__init__(tile_step_size=tile_step_size, use_gaussian=True, use_mirroring=use_mirroring,
                          perform_everything_on_device=device.type == "cuda", device=device, verbose=verbose,
                          allow_tqdm=allow_tqdm)
@@ -181,6 +183,10 @@ class DeSAMPredictor(nnUNetPredictor):
         if tiles_per_call is not None and tiles_per_call < 1:
             raise ValueError(f"tiles per call {tiles_per_call}: use 1 or more")
         self._tiles_per_call, self.tile_memory_cap = tiles_per_call, tile_memory_cap
+        try:
+            self.encoder_dtype = bf16_encoder_dtype(device) if bf16 else None
+        except ValueError as e:
+            raise DeSAMInputError(str(e)) from e
 
     @property
     def desam(self) -> DeSAMConfig:
@@ -220,10 +226,12 @@ class DeSAMPredictor(nnUNetPredictor):
         as it is, DeSAM with this predictor's prompts (the plans' defaults with the overrides, when no
         model folder chose them)."""
         if cfg.prompts is None:
+            if self.encoder_dtype is not None:
+                raise DeSAMInputError(f"--bf16 is DeSAM's (its image encoder alone); {cfg.family} predicts in float32")
             return MixtureTiles(network, cfg) if cfg.slices_per_patch else PromptFreeTiles(network, cfg)
         self.prompts = self.prompts or PromptSettings.from_plans(cfg, **self.prompt_overrides)
         prompts = self.prompts
-        return PromptedDeSAM(network, cfg, prompts, ensemble=ensemble)
+        return PromptedDeSAM(network, cfg, prompts, ensemble=ensemble, encoder_dtype=self.encoder_dtype)
 
     def choose_prompts(self, folder: str, folds: Sequence[FoldSpec], cfg: DeSAMConfig, labels: Sequence[int]) -> None:
         """Settle prompts and postprocessing for ``folds`` of ``folder`` (see the class docstring)."""
@@ -247,6 +255,10 @@ class DeSAMPredictor(nnUNetPredictor):
         if self.trained_modes and self.prompts.mode not in self.trained_modes:
             self.configuration_note += (f". warning: {self.prompts.mode} prompts were not trained (the folds were "
                                         f"trained for {', '.join(self.trained_modes)})")
+        if self.prompts.mode == "grid" and self.prompts.coarse_grid and self.prompts.iou_threshold > 0:
+            self.configuration_note += (f". warning: --coarse-grid with --iou-thresh {self.prompts.iou_threshold:g} "
+                                        f"misses objects that fall between its coarse points (BENCHMARKS, prediction "
+                                        f"options); it suits --iou-thresh -1")
 
     def initialize_from_trained_model_folder(self, model_training_output_dir: str,
                                              use_folds: Optional[Sequence[FoldSpec]],
@@ -299,6 +311,8 @@ class DeSAMPredictor(nnUNetPredictor):
                 raise DeSAMInputError(f"{join(folder, f'fold_{f}', checkpoint_name)}: does not fit the plans' "
                                       f"{cfg.backbone} model ({_one_line(e)[:200]})") from e
         self.model_folder = folder
+        if self.encoder_dtype is not None:
+            self.configuration_note += "; the image encoder in bfloat16 (--bf16: faster, not exact)"
 
     def predict_case(self, data: torch.Tensor) -> Tuple[torch.Tensor, GridStats]:
         """One preprocessed case [C, Z, Y, X] -> (logits, grid statistics): the per-case core of
@@ -417,7 +431,8 @@ class DeSAMPredictor(nnUNetPredictor):
         if self.desam.prompts is None:  # a box-prompted family without DeSAM's prompt modes (DB-SAM)
             self.network = UserPromptedBoxes(self.network.network, self.desam)
         else:
-            self.network = UserPromptedDeSAM(self.network.desam, self.desam, ensemble=self.network.ensemble)
+            self.network = UserPromptedDeSAM(self.network.desam, self.desam, ensemble=self.network.ensemble,
+                                             encoder_dtype=self.encoder_dtype)
         self.use_mirroring = False
         self.prompts = None
         self.configuration_note = f"prompts from {path}, not the automatic mode"

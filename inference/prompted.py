@@ -33,6 +33,7 @@ class PromptSettings:
     grid_points_per_side: int = 9
     iou_threshold: float = 0.5
     top_k: int = 1
+    coarse_grid: bool = False  # PRIM coarse to fine over the grid (model/coarse_grid.py): faster, not exact
 
     def __post_init__(self) -> None:
         if self.mode not in PROMPT_MODES:
@@ -123,12 +124,24 @@ class DeSAMTiles(TileNetwork):
     encoder). The state dict is the wrapped DeSAM's own (no prefix), so nnU-Net's per-fold
     ``network.load_state_dict(checkpoint['network_weights'])`` loads trainer checkpoints as they are."""
 
-    def __init__(self, desam: DeSAM, cfg: DeSAMConfig, ensemble: Sequence[DeSAM] = ()) -> None:
+    def __init__(self, desam: DeSAM, cfg: DeSAMConfig, ensemble: Sequence[DeSAM] = (),
+                 encoder_dtype: Optional[torch.dtype] = None) -> None:
         super().__init__(desam.num_classes)
         if any(net.image_encoder is not desam.image_encoder for net in ensemble):
             raise ValueError("an ensemble's folds must share the wrapped DeSAM's image encoder")
         self.desam, self.cfg, self.ensemble = desam, cfg, nn.ModuleList(ensemble)
+        self.encoder_dtype = encoder_dtype  # None: float32; torch.bfloat16: desam_predict --bf16 (not exact)
         self.tile_calls = 0  # tiles encoded, for benchmarks and tests
+
+    def encode(self, tiles: Tensor) -> List[Tensor]:
+        """Tiles [B, C_in, p, p] (0..255) -> DeSAM's features (float32), the encoder under autocast to
+        ``encoder_dtype`` when one is set (the decoders stay float32)."""
+        x = to_network_input(tiles.float(), self.cfg.channel_to_rgb, self.cfg.image_size)
+        if self.encoder_dtype is None:
+            return self.desam.encode(x)
+        with torch.autocast(x.device.type, dtype=self.encoder_dtype):
+            features = self.desam.encode(x)
+        return [f.float() for f in features]
 
     def state_dict(self, *args, **kwargs):
         return self.desam.state_dict(*args, **kwargs)
@@ -152,8 +165,9 @@ class PromptedDeSAM(DeSAMTiles):
     """
 
     def __init__(self, desam: DeSAM, cfg: DeSAMConfig, prompts: PromptSettings,
-                 record: Optional["CandidateRecord"] = None, ensemble: Sequence[DeSAM] = ()) -> None:
-        super().__init__(desam, cfg, ensemble)
+                 record: Optional["CandidateRecord"] = None, ensemble: Sequence[DeSAM] = (),
+                 encoder_dtype: Optional[torch.dtype] = None) -> None:
+        super().__init__(desam, cfg, ensemble, encoder_dtype)
         self.prompts, self.record = prompts, record
         self.register_buffer("grid", make_point_grid(prompts.grid_points_per_side, cfg.image_size), persistent=False)
 
@@ -164,7 +178,7 @@ class PromptedDeSAM(DeSAMTiles):
     def _probabilities(self, tiles: Tensor) -> Tensor:
         self.tile_calls += tiles.shape[0]
         size = tiles.shape[-2:]
-        features = self.desam.encode(to_network_input(tiles.float(), self.cfg.channel_to_rgb, self.cfg.image_size))
+        features = self.encode(tiles)
         if self.record is not None:
             return self._recorded(tiles, features)
         if not len(self.ensemble):
@@ -179,7 +193,8 @@ class PromptedDeSAM(DeSAMTiles):
         for i in range(len(out)):
             cand = desam.grid_candidates([f[i:i + 1] for f in features], self.grid, top_k=self.prompts.top_k,
                                          iou_thresh=self.prompts.iou_threshold,
-                                         prompts_per_batch=grid_prompts_per_call(features[-1].device))
+                                         prompts_per_batch=grid_prompts_per_call(features[-1].device),
+                                         coarse=self.prompts.coarse_grid)
             self._count_grid(cand.kept)
             if not cand.empty:
                 out[i] = fuse_candidates(self._to_patch(cand.logits, size), cand.iou, cand.kept)

@@ -26,7 +26,7 @@ from desam_nnu.errors import DeSAMInputError
 from desam_nnu.inference.prompt_free import PromptFreeTiles
 from desam_nnu.inference.prompted import DeSAMTiles
 from desam_nnu.model import DeSAM
-from desam_nnu.rgb import network_input, to_network_input
+from desam_nnu.rgb import network_input
 
 Vec3 = Tuple[float, float, float]
 READERS = ("SimpleITKIO", "NibabelIO")  # readers whose arrays are the file's voxels as [z, y, x], unreoriented
@@ -247,15 +247,16 @@ class UserPromptedDeSAM(PromptsByTile, DeSAMTiles):
     (:class:`PromptsByTile`): each box decoded on its own, all clicks of a class together as one prompt, the
     class's probability the largest of them."""
 
-    def __init__(self, desam: DeSAM, cfg: DeSAMConfig, ensemble: Sequence[DeSAM] = ()) -> None:
-        super().__init__(desam, cfg, ensemble)
+    def __init__(self, desam: DeSAM, cfg: DeSAMConfig, ensemble: Sequence[DeSAM] = (),
+                 encoder_dtype: Optional[torch.dtype] = None) -> None:
+        super().__init__(desam, cfg, ensemble, encoder_dtype)
         self._reset_prompts()
 
     def _probabilities(self, tiles: Tensor) -> Tensor:
         self.tile_calls += tiles.shape[0]
         p = tiles.shape[-1]
         slicers = self._informative_slicers()
-        features = self.desam.encode(to_network_input(tiles.float(), self.cfg.channel_to_rgb, self.cfg.image_size))
+        features = self.encode(tiles)
         nets, dev = list(self.ensemble) or [self.desam], tiles.device
         scale = self.cfg.image_size / p
         out = torch.zeros((len(tiles), self.num_classes, p, p), device=dev)

@@ -8,7 +8,7 @@ def fixed_grid(iou: float, class_logits=(5.0, -5.0)):
     """A grid_candidates whose every prompt predicts ``iou`` for each class and masks each class with a constant
     logit (class c: ``class_logits[c]``), honouring ``top_k`` and ``iou_thresh`` as the real one does."""
 
-    def grid_candidates(self, features, points, top_k=1, iou_thresh=float("-inf"), prompts_per_batch=128):
+    def grid_candidates(self, features, points, top_k=1, iou_thresh=float("-inf"), prompts_per_batch=128, coarse=False):
         h, w = self.mask_size(features)
         c = len(class_logits)
         logits = torch.stack([torch.full((h, w), float(v)) for v in class_logits])[None].repeat(top_k, 1, 1, 1)

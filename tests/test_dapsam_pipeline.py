@@ -106,7 +106,7 @@ def test_warmup_is_the_officials_250_iterations_or_1_percent_of_a_shorter_schedu
     assert opt.param_groups[0]["lr"] == pytest.approx(5e-4 * 0.5 ** 0.9)
 
 
-def test_predict_then_evaluate_whole_volumes(trained, tmp_path):
+def test_predict_then_evaluate_whole_volumes(trained, tmp_path, monkeypatch, capsys):
     root, _ = trained
     (tmp_path / "imagesTs").mkdir()
     (tmp_path / "labelsTs").mkdir()
@@ -118,6 +118,10 @@ def test_predict_then_evaluate_whole_volumes(trained, tmp_path):
     assert predict_main(["-i", str(tmp_path / "imagesTs"), "-o", str(out), "-d", "8", "--disable-tta"]) == 0
     args = json.loads((out / "predict_args.json").read_text())
     assert args["family"] == "dapsam" and args["prompt_mode"] is None
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)  # whatever CPU runs this
+    assert predict_main(["-i", str(tmp_path / "imagesTs"), "-o", str(tmp_path / "bf16"), "-d", "8", "--bf16"]) == 2
+    assert "error: --bf16 is DeSAM's (its image encoder alone); dapsam predicts in float32" in capsys.readouterr().err
+    assert not (tmp_path / "bf16").exists()
     assert sorted(p.name for p in out.glob("*.nii.gz")) == ["a.nii.gz", "b.nii.gz"]
     assert evaluate_main(["-ref", str(tmp_path / "labelsTs"), "-pred", str(out), "-d", "8"]) == 0
     summary = json.loads((out / "summary.json").read_text())

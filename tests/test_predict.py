@@ -431,6 +431,61 @@ def test_grid_prompts_a_third_at_a_time_on_a_cpu_predict_as_all_at_once(trained,
     torch.testing.assert_close(outputs[0], outputs[1], rtol=0, atol=2e-3)  # fp16 sums, as nnU-Net's
 
 
+def test_coarse_grid_scores_fewer_prompts_per_tile_and_keeps_their_exact_masks(trained, tmp_path, monkeypatch):
+    """--coarse-grid reaches every tile's grid decode; the kept prompts' masks are the exact decode's wherever both
+    keep the same prompt, and the option is named in the configuration note."""
+    image = _write_case(tmp_path / "in", "big", shape_zyx=(2, 80, 96))
+    seen, original = [], DeSAM.grid_candidates
+    monkeypatch.setattr(DeSAM, "grid_candidates",
+                        lambda self, *a, **kw: seen.append(original(self, *a, **kw)) or seen[-1])
+    outputs = []
+    for coarse in (None, True):
+        p = _predictor(trained, use_mirroring=False,
+                       prompt_overrides={"mode": "grid", "iou_threshold": 0.0, "coarse_grid": coarse})
+        outputs.append(p.predict_logits_from_preprocessed_data(_preprocessed(p, image)).float())
+    assert "coarse_grid=True" in p.configuration_note and p.prompts.coarse_grid and "warning" not in \
+        p.configuration_note
+    exact, coarse = seen[:len(seen) // 2], seen[len(seen) // 2:]
+    assert len(exact) == len(coarse) > 2 and all(c.prompt_iou.isfinite().all() for c in exact)
+    assert all(int(c.prompt_iou[:, 0].isfinite().sum()) <= 25 + 8 * c.prompt_iou.shape[1] for c in coarse)
+    same = [(e, c) for e, c in zip(exact, coarse) if torch.equal(e.indices, c.indices)]
+    assert same  # the coarse search found the exact best prompts on some tiles: there the masks are equal
+    for e, c in same:
+        torch.testing.assert_close(c.logits, e.logits, atol=1e-4, rtol=0)
+    assert outputs[1][1:].amax() > 0.1
+    p = _predictor(trained, prompt_overrides={"mode": "grid", "iou_threshold": 0.5, "coarse_grid": True})
+    assert "warning: --coarse-grid with --iou-thresh 0.5 misses objects" in p.configuration_note
+
+
+def test_bf16_puts_the_encoder_alone_in_bfloat16_where_the_cpu_has_it(trained, tmp_path, monkeypatch, capsys):
+    """--bf16: the image encoder computes in bfloat16, PRIM and PDMM get float32 features; the output stays close
+    to float32's. Refused on a CPU without bf16 arithmetic and on a GPU, in one line and before any output."""
+    from desam_nnu.inference.tiles import bf16_encoder_dtype
+    image = _write_case(tmp_path / "in", "big", shape_zyx=(1, 80, 96))
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)  # whatever CPU runs this test
+    outputs = []
+    for bf16 in (False, True):
+        p = _predictor(trained, use_mirroring=False, bf16=bf16, prompt_overrides={"mode": "box"})
+        encoded, decoded = [], []
+        for m in p.network.desam.image_encoder.modules():  # what its matrix products compute in
+            if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)):
+                m.register_forward_hook(lambda m, a, out: encoded.append(out.dtype))
+        p.network.desam.prim.register_forward_pre_hook(lambda m, args: decoded.append(args[0].dtype))
+        outputs.append(p.predict_logits_from_preprocessed_data(_preprocessed(p, image)).float())
+        assert set(encoded) == {torch.bfloat16 if bf16 else torch.float32} and set(decoded) == {torch.float32}
+    assert "image encoder in bfloat16" in p.configuration_note
+    assert outputs[0][1:].amax() > 0.1 and not torch.equal(outputs[0], outputs[1])
+    torch.testing.assert_close(outputs[1], outputs[0], rtol=0, atol=0.05)  # probabilities, bf16's 3 digits
+    assert bf16_encoder_dtype(torch.device("cpu")) == torch.bfloat16
+    with pytest.raises(ValueError, match="on cuda nnU-Net's predictor already runs under float16"):
+        bf16_encoder_dtype(torch.device("cuda"))
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    assert main(["-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--bf16", "-device", "cpu"]) == 2
+    assert "error: --bf16: this CPU has no bf16 arithmetic" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_the_memory_cap_sets_the_tiles_per_call(trained, tmp_path, monkeypatch):
     from desam_nnu.inference import tiles
     from desam_nnu.inference.tiles import tile_working_bytes

@@ -152,6 +152,17 @@ FABRICATED = {
          "train_s_per_iter": 0.1, "predict_prompt_free_s_per_slice": 0.02, "train_peak_gpu_mib": 2000.0,
          "predict_prompt_free_peak_gpu_mib": 190.0, "command": "python benchmarks/gpu_check.py"}],
         "torch": "2.11.0+cu130", "cuda": "13.0", "cuda_tests": {"command": "python -m pytest -k cuda", "result": "4 passed"}},
+    "prediction_options.json": {"meta": {"threads": 2, "torch": "2.14.1"}, "rows": [
+        {"option": "bf16", "setting": "chosen (box)", "model": "DeSAM, 30min race", "cases": 40,
+         "command": "python benchmarks/prediction_options.py --options bf16 --cases 40 --out /tmp/x.json",
+         "exact": {"dice_per_class": {"1": 0.7, "2": 0.6}, "dice": 0.65, "s_per_volume": 12.0},
+         "with_option": {"dice_per_class": {"1": 0.69, "2": 0.6}, "dice": 0.645, "s_per_volume": 6.0},
+         "dice_change": -0.005, "within_rule": False},
+        {"option": "coarse_grid", "setting": "grid IoU >= -1, top-1", "model": "DeSAM, 120min race", "cases": 10,
+         "command": "python benchmarks/prediction_options.py --options coarse_grid --cases 10",
+         "exact": {"dice_per_class": {"1": 0.7, "2": 0.6}, "dice": 0.65, "s_per_volume": 30.0},
+         "with_option": {"dice_per_class": {"1": 0.7, "2": 0.599}, "dice": 0.6495, "s_per_volume": 20.0},
+         "dice_change": -0.0005, "within_rule": True}]},
     "prompted_boxes.json": {
         "note": "hippocampus fold 0", "cases": ["hippocampus_001", "hippocampus_002"], "jitter_mm": 5.0, "seed": 0,
         "minutes": 30.0, "command": "python benchmarks/prompted_boxes.py --minutes 30",
@@ -267,6 +278,14 @@ def test_every_area_rendered_with_ratios_from_the_numbers(tmp_path):
     assert _row(text, "dapsam | medsam_lite | 128")[4:] == [
         "-", "0.100 s (batch 8)", "- / - / 0.0200 s", "- / 2000 MiB / - / - / 190 MiB", "`python benchmarks/gpu_check.py`"]
     assert "torch 2.11.0+cu130, CUDA 13.0." in text and "4 passed (`python -m pytest -k cuda`)" in text
+    # the inexact prediction options against the exact decode: #22's Dice rule, the speed-up
+    assert _row(text, "mean Dice, --bf16, chosen (box), 40 volumes")[1:6] == [
+        "0.6450", "0.6500 (exact)", "0.992x", "change within 0.002, missed",
+        "`python benchmarks/prediction_options.py --options bf16 --cases 40`"]
+    assert _row(text, "s / volume, --bf16, chosen (box), 40 volumes")[1:4] == ["6 s", "12 s (exact)", "0.5x"]
+    assert _row(text, "mean Dice, --coarse-grid, grid IoU >= -1, top-1, 10 volumes")[4] == "change within 0.002, met"
+    assert _row(text, "--coarse-grid | grid IoU >= -1, top-1")[3:8] == [
+        "10", "0.7000 -> 0.7000", "0.6000 -> 0.5990", "-0.0005", "1.50x"]
     assert _row(text, "DeSAM-medsam_lite, trained")[1:5] == ["0.800", "0.700", "0.750", "12 s"]
     assert _row(text, "LiteMedSAM, no training")[3] == "0.550" and "100 s per slice (1 slice(s), 2 threads" in text
 

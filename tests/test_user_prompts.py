@@ -230,5 +230,6 @@ def test_bad_prompts_stop_before_anything_is_written(trained, tmp_path, capsys):
     assert err == [f"error: {path}: cases.case_000.5: the model has no class 5 (its classes: 1, 2)",
                    f"error: {path}: cases.case_001.1.points[0]: outside the image (x 0..47, y 0..39, z 0..7 voxels)"]
     assert not out.exists()
-    assert main(["-i", str(raw), "-o", str(out), "-d", "44", "--prompts", path, "--top-k", "2"]) == 2
-    assert "replaces the automatic prompts: drop --top-k" in capsys.readouterr().err
+    assert main(["-i", str(raw), "-o", str(out), "-d", "44", "--prompts", path, "--top-k", "2",
+                 "--coarse-grid"]) == 2
+    assert "replaces the automatic prompts: drop --top-k, --coarse-grid" in capsys.readouterr().err

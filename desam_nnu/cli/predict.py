@@ -14,8 +14,9 @@ def predict(input_folder: str, output_folder: str, dataset: Optional[Union[int, 
             model_dir: Optional[str] = None, folds: Optional[Sequence[str]] = None, trainer: Optional[str] = None,
             plans: str = PLANS_NAME, checkpoint: str = "checkpoint_final.pth", prompt_mode: Optional[str] = None,
             grid: Optional[int] = None, iou_thresh: Optional[float] = None, top_k: Optional[int] = None,
-            tile_step: float = 0.5, disable_tta: bool = False, save_probabilities: bool = False,
-            preview: bool = False, device: Optional[str] = None, npp: int = 1, nps: int = 1,
+            coarse_grid: Optional[bool] = None, bf16: bool = False, tile_step: float = 0.5,
+            disable_tta: bool = False, save_probabilities: bool = False, preview: bool = False,
+            device: Optional[str] = None, npp: int = 1, nps: int = 1,
             continue_prediction: bool = False, num_parts: int = 1, part_id: int = 0, prompts: Optional[str] = None):
     """Resolve the model, predict every case of ``input_folder`` (or part ``part_id`` of ``num_parts``), with the
     automatic prompts or the user's (``prompts``: a prompts file); returns the PredictionReport."""
@@ -27,15 +28,17 @@ def predict(input_folder: str, output_folder: str, dataset: Optional[Union[int, 
         raise DeSAMInputError(f"--tile-step {tile_step}: use a value in (0, 1]")
     if num_parts < 1 or not 0 <= part_id < num_parts:
         raise DeSAMInputError(f"-num_parts {num_parts} -part_id {part_id}: use a part_id from 0 to num_parts - 1")
-    automatic = {"--prompt-mode": prompt_mode, "--grid": grid, "--iou-thresh": iou_thresh, "--top-k": top_k}
+    automatic = {"--prompt-mode": prompt_mode, "--grid": grid, "--iou-thresh": iou_thresh, "--top-k": top_k,
+                 "--coarse-grid": coarse_grid}
     if prompts and any(v is not None for v in automatic.values()):
         given = ", ".join(k for k, v in automatic.items() if v is not None)
         raise DeSAMInputError(f"--prompts {prompts} replaces the automatic prompts: drop {given}")
     folder = resolve_model_folder(model_dir, dataset, trainer, plans)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    predictor = DeSAMPredictor(tile_step_size=tile_step, use_mirroring=not disable_tta, device=dev,
+    predictor = DeSAMPredictor(tile_step_size=tile_step, use_mirroring=not disable_tta, device=dev, bf16=bf16,
                                prompt_overrides=dict(mode=prompt_mode, grid_points_per_side=grid,
-                                                     iou_threshold=iou_thresh, top_k=top_k))
+                                                     iou_threshold=iou_thresh, top_k=top_k,
+                                                     coarse_grid=coarse_grid))
     predictor.initialize_from_trained_model_folder(folder, folds, checkpoint)
     print(predictor.configuration_note)
     report = predictor.predict_folder(input_folder, output_folder, save_probabilities=save_probabilities,
@@ -77,6 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grid", type=int, default=None, help="grid points per side (default 9: 81 prompts)")
     p.add_argument("--iou-thresh", type=float, default=None, help="keep grid prompts with predicted IoU >= this (0.5)")
     p.add_argument("--top-k", type=int, default=None, help="fuse the k best kept prompts by predicted IoU (1)")
+    p.add_argument("--coarse-grid", action="store_true", default=None,
+                   help="grid mode scores every other grid point, then only around the best ones: about half of "
+                        "PRIM's time, not the exact decode (its Dice cost: BENCHMARKS.md)")
+    p.add_argument("--bf16", action="store_true",
+                   help="DeSAM's image encoder in bfloat16 on a CPU with bf16 arithmetic: faster, not exact (its Dice "
+                        "cost: BENCHMARKS.md)")
     p.add_argument("--tile-step", type=float, default=0.5, help="sliding-window step as a fraction of the patch")
     p.add_argument("--disable-tta", action="store_true", help="no mirroring test-time augmentation")
     p.add_argument("--save-probabilities", action="store_true", help="also write CASE.npz / CASE.pkl as nnU-Net")

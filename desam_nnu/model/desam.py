@@ -43,6 +43,7 @@ from segment_anything.modeling.prompt_encoder import PromptEncoder
 from segment_anything.utils.amg import build_point_grid
 from torch import Tensor, nn
 
+from .coarse_grid import coarse_to_fine_iou
 from .pdmm import PDMM
 from .prim import PRIM
 
@@ -364,6 +365,7 @@ class DeSAM(nn.Module):
         top_k: int = 1,
         iou_thresh: float = float("-inf"),
         prompts_per_batch: Optional[int] = 128,
+        coarse: bool = False,
     ) -> GridCandidates:
         """The ``top_k`` best prompts per class for ONE image, with their masks: what every grid setting
         at most ``top_k`` chooses from.
@@ -376,6 +378,8 @@ class DeSAM(nn.Module):
         prompts_per_batch: PRIM runs over at most this many prompts at a time, to bound memory for
             large grids (None: all at once). When P exceeds it, the kept prompts' mask embeddings
             are recomputed (one extra PRIM run) instead of storing all P of them.
+        coarse: score a square grid coarse to fine (:mod:`.coarse_grid`: about half of PRIM's work, not exact);
+            the prompts it does not score get IoU -inf in ``prompt_iou``.
         """
         if features[-1].shape[0] != 1:
             raise ValueError(f"grid decoding takes one image, got a batch of {features[-1].shape[0]}")
@@ -386,7 +390,12 @@ class DeSAM(nn.Module):
         num_prompts = sparse.shape[0]
         chunk = num_prompts if not prompts_per_batch else max(1, int(prompts_per_batch))
         mask_embedding: Optional[Tensor] = None
-        if chunk >= num_prompts:
+        if coarse:
+            def score(idx: Tensor) -> Tensor:  # PRIM's IoU [m, C] for the prompts idx [m], chunk at a time
+                return torch.cat([self.prim(neck, image_pe, sparse[idx[s : s + chunk]], dense)[1]
+                                  for s in range(0, len(idx), chunk)])
+            prompt_iou = coarse_to_fine_iou(score, num_prompts, top_k, neck.device)
+        elif chunk >= num_prompts:
             mask_embedding, prompt_iou = self.prim(neck, image_pe, sparse, dense)
         else:
             prompt_iou = torch.cat([self.prim(neck, image_pe, sparse[s : s + chunk], dense)[1] for s in range(0, num_prompts, chunk)])
