@@ -79,20 +79,27 @@ def one_run(backbone: str, input_root: str, output_root: str, repeats: int, prof
         import cProfile
         profiler = cProfile.Profile()
 
-    with torch.no_grad():  # warm-up, one random tile per mode: the first call of each path allocates
+    # the encoder desam_predict runs (ONNX Runtime on a CPU: inference/onnx_encoder.py), timed as the encoder
+    fast = net.fast_encoder
+    encode = desam.encode if fast is None else fast
+    if fast is not None:
+        net.fast_encoder = timed("encoder", fast)
+    with torch.no_grad():  # warm-up, one random tile per mode: the first call of each path allocates (or exports)
         tile = torch.rand(1, cfg.num_input_channels, *cfg.patch_size) * 255
         for mode in MODES:
             net.prompts = settings[mode]
             net(tile)
         gflop_per_tile = {}
+        counted_in, net.fast_encoder = net.fast_encoder, None  # the arithmetic is counted on PyTorch's encoder
         for mode in MODES:
             net.prompts = settings[mode]
             with flops.counting() as counted:
                 net(tile)
             gflop_per_tile[mode] = {part: n / 1e9 for part, n in counted.items()}
+        net.fast_encoder = counted_in
     arithmetic = {"gflop_per_tile": gflop_per_tile, "matmul_size": MATMUL_SIZE, "matmul_gflops": matmul_gflops()}
     best_iou.clear()
-    encoder_ms = _encoder_ms_per_tile(desam, cfg, sorted({1, predictor.tiles_per_call}))
+    encoder_ms = _encoder_ms_per_tile(encode, cfg, sorted({1, predictor.tiles_per_call}))
     parts.clear()
     volumes = sorted(os.listdir(input_root))
     runs = {m: {v: [] for v in volumes} for m in MODES}  # seconds, parts, tiles, peak RSS per run
@@ -122,6 +129,7 @@ def one_run(backbone: str, input_root: str, output_root: str, repeats: int, prof
     out = {"backbone": backbone, "image_size": cfg.image_size, "patch_size": list(cfg.patch_size),
            "volumes": volumes, "repeats": repeats, "init_s": init_s, "threads": torch.get_num_threads(),
            "tiles_per_call": predictor.tiles_per_call, "encoder_ms_per_tile": encoder_ms, "arithmetic": arithmetic,
+           "encoder_runtime": "pytorch" if fast is None else "onnxruntime",
            "peak_rss_mib_process": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "modes": {}}
     for mode in MODES:
         best = [min(runs[mode][v], key=lambda x: x["seconds"]) for v in volumes]  # best of repeats per volume
@@ -143,8 +151,9 @@ def one_run(backbone: str, input_root: str, output_root: str, repeats: int, prof
     return out
 
 
-def _encoder_ms_per_tile(desam, cfg, batches: List[int], rounds: int = 3) -> Dict[str, float]:
-    """The image encoder alone (``DeSAM.encode``) on ``b`` random RGB tiles [b, 3, S, S] at once, for each ``b`` in
+def _encoder_ms_per_tile(encode, cfg, batches: List[int], rounds: int = 3) -> Dict[str, float]:
+    """The image encoder alone (``encode``: the predictor's, ``DeSAM.encode`` or its ONNX Runtime copy) on ``b``
+    random RGB tiles [b, 3, S, S] at once, for each ``b`` in
     ``batches`` (1 and the predictor's tiles per call): milliseconds per tile, best of ``rounds`` calls,
     after one warm-up call per batch size. Says what batching the tiles buys in the encoder itself."""
     import torch
@@ -152,11 +161,11 @@ def _encoder_ms_per_tile(desam, cfg, batches: List[int], rounds: int = 3) -> Dic
     with torch.inference_mode():
         for b in batches:
             x = torch.rand(b, 3, cfg.image_size, cfg.image_size) * 255
-            desam.encode(x)
+            encode(x)
             best = float("inf")
             for _ in range(rounds):
                 start = time.perf_counter()
-                desam.encode(x)
+                encode(x)
                 best = min(best, time.perf_counter() - start)
             out[str(b)] = 1000 * best / b
     return out

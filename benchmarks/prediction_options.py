@@ -8,6 +8,8 @@ nnU-Net's ``summary.json`` Dice: the 30-minute model's box mode gives 0.6553 bot
 
 - ``bf16`` (``desam_predict --bf16``): the image encoder under bfloat16 autocast, on the 30-minute model in the
   mode its ``desam_find_best_configuration`` chose (box). Needs a CPU with bf16 arithmetic.
+- ``onnxruntime``: DeSAM's encoder in ONNX Runtime (``desam_predict``'s default on a CPU since it was measured here,
+  exact: the reference is PyTorch's encoder), on the 30-minute model in box mode.
 - ``coarse_grid`` (``desam_predict --coarse-grid``): grid mode's PRIM coarse to fine, on the 120-minute model (the
   one whose grid mode keeps prompts), at the plans' default (IoU >= 0.5, top-1) and at the best grid setting of
   its cross-validation (IoU >= -1, top-1).
@@ -17,6 +19,7 @@ The issue's rule (#22): an option that changes the numbers becomes a default onl
 
     python benchmarks/prediction_options.py --options bf16 --cases 40
     python benchmarks/prediction_options.py --options coarse_grid --cases 10
+    python benchmarks/prediction_options.py --options onnxruntime --cases 20
 """
 from __future__ import annotations
 
@@ -37,13 +40,17 @@ from train import DATASET  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 RULE = 0.002  # |mean Dice change| below which an inexact option may become a default
-# option -> (the race budget of its model, [(setting name, prompt overrides)], the predictor's keyword for it)
+# option -> (the race budget of its model, [(setting name, prompt overrides)], the option's settings, the
+# reference's); a setting is a DeSAMPredictor keyword (PREDICTOR_KEYWORDS) or a prompt override
 OPTIONS: Dict[str, tuple] = {
-    "bf16": (30, [("chosen (box)", {})], {"bf16": True}),
+    "bf16": (30, [("chosen (box)", {})], {"bf16": True}, {}),
     "coarse_grid": (120, [("grid IoU >= 0.5, top-1 (plans' default)", {"mode": "grid", "iou_threshold": 0.5}),
                           ("grid IoU >= -1, top-1 (best grid)", {"mode": "grid", "iou_threshold": -1.0})],
-                    {"coarse_grid": True}),
+                    {"coarse_grid": True}, {}),
+    # exact, and the default since it was measured: the reference is PyTorch's encoder
+    "onnxruntime": (30, [("chosen (box)", {})], {"onnx": True}, {"onnx": False}),
 }
+PREDICTOR_KEYWORDS = ("bf16", "onnx")
 
 
 def tree_of(work: Path, minutes: float, race_cases: int = 200) -> Path:
@@ -71,7 +78,7 @@ def measure(option: str, tree: Path, cases: int) -> List[dict]:
 
     from desam_nnu.inference.predictor import DeSAMPredictor
 
-    _, settings, switch = OPTIONS[option]
+    _, settings, switch, reference = OPTIONS[option]
     folder = model_folder(tree, "desam")
     if not (folder / "fold_0" / "checkpoint_final.pth").is_file():
         raise SystemExit(f"error: {folder}: no trained fold 0; run python benchmarks/dice_budget.py --runs desam "
@@ -82,10 +89,11 @@ def measure(option: str, tree: Path, cases: int) -> List[dict]:
     rows = []
     for name, prompts in settings:
         predictors = {}
-        for variant, extra in (("exact", {}), ("option", switch)):
+        for variant, extra in (("exact", reference), ("option", switch)):
             p = DeSAMPredictor(use_mirroring=False, allow_tqdm=False,
-                               prompt_overrides={**prompts, **{k: v for k, v in extra.items() if k != "bf16"}},
-                               bf16=bool(extra.get("bf16")))
+                               prompt_overrides={**prompts, **{k: v for k, v in extra.items()
+                                                               if k not in PREDICTOR_KEYWORDS}},
+                               **{k: v for k, v in extra.items() if k in PREDICTOR_KEYWORDS})
             p.initialize_from_trained_model_folder(str(folder), [0], "checkpoint_final.pth")
             predictors[variant] = p
         labels = [int(c) for c in predictors["exact"].label_manager.foreground_labels]

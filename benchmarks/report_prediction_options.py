@@ -8,7 +8,7 @@ from report import (CLASSES, BY_NAME, Results, Row, clean_command, fill, fmt_dic
                     num, ratio, standard_table)
 
 RULE = 0.002  # prediction_options.RULE: |mean Dice change| below which an inexact option may become a default
-FLAGS = {"bf16": "--bf16", "coarse_grid": "--coarse-grid"}
+FLAGS = {"bf16": "--bf16", "coarse_grid": "--coarse-grid", "onnxruntime": "ONNX Runtime encoder"}
 
 
 def _rule_text(change) -> str:

@@ -60,7 +60,7 @@ SECTIONS: List[Tuple[str, str, Tuple[str, ...], Callable[[Results], str]]] = [
     ("Cache precision: int8 against float16", "cache_dice.py", ("cache_dice",), section_cache_dice),
     ("Prediction: grid against box, against nnU-Net's 2D predictor, CT memory", "predict.py", ("predict",),
      section_predict),
-    ("Prediction options that trade exactness for speed: --bf16, --coarse-grid", "prediction_options.py",
+    ("Prediction options: --bf16, --coarse-grid and the ONNX Runtime encoder", "prediction_options.py",
      ("prediction_options",), section_prediction_options),
     ("Fold ensembles of a ViT-B model: model-folder bytes, time and memory", "ensemble.py", ("ensemble",),
      section_ensemble),

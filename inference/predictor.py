@@ -43,7 +43,8 @@ from desam_nnu.inference.configuration import (InferenceConfiguration, read_conf
 from desam_nnu.inference.inputs import InputCases, collect_cases
 from desam_nnu.inference.model_folder import FoldSpec, resolve_folds
 from desam_nnu.inference.prompt_free import MixtureTiles, PromptFreeTiles
-from desam_nnu.inference.prompted import GridStats, PromptedDeSAM, PromptSettings, TileNetwork
+from desam_nnu.inference.onnx_encoder import OnnxEncoder
+from desam_nnu.inference.prompted import DeSAMTiles, GridStats, PromptedDeSAM, PromptSettings, TileNetwork
 from desam_nnu.inference.user_prompts import (CasePrompts, UserPromptedBoxes, UserPromptedDeSAM, read_prompts,
                                               slice_prompts)
 from desam_nnu.inference.tiles import (bf16_encoder_dtype, memory_cap, per_call_limit, sliding_window_batched,
@@ -164,12 +165,14 @@ class DeSAMPredictor(nnUNetPredictor):
     The network gets many tiles per call (``inference/tiles.py``): ``tiles_per_call`` sets how many, else
     as many as fit in ``tile_memory_cap`` bytes (default: a share of the device's free memory). ``bf16`` runs
     DeSAM's image encoder under bfloat16 autocast on a CPU with bf16 arithmetic (1.7x faster box mode on
-    hippocampus, mean Dice -0.0025: not the default; BENCHMARKS, prediction options)."""
+    hippocampus, mean Dice -0.0025: not the default; BENCHMARKS, prediction options). ``onnx`` (the default) runs
+    DeSAM's float32 encoder in ONNX Runtime on a CPU where no later fold replaces its weights: the same arithmetic,
+    faster (``inference/onnx_encoder.py``)."""
 
     def __init__(self, tile_step_size: float = 0.5, use_mirroring: bool = True,
                  device: torch.device = torch.device("cpu"), prompt_overrides: Optional[dict] = None,
                  verbose: bool = False, allow_tqdm: bool = True, tiles_per_call: Optional[int] = None,
-                 tile_memory_cap: Optional[int] = None, bf16: bool = False) -> None:
+                 tile_memory_cap: Optional[int] = None, bf16: bool = False, onnx: bool = True) -> None:
         super().__init__(tile_step_size=tile_step_size, use_gaussian=True, use_mirroring=use_mirroring,
                          perform_everything_on_device=device.type == "cuda", device=device, verbose=verbose,
                          allow_tqdm=allow_tqdm)
@@ -183,6 +186,7 @@ class DeSAMPredictor(nnUNetPredictor):
         if tiles_per_call is not None and tiles_per_call < 1:
             raise ValueError(f"tiles per call {tiles_per_call}: use 1 or more")
         self._tiles_per_call, self.tile_memory_cap = tiles_per_call, tile_memory_cap
+        self.onnx = onnx
         try:
             self.encoder_dtype = bf16_encoder_dtype(device) if bf16 else None
         except ValueError as e:
@@ -220,6 +224,19 @@ class DeSAMPredictor(nnUNetPredictor):
                 if self.tiles_per_call == 1:
                     raise
                 self._tiles_per_call = self.tiles_per_call // 2
+
+    def manual_initialization(self, network: Optional[torch.nn.Module], plans_manager, configuration_manager,
+                              parameters: Optional[List[dict]], dataset_json: dict, trainer_name: str,
+                              inference_allowed_mirroring_axes: Optional[Tuple[int, ...]]) -> None:
+        """nnU-Net's, then DeSAM's encoder in ONNX Runtime where that keeps the numbers (``onnx``): on a CPU, in
+        float32, with weights that no later fold replaces (nnU-Net's per-fold loop would load other ones after
+        the export). The trainer's final validation comes through here too, so that the candidates it records
+        for ``desam_find_best_configuration`` are what ``desam_predict`` computes."""
+        super().manual_initialization(network, plans_manager, configuration_manager, parameters, dataset_json,
+                                      trainer_name, inference_allowed_mirroring_axes)
+        if (self.onnx and self.device.type == "cpu" and self.encoder_dtype is None and isinstance(network, DeSAMTiles)
+                and (not parameters or len(parameters) == 1 or _same_encoder(parameters))):
+            network.fast_encoder = OnnxEncoder(network.desam)
 
     def wrap(self, network: torch.nn.Module, cfg: DeSAMConfig, ensemble: Sequence[DeSAM] = ()) -> TileNetwork:
         """The plans' network -> the tile network nnU-Net's sliding window calls: a prompt-free family's
@@ -431,8 +448,10 @@ class DeSAMPredictor(nnUNetPredictor):
         if self.desam.prompts is None:  # a box-prompted family without DeSAM's prompt modes (DB-SAM)
             self.network = UserPromptedBoxes(self.network.network, self.desam)
         else:
+            fast_encoder = self.network.fast_encoder
             self.network = UserPromptedDeSAM(self.network.desam, self.desam, ensemble=self.network.ensemble,
                                              encoder_dtype=self.encoder_dtype)
+            self.network.fast_encoder = fast_encoder
         self.use_mirroring = False
         self.prompts = None
         self.configuration_note = f"prompts from {path}, not the automatic mode"

@@ -10,7 +10,7 @@ Averaging probabilities, not logits, is what DeSAM's IoU-weighted fusion does to
 """
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -131,12 +131,16 @@ class DeSAMTiles(TileNetwork):
             raise ValueError("an ensemble's folds must share the wrapped DeSAM's image encoder")
         self.desam, self.cfg, self.ensemble = desam, cfg, nn.ModuleList(ensemble)
         self.encoder_dtype = encoder_dtype  # None: float32; torch.bfloat16: desam_predict --bf16 (not exact)
+        # what encodes instead of desam.encode, the same arithmetic (the predictor's ONNX Runtime encoder on a CPU)
+        self.fast_encoder: Optional[Callable[[Tensor], List[Tensor]]] = None
         self.tile_calls = 0  # tiles encoded, for benchmarks and tests
 
     def encode(self, tiles: Tensor) -> List[Tensor]:
-        """Tiles [B, C_in, p, p] (0..255) -> DeSAM's features (float32), the encoder under autocast to
-        ``encoder_dtype`` when one is set (the decoders stay float32)."""
+        """Tiles [B, C_in, p, p] (0..255) -> DeSAM's features (float32): by ``fast_encoder`` when one is set, else
+        by the encoder, under autocast to ``encoder_dtype`` when one is set (the decoders stay float32)."""
         x = to_network_input(tiles.float(), self.cfg.channel_to_rgb, self.cfg.image_size)
+        if self.fast_encoder is not None:
+            return self.fast_encoder(x)
         if self.encoder_dtype is None:
             return self.desam.encode(x)
         with torch.autocast(x.device.type, dtype=self.encoder_dtype):

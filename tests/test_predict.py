@@ -310,6 +310,7 @@ def test_folds_with_trained_encoders_predict_one_after_the_other(trained, tmp_pa
             [str(tmp_path / "in" / "c_0000.nii.gz")], None, p.plans_manager, p.configuration_manager, p.dataset_json)
         outputs.append(p.predict_logits_from_preprocessed_data(torch.from_numpy(data)).float())
     assert not len(p.network.ensemble) and p.network.tile_calls == 2 * 2  # 2 slices, encoded once per fold
+    assert p.network.fast_encoder is None  # an ONNX export would keep fold 0's encoder for fold 1
     assert torch.allclose(outputs[2], (outputs[0] + outputs[1]) / 2, atol=2e-3)
 
 
@@ -465,7 +466,7 @@ def test_bf16_puts_the_encoder_alone_in_bfloat16_where_the_cpu_has_it(trained, t
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)  # whatever CPU runs this test
     outputs = []
     for bf16 in (False, True):
-        p = _predictor(trained, use_mirroring=False, bf16=bf16, prompt_overrides={"mode": "box"})
+        p = _predictor(trained, use_mirroring=False, bf16=bf16, onnx=False, prompt_overrides={"mode": "box"})
         encoded, decoded = [], []
         for m in p.network.desam.image_encoder.modules():  # what its matrix products compute in
             if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)):
@@ -484,6 +485,22 @@ def test_bf16_puts_the_encoder_alone_in_bfloat16_where_the_cpu_has_it(trained, t
     assert main(["-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--bf16", "-device", "cpu"]) == 2
     assert "error: --bf16: this CPU has no bf16 arithmetic" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_on_a_cpu_onnx_runtime_encodes_and_the_prediction_stays_pytorchs(trained, tmp_path):
+    """The default on a CPU: DeSAM's encoder in ONNX Runtime (folds sharing the frozen encoder, or one fold), the
+    same logits as PyTorch's to fp32 rounding; not with --bf16 or onnx=False."""
+    from desam_nnu.inference.onnx_encoder import OnnxEncoder
+    image = _write_case(tmp_path / "in", "big", shape_zyx=(2, 80, 96))
+    outputs = []
+    for onnx in (False, True):
+        p = _predictor(trained, folds=(0, 1), use_mirroring=True, onnx=onnx, prompt_overrides={"mode": "box"})
+        outputs.append(p.predict_logits_from_preprocessed_data(_preprocessed(p, image)).float())
+        assert isinstance(p.network.fast_encoder, OnnxEncoder) == onnx and len(p.network.ensemble) == 2
+    assert sorted(p.network.fast_encoder.sessions) == [1] and not p.network.fast_encoder.failed
+    assert outputs[0][1:].amax() > 0.1
+    torch.testing.assert_close(outputs[1], outputs[0], rtol=0, atol=2e-3)  # fp16 sums, as nnU-Net's
+    assert _predictor(trained, folds=(0,), onnx=True, bf16=False).network.fast_encoder is not None
 
 
 def test_the_memory_cap_sets_the_tiles_per_call(trained, tmp_path, monkeypatch):
