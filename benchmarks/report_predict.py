@@ -120,7 +120,8 @@ def _arithmetic(run: dict) -> List[str]:
                            box_floor=fmt_s(box), goal=fmt_s(goal), reach="cannot" if box and box > goal else "can",
                            grid_floor=fmt_s(floors.get("grid")),
                            then=("What remains is less arithmetic: a smaller input, fewer tiles, or an encoder in "
-                                 "lower precision (int8 moved the features, above)." if box and box > goal else
+                                 "lower precision (`--bf16` moved hippocampus Dice by more than 0.002: prediction "
+                                 "options, below)." if box and box > goal else
                                  "The gap to the goal is overhead, not arithmetic."))
         header = ["mode", "part", "GFLOP / tile", "GFLOP / volume", "measured s / volume", "achieved GFLOP/s",
                   "floor s / volume"]
