@@ -9,7 +9,8 @@ planned size, DAPSAM on ``medsam_lite``), on a hippocampus subset (``--dataset``
 - training steps (the trainer's ``train_step``: AMP and nnU-Net's grad scaler on CUDA): median seconds per
   iteration;
 - prediction of one validation volume with ``DeSAMPredictor``'s sliding window (no mirroring), in box and
-  in grid mode for a prompted family, prompt-free otherwise: seconds per slice;
+  in grid mode for a prompted family, prompt-free otherwise: seconds per slice, with as many tiles per network call
+  as the device's memory cap allows (``inference/tiles.py``) and with one tile at a time (nnU-Net's loop);
 
 each with its peak GPU memory (``torch.cuda.max_memory_allocated``). Weights are random, medsam_lite's too
 (SAM's ViT checkpoints cannot be downloaded here); timing does not depend on them. ``--device cpu`` runs the
@@ -94,16 +95,19 @@ def one_run(family: str, backbone: str, device_name: str, iterations: int) -> di
     data = np.asarray(t.dataset_class(t.preprocessed_dataset_folder, val_keys[:1]).load_case(val_keys[0])[0])
     out["predict_slices"] = int(data.shape[1])
     t.network.eval()
+    # each mode with the device's tiles per call (inference/tiles.py), then one tile at a time as nnU-Net's loop
     for mode in ("box", "grid") if t.desam.prompts is not None else ("prompt_free",):
-        predictor = DeSAMPredictor(use_mirroring=False, device=device, allow_tqdm=False,
-                                   prompt_overrides=None if mode == "prompt_free" else {"mode": mode})
-        predictor.manual_initialization(predictor.wrap(t.bare_network, t.desam), t.plans_manager,
-                                        t.configuration_manager, None, t.dataset_json, trainer,
-                                        t.inference_allowed_mirroring_axes)
-        predictor.predict_case(torch.from_numpy(data))  # warm-up (kernel selection, allocator), as the train steps'
-        seconds, peak = _timed(device, lambda: predictor.predict_case(torch.from_numpy(data)))
-        out[f"predict_{mode}_s_per_slice"] = seconds / out["predict_slices"]
-        out[f"predict_{mode}_peak_gpu_mib"] = peak
+        for per_call, suffix in ((None, ""), (1, "_one_tile")):
+            predictor = DeSAMPredictor(use_mirroring=False, device=device, allow_tqdm=False, tiles_per_call=per_call,
+                                       prompt_overrides=None if mode == "prompt_free" else {"mode": mode})
+            predictor.manual_initialization(predictor.wrap(t.bare_network, t.desam), t.plans_manager,
+                                            t.configuration_manager, None, t.dataset_json, trainer,
+                                            t.inference_allowed_mirroring_axes)
+            predictor.predict_case(torch.from_numpy(data))  # warm-up (kernel selection, allocator), as the steps'
+            seconds, peak = _timed(device, lambda: predictor.predict_case(torch.from_numpy(data)))
+            out[f"predict_{mode}{suffix}_s_per_slice"] = seconds / out["predict_slices"]
+            out[f"predict_{mode}{suffix}_peak_gpu_mib"] = peak
+            out[f"predict_{mode}{suffix}_tiles_per_call"] = predictor.tiles_per_call
     return out
 
 
@@ -169,6 +173,14 @@ def main() -> None:
               f"{_s(r, 'train_s_per_iter', 3)} ({r['batch_size']}) | "
               f"{' / '.join(_s(r, f'predict_{m}_s_per_slice') for m in modes)} | "
               f"{' / '.join(_mib(r.get(k)) for k in peaks)} |")
+    print("\n| family | backbone | mode | tiles per call | predict s/slice | one tile at a time | speed-up |"
+          "\n|---|---|---|---|---|---|---|")
+    for r in rows:
+        for m in modes:
+            if f"predict_{m}_s_per_slice" in r:
+                batched, single = r[f"predict_{m}_s_per_slice"], r[f"predict_{m}_one_tile_s_per_slice"]
+                print(f"| {r['family']} | {r['backbone']} | {m} | {r[f'predict_{m}_tiles_per_call']} | "
+                      f"{batched:.4f} | {single:.4f} | {single / batched:.2f}x |")
     for r in rows:
         r.update(cases=args.cases, iterations=args.iterations)
     if args.device != "cuda":

@@ -14,7 +14,9 @@ so other load on a shared machine matters little) of:
   largest difference from all prompts at once: the measurement behind ``CPU_GRID_PROMPTS_PER_CALL``
   (``inference/tiles.py``).
 
-Random weights (the timing does not depend on them), random features of the encoder's shapes.
+Random weights (the timing does not depend on them), random features of the encoder's shapes. glibc's malloc keeps
+freed memory, as in ``DeSAMPredictor`` on a CPU (``desam_nnu/allocator.py``; ``DESAM_MALLOC=default``: glibc's own
+settings, under which the 85 MB image side of 81 prompts is page-faulted anew on every call).
 
     python benchmarks/prim_attention.py [--configs medsam_lite:128 tiny:256] [--rounds 3] [--threads 1]
                                         [--chunks 81 27 9 3] [--sweep-threads 2]
@@ -33,6 +35,7 @@ import torch
 from segment_anything.modeling.transformer import Attention
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from desam_nnu.allocator import retain_freed_memory  # noqa: E402
 from desam_nnu.model import DeSAM, build_desam, make_point_grid  # noqa: E402
 from desam_nnu.model.attention import PromptAttention  # noqa: E402
 from results_file import record_run  # noqa: E402
@@ -149,6 +152,7 @@ def main() -> None:
                    help="torch threads for the sweep (default: all cores, as the predictor runs)")
     p.add_argument("--out", type=Path, default=HERE / "results" / "prim_attention.json")
     args = p.parse_args()
+    malloc = "freed memory kept" if retain_freed_memory() else "glibc default"
     torch.set_num_threads(args.threads)
     results = []
     for config in args.configs:
@@ -170,7 +174,7 @@ def main() -> None:
                 print(f"| {r['backbone']} | {r['image_size']} | {c['prompts_per_call']} | {c['wall_s']:.3f} "
                       f"| {c['max_abs_diff']:.1e} |")
     record_run(args.out, {"machine": platform.machine(), "cpus": os.cpu_count(), "threads": args.threads,
-                          "sweep_threads": args.sweep_threads,
+                          "sweep_threads": args.sweep_threads, "malloc": malloc,
                           "rounds": args.rounds, "results": results}, "prim_attention.py")
     print(f"written {args.out}")
 

@@ -89,6 +89,10 @@ BENCHMARKS: List[Benchmark] = [
               "prediction_options.json",
               more=(("--options", "coarse_grid", "--cases", "10"), ("--options", "onnxruntime", "--cases", "20")),
               merge=(("rows", ("option", "setting")),)),
+    # glibc's malloc keeping freed memory against its own settings, each arm a fresh process (the race's DeSAM models)
+    Benchmark("allocator", "allocator.py", ("--cases", "5", "--rounds", "2"),
+              ("--settings", "box", "--minutes", "1", "--race-cases", "10", "--cases", "1", "--rounds", "1"),
+              "allocator.json", merge=(("rows", ("setting",)),)),
     Benchmark("gpu_check", "gpu_check.py", (),
               ("--device", "cpu", "--runs", "desam:tiny", "--cases", "5", "--iterations", "2"), "gpu_check.json",
               needs_gpu=True),

@@ -16,6 +16,11 @@ def gpu_device(data: dict) -> str:
     return str(rows[0].get("device") or "GPU")
 
 
+def _speed_up(single, batched) -> str:
+    a, b = num(single), num(batched)
+    return "-" if a is None or not b else f"{a / b:.2f}x"
+
+
 def section_gpu(res: Results) -> str:
     d = res.get("gpu_check")
     if d is None:
@@ -26,11 +31,20 @@ def section_gpu(res: Results) -> str:
              " / ".join(fmt_mib(r.get(k)) for k in ["cache_peak_gpu_mib", "train_peak_gpu_mib"]
                         + [f"predict_{m}_peak_gpu_mib" for m in MODES]),
              code(clean_command(r.get("command") or d.get("command")))] for r in d.get("rows", [])]
+    batches = [[r.get("family", "desam"), r.get("backbone"), r.get("image_size"), m.replace("_", "-"),
+                r.get(f"predict_{m}_tiles_per_call"), _s(r.get(f"predict_{m}_s_per_slice"), 4),
+                _s(r.get(f"predict_{m}_one_tile_s_per_slice"), 4),
+                _speed_up(r.get(f"predict_{m}_one_tile_s_per_slice"), r.get(f"predict_{m}_s_per_slice")),
+                " / ".join(fmt_mib(r.get(f"predict_{m}{s}_peak_gpu_mib")) for s in ("", "_one_tile"))]
+               for r in d.get("rows", []) for m in MODES if num(r.get(f"predict_{m}_one_tile_s_per_slice")) is not None]
+    batched = ("\n\n" + fill("gpu_batches", table=md_table(
+        ["family", "backbone", "input", "mode", "tiles per call", "predict / slice", "one tile at a time", "speed-up",
+         "peak GPU memory: batched / one tile"], batches)) if batches else "")
     tests = d.get("cuda_tests") or {}
     tested = ("\n\n" + fill("gpu_tests", result=tests["result"], command=tests["command"])
               if tests.get("result") else "")
     versions = f" torch {d['torch']}, CUDA {d['cuda']}." if d.get("torch") else ""
-    return fill("gpu_check", versions=versions, tests=tested,
+    return fill("gpu_check", versions=versions, tests=tested, batches=batched,
                 table=md_table(["family", "backbone", "input", "device", "cache build / slice", "train step",
                                 "predict / slice: box / grid / prompt-free",
                                 "peak GPU memory: cache / train / box / grid / prompt-free", "command"], rows))

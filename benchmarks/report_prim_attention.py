@@ -32,4 +32,5 @@ def section_prim_attention(res: Results) -> str:
         return not_measured("prim_attention")
     diff = max((num(r.get("grid_max_abs_diff")) or 0 for r in d.get("results", [])), default=0)
     return fill("prim_attention", threads=d.get("threads", "?"), rounds=d.get("rounds", "?"), diff=f"{diff:.1e}",
-                sweep_threads=d.get("sweep_threads", "?"), table=standard_table(rows_prim_attention, d))
+                sweep_threads=d.get("sweep_threads", "?"), malloc=d.get("malloc", "glibc default"),
+                table=standard_table(rows_prim_attention, d))

@@ -41,6 +41,7 @@ from report_ensemble import section_ensemble  # noqa: E402
 from report_prompted_boxes import section_prompted  # noqa: E402
 from report_encoder_levers import section_encoder_levers  # noqa: E402
 from report_prediction_options import section_prediction_options  # noqa: E402
+from report_allocator import section_allocator  # noqa: E402
 
 sys.path.insert(0, str(REPO))
 from desam_nnu.atomic import atomic_path  # noqa: E402  (a plain-Python module: no torch import)
@@ -62,6 +63,8 @@ SECTIONS: List[Tuple[str, str, Tuple[str, ...], Callable[[Results], str]]] = [
      section_predict),
     ("Prediction options: --bf16, --coarse-grid and the ONNX Runtime encoder", "prediction_options.py",
      ("prediction_options",), section_prediction_options),
+    ("The allocator: glibc's malloc keeping freed memory in CPU prediction", "allocator.py", ("allocator",),
+     section_allocator),
     ("Fold ensembles of a ViT-B model: model-folder bytes, time and memory", "ensemble.py", ("ensemble",),
      section_ensemble),
     ("Peak memory", "plan_preprocess.py, train.py, predict.py", ("plan_preprocess", "train", "predict"),

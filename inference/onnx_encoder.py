@@ -50,6 +50,9 @@ class OnnxEncoder:
         options = ort.SessionOptions()
         options.intra_op_num_threads = torch.get_num_threads()  # what PyTorch would use
         options.inter_op_num_threads = 1
+        # no arena: it keeps the largest tile's activations for the process's life (the 512 x 512 x 300 CT's peak went
+        # from 6.6 to 4.9 GB without it); the tile time did not change beyond the noise (90-107 ms both ways)
+        options.enable_cpu_mem_arena = False
         return ort.InferenceSession(graph.getvalue(), options, providers=["CPUExecutionProvider"])
 
     def __call__(self, images: Tensor) -> List[Tensor]:

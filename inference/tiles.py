@@ -31,12 +31,13 @@ MAX_TILES_PER_CALL = 32  # on a GPU: a bound on memory and latency (BENCHMARKS, 
 # 370 at 2, 462 at 4 and 780 at 32 (benchmarks/results/encoder_batches.json). Its stage 0 works on 256 channels at
 # 128x128 per tile, 16 MiB: one tile's maps stay in the caches, a batch's go to memory and wait on it.
 CPU_TILES_PER_CALL = 1
-# Grid mode on a CPU: PRIM over 27 of the 81 prompts at a time (three rows of the 9 x 9 grid). Each prompt holds its
-# own image side ([prompts, tokens, 256] float32, 1 MiB a prompt at medsam_lite's 1024 neck tokens), which a third of
-# the grid keeps in the caches: the grid call takes 0.82-0.89 s a tile against 1.00-1.02 s at 9, 1.03-1.09 s with all
-# 81 and 1.22 s at 3 (medsam_lite, 128 px, 2 cores; benchmarks/prim_attention.py's sweep, two runs). With 256 neck
-# tokens (tiny and vit_b at 256 px) all 81 at once is fastest; 27 costs 1.08-1.22x there, 9 1.14-1.58x.
-CPU_GRID_PROMPTS_PER_CALL = 27
+# Grid mode on a CPU: PRIM over all 81 prompts of the 9 x 9 grid at once, larger grids 81 at a time (each prompt holds
+# its own image side, [prompts, tokens, 256] float32: 1 MiB a prompt at medsam_lite's 1024 neck tokens). With glibc's
+# malloc keeping freed memory (desam_nnu/allocator.py, the predictor's CPU default) the grid call takes 0.39 s a tile
+# at 81, 0.42 at 27, 0.48 at 9 (medsam_lite, 128 px, 2 cores; tiny and vit_b at 256 px alike; prim_attention.py).
+# Under glibc's own settings 27 was fastest (0.82 s against 1.03 at 81): 81 prompts' 85 MB tensors exceed its 32 MiB
+# mmap ceiling, so each was page-faulted anew.
+CPU_GRID_PROMPTS_PER_CALL = 81
 CPU_SHARE = 0.25  # of the memory available when prediction starts: preprocessing and export workers need the rest
 CUDA_SHARE = 0.5  # of the GPU memory free when prediction starts
 

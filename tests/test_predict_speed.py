@@ -10,6 +10,7 @@ from synthetic import synthetic_case, write_nifti
 from test_predict import SPACING, _predictor, _sure_of_class_one, _write_case
 
 from desam_nnu.cli.predict import main
+from desam_nnu.inference import tiles
 from desam_nnu.inference.predictor import DeSAMPredictor
 from desam_nnu.model import DeSAM
 
@@ -51,15 +52,16 @@ def test_many_tiles_per_call_predict_as_one_at_a_time(trained, tmp_path, mode, m
 
 
 def test_grid_prompts_a_third_at_a_time_on_a_cpu_predict_as_all_at_once(trained, tmp_path, monkeypatch):
-    """On a CPU PRIM takes the 81 grid prompts a third at a time (inference/tiles.py): the logits of all 81 at
-    once."""
-    from desam_nnu.inference import tiles
+    """PRIM over the 81 grid prompts a third at a time (a capped CPU call, inference/tiles.py): the logits of all 81
+    at once. A CPU's cap takes the default grid in one call."""
+    assert tiles.grid_prompts_per_call(torch.device("cpu")) == 81 and tiles.grid_prompts_per_call(
+        torch.device("cuda")) is None
     image = _write_case(tmp_path / "in", "big", shape_zyx=(2, 80, 96))
     seen, original = [], DeSAM.grid_candidates
     monkeypatch.setattr(DeSAM, "grid_candidates",
                         lambda self, *a, **kw: seen.append(kw.get("prompts_per_batch")) or original(self, *a, **kw))
     outputs = []
-    for per_call in (tiles.CPU_GRID_PROMPTS_PER_CALL, None):
+    for per_call in (27, None):
         monkeypatch.setattr(tiles, "CPU_GRID_PROMPTS_PER_CALL", per_call)
         p = _predictor(trained, use_mirroring=False, prompt_overrides={"mode": "grid", "iou_threshold": 0.0})
         outputs.append(p.predict_logits_from_preprocessed_data(_preprocessed(p, image)).float())
@@ -141,7 +143,6 @@ def test_on_a_cpu_onnx_runtime_encodes_and_the_prediction_stays_pytorchs(trained
 
 
 def test_the_memory_cap_sets_the_tiles_per_call(trained, tmp_path, monkeypatch):
-    from desam_nnu.inference import tiles
     from desam_nnu.inference.tiles import tile_working_bytes
     image = _write_case(tmp_path / "in", "big", shape_zyx=(1, 80, 96))
     p = _predictor(trained, use_mirroring=False, prompt_overrides={"mode": "box"})  # a CPU, no cap given: one a call

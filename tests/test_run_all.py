@@ -147,7 +147,9 @@ FABRICATED = {
         {"backbone": "vit_b", "image_size": 1024, "device": "Fake GPU 9000", "batch_size": 8, "cache_s_per_slice": 0.05,
          "train_s_per_iter": 0.25, "predict_box_s_per_slice": 0.06, "predict_grid_s_per_slice": 0.2,
          "cache_peak_gpu_mib": 3000.0, "train_peak_gpu_mib": 9000.0, "predict_box_peak_gpu_mib": 2500.0,
-         "predict_grid_peak_gpu_mib": 4000.0, "command": "python benchmarks/gpu_check.py --out /tmp/g.json"},
+         "predict_grid_peak_gpu_mib": 4000.0, "command": "python benchmarks/gpu_check.py --out /tmp/g.json",
+         "predict_box_tiles_per_call": 32, "predict_box_one_tile_s_per_slice": 0.3,
+         "predict_box_one_tile_peak_gpu_mib": 900.0},
         {"family": "dapsam", "backbone": "medsam_lite", "image_size": 128, "device": "Fake GPU 9000", "batch_size": 8,
          "train_s_per_iter": 0.1, "predict_prompt_free_s_per_slice": 0.02, "train_peak_gpu_mib": 2000.0,
          "predict_prompt_free_peak_gpu_mib": 190.0, "command": "python benchmarks/gpu_check.py"}],
@@ -171,6 +173,13 @@ FABRICATED = {
                  "litemedsam": {"dice": {"1": 0.6, "2": 0.5, "mean": 0.55, "cases": 2}, "s_per_volume": 20.0,
                                 "model": "/work/main/benchmarks/work/prompted_boxes/litemedsam_model"}},
         "vit_b": {"s_per_slice": 100.0, "slices": 1, "threads": 2, "parameters_m": 150.0}},
+    "allocator.json": {"meta": {"rounds": 2, "libc": "glibc 2.36"},
+                       "command": "python benchmarks/allocator.py --cases 5 --out /tmp/a.json", "rows": [
+        {"setting": "grid", "model": "DeSAM, 120-minute race", "cases": 5, "identical_label_maps": True,
+         "arms": {"glibc default": {"s_per_volume": 30.0, "all_s": [30.0, 31.0], "minor_faults_per_volume": 4.9e6,
+                                    "peak_rss_mib": 1600.0, "dice": 0.7},
+                  "freed memory kept": {"s_per_volume": 20.0, "all_s": [20.0, 21.0], "minor_faults_per_volume": 10,
+                                        "peak_rss_mib": 1680.0, "dice": 0.7}}}]},
 }
 
 
@@ -277,6 +286,8 @@ def test_every_area_rendered_with_ratios_from_the_numbers(tmp_path):
         "`python benchmarks/gpu_check.py`"]
     assert _row(text, "dapsam | medsam_lite | 128")[4:] == [
         "-", "0.100 s (batch 8)", "- / - / 0.0200 s", "- / 2000 MiB / - / - / 190 MiB", "`python benchmarks/gpu_check.py`"]
+    assert _row(text, "desam | vit_b | 1024 | box")[4:] == ["32", "0.0600 s", "0.3000 s", "5.00x", "2500 MiB / 900 MiB"]
+    assert "desam | vit_b | 1024 | grid" not in text  # measured batched only: no comparison row
     assert "torch 2.11.0+cu130, CUDA 13.0." in text and "4 passed (`python -m pytest -k cuda`)" in text
     # the inexact prediction options against the exact decode: #22's Dice rule, the speed-up
     assert _row(text, "mean Dice, --bf16, chosen (box), 40 volumes")[1:6] == [
@@ -286,6 +297,12 @@ def test_every_area_rendered_with_ratios_from_the_numbers(tmp_path):
     assert _row(text, "mean Dice, --coarse-grid, grid IoU >= -1, top-1, 10 volumes")[4] == "change within 0.002, met"
     assert _row(text, "--coarse-grid | grid IoU >= -1, top-1")[3:8] == [
         "10", "0.7000 -> 0.7000", "0.6000 -> 0.5990", "-0.0005", "1.50x"]
+    # the allocator: kept against glibc's default, per mode, with the page faults behind it
+    assert _row(text, "s / volume, grid mode, DeSAM, 120-minute race, 5 volumes")[1:6] == [
+        "20 s", "30 s (glibc default)", "0.667x", "-", "`python benchmarks/allocator.py --cases 5`"]
+    assert _row(text, "peak RSS, grid mode, DeSAM, 120-minute race, 5 volumes")[3] == "1.05x"
+    assert _row(text, "grid | DeSAM, 120-minute race | glibc default")[3:8] == [
+        "30 s", "30, 31", "4,900,000", "1600 MiB", "0.7000"]
     assert _row(text, "DeSAM-medsam_lite, trained")[1:5] == ["0.800", "0.700", "0.750", "12 s"]
     assert _row(text, "LiteMedSAM, no training")[3] == "0.550" and "100 s per slice (1 slice(s), 2 threads" in text
 
