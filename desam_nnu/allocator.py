@@ -7,7 +7,7 @@ its heap back above 128 KiB. So every new tensor of tens of MiB, such as PRIM's 
 CPU that cost more than PRIM's arithmetic (BENCHMARKS.md, "The allocator"). Raising both thresholds keeps freed
 pages in the process, where the next tile's tensors reuse them. The cost: the resident size stays at its high-water
 mark instead of falling between tiles, and the first few tiles may grow the heap by a few such tensors (torch's
-64-byte-aligned blocks fit a freed hole only once neighbouring holes have merged); measured, the peak rose by 0-11%.
+64-byte-aligned blocks fit a freed hole only once neighbouring holes have merged); measured, the peak rose by up to 13%.
 
 The setting is process-wide and cannot be undone to glibc's dynamic default, which is why it is made where CPU
 prediction starts (``DeSAMPredictor`` on a CPU) and why ``DESAM_MALLOC=default`` (read at that moment) leaves glibc
