@@ -23,7 +23,7 @@ __all__ = ["ENV", "retain_freed_memory"]
 
 ENV = "DESAM_MALLOC"  # 'default': leave glibc's malloc settings alone
 # blocks up to 128 MiB come from the heap and are reused after free (PRIM's 85 MB); larger ones, volume-sized arrays,
-# are mapped and unmapped as glibc does: at 1 GiB the synthetic 512 x 512 x 300 CT peaked at 7.25 GB instead of 5.12
+# are mapped and unmapped as glibc does: at 1 GiB the synthetic 512 x 512 x 300 CT peaked at 7.25 GB instead of 5.11
 MMAP_THRESHOLD = 128 << 20
 TRIM_THRESHOLD = (1 << 31) - 1  # never give the heap's top back to the kernel (mallopt takes an int)
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # <malloc.h>

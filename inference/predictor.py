@@ -169,7 +169,7 @@ class DeSAMPredictor(nnUNetPredictor):
     hippocampus, mean Dice -0.0025: not the default; BENCHMARKS, prediction options). ``onnx`` (the default) runs
     DeSAM's float32 encoder in ONNX Runtime on a CPU where no later fold replaces its weights: the same arithmetic,
     faster (``inference/onnx_encoder.py``). On a CPU glibc's malloc keeps freed memory for the next tile
-    (``desam_nnu/allocator.py``: grid mode 1.5x faster on hippocampus)."""
+    (``desam_nnu/allocator.py``: grid mode 1.8x faster on hippocampus)."""
 
     def __init__(self, tile_step_size: float = 0.5, use_mirroring: bool = True,
                  device: torch.device = torch.device("cpu"), prompt_overrides: Optional[dict] = None,

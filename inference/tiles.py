@@ -33,8 +33,8 @@ MAX_TILES_PER_CALL = 32  # on a GPU: a bound on memory and latency (BENCHMARKS, 
 CPU_TILES_PER_CALL = 1
 # Grid mode on a CPU: PRIM over all 81 prompts of the 9 x 9 grid at once, larger grids 81 at a time (each prompt holds
 # its own image side, [prompts, tokens, 256] float32: 1 MiB a prompt at medsam_lite's 1024 neck tokens). With glibc's
-# malloc keeping freed memory (desam_nnu/allocator.py, the predictor's CPU default) the grid call takes 0.39 s a tile
-# at 81, 0.42 at 27, 0.48 at 9 (medsam_lite, 128 px, 2 cores; tiny and vit_b at 256 px alike; prim_attention.py).
+# malloc keeping freed memory (desam_nnu/allocator.py, the predictor's CPU default) the grid call takes 0.38 s a tile
+# at 81, 0.43 at 27, 0.49 at 9 (medsam_lite, 128 px, 2 cores; tiny and vit_b at 256 px alike; prim_attention.py).
 # Under glibc's own settings 27 was fastest (0.82 s against 1.03 at 81): 81 prompts' 85 MB tensors exceed its 32 MiB
 # mmap ceiling, so each was page-faulted anew.
 CPU_GRID_PROMPTS_PER_CALL = 81
