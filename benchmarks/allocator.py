@@ -25,6 +25,7 @@ from typing import Dict, List, Optional
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from prediction_options import _dice, tree_of  # noqa: E402
+from predict_inprocess import _peak_rss_mib  # noqa: E402
 from prompted_boxes import model_folder  # noqa: E402
 from proc_tree import child_result, serve_one  # noqa: E402
 from results_file import invocation_args, record_run  # noqa: E402
@@ -70,10 +71,8 @@ def one_arm(tree: str, setting: str, cases: int) -> dict:
         label_map = logits.float().argmax(0).numpy().astype(np.uint8)
         digests.append(hashlib.sha1(label_map.tobytes()).hexdigest()[:12])
         dice.append(_dice(label_map, np.asarray(seg)[0], labels))
-    with open("/proc/self/status") as f:
-        peak = next(int(ln.split()[1]) for ln in f if ln.startswith("VmHWM:")) / 1024
     return {"kept": allocator.retain_freed_memory(), "s_per_volume": sum(seconds) / len(seconds),
-            "minor_faults_per_volume": sum(faults) / len(faults), "peak_rss_mib": peak, "digests": digests,
+            "minor_faults_per_volume": sum(faults) / len(faults), "peak_rss_mib": _peak_rss_mib(), "digests": digests,
             "dice": float(np.nanmean(np.array(dice, dtype=float))), "threads": torch.get_num_threads()}
 
 
